@@ -1,0 +1,5 @@
+"""`python -m streammachine` is the CLI."""
+
+from .cli import main
+
+main()

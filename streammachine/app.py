@@ -1,0 +1,449 @@
+"""App: registration of agents, timers and hooks; send/send_batch; run/start/shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
+
+import anyio
+import msgspec
+
+from .agent import Agent, current_batch
+from .codec import encode_fields
+from .connection import RedisConnection
+from .settings import AppConfig, ConsumerConfig, Settings, TimerConfig
+from .timer import Timer
+
+if TYPE_CHECKING:
+    from .storage import Storage
+
+__all__ = ["App"]
+
+log = logging.getLogger("streammachine.app")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+AsyncFn = Callable[P, Awaitable[R]]
+Record = Mapping[str, Any] | msgspec.Struct
+
+_inside_app: ContextVar[bool] = ContextVar("streammachine_inside_app", default=False)
+
+
+class App:
+    """A StreamMachine application: agents (stream consumers), timers and lifecycle hooks.
+
+    Args:
+        name: the app's name, for logs and the dashboard.
+        to_scan: accepted for compatibility; decorators register at import time.
+        max_processes: size of `process_pool`.
+        max_threads: size of `thread_pool`.
+        dashboard_enabled: serve the dashboard when run by `streammachine run`.
+        redis_url: the Redis URL (default: `REDIS_URL`, else `REDIS_HOST`/`PORT`/`DB`).
+        storage_namespace: the `Storage` namespace (default: `STREAMMACHINE_STORAGE_NAMESPACE`).
+        maxlen: approximate length cap for streams this app writes to.
+        shutdown_timeout_s: how long in-flight handlers may run after a stop request.
+
+    Example:
+        >>> app = App(name="orders")
+        >>> @app.agent("orders", group="billing")
+        ... async def bill(record: Message) -> None:
+        ...     await app.send("invoices", {"order": record.message["id"]})
+    """
+
+    def __init__(
+        self,
+        name: str = "streammachine",
+        to_scan: bool = True,
+        max_processes: int = 5,
+        max_threads: int = 5,
+        dashboard_enabled: bool = False,
+        dashboard_host: str = "127.0.0.1",
+        dashboard_port: int = 8000,
+        *,
+        redis_url: str | None = None,
+        storage_namespace: str | None = None,
+        maxlen: int | None = None,
+        shutdown_timeout_s: float | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.config = AppConfig(
+            name=name,
+            to_scan=to_scan,
+            max_processes=max_processes,
+            max_threads=max_threads,
+            shutdown_timeout_s=(
+                self.settings.shutdown_timeout_s
+                if shutdown_timeout_s is None
+                else shutdown_timeout_s
+            ),
+            stream_maxlen=maxlen if maxlen is not None else self.settings.stream_maxlen,
+        )
+        self.name = name
+        self.dashboard_enabled = dashboard_enabled
+        self.dashboard_host = dashboard_host
+        self.dashboard_port = dashboard_port
+        self.storage_namespace = storage_namespace or self.settings.storage_namespace
+        self.agents: list[Agent] = []
+        self.timers: list[Timer] = []
+        self.startup_hooks: list[Callable[[], Awaitable[Any]]] = []
+        self.shutdown_hooks: list[Callable[[], Awaitable[Any]]] = []
+        self._redis_url = redis_url
+        self._redis: RedisConnection | None = None
+        self._storage: Storage | None = None
+        self._process_pool: ProcessPoolExecutor | None = None
+        self._thread_pool: ThreadPoolExecutor | None = None
+        self._stop: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
+        self._forced = False
+        self._tasks = 0
+        #: Set once groups exist and agents and timers run (the supervisor's readiness signal).
+        self.started: anyio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r}, agents={len(self.agents)}, timers={len(self.timers)})"
+
+    # --- registration ------------------------------------------------------------------------
+
+    def agent(
+        self,
+        stream: str,
+        group: str | None = None,
+        concurrency: int = 1,
+        processes: int | None = None,
+        start: Literal["earliest", "latest"] = "earliest",
+        *,
+        schema: type[msgspec.Struct] | None = None,
+        batch: bool = False,
+        count: int | None = None,
+        block_ms: int | None = None,
+        claim_idle_ms: int | None = None,
+        claim_interval_ms: int | None = None,
+        max_deliveries: int = 5,
+        retry_backoff_ms: int = 1000,
+        dead_letter: str | None = None,
+        name: str | None = None,
+    ) -> Callable[[AsyncFn[P, R]], AsyncFn[P, R]]:
+        """Register a consumer of `stream` in consumer group `group`.
+
+        The handler gets each `Message` in order and the entry is acked once it returns; an error
+        leaves it pending for a retry with backoff, and after `max_deliveries` it moves to the
+        dead-letter stream (`<stream>:dead`). With `batch=True` the handler gets a list of Messages.
+
+        Args:
+            stream: the stream to consume.
+            group: the consumer group (default `STREAMMACHINE_DEFAULT_GROUP`, else "eventengine").
+            concurrency: consumers of this agent in each process.
+            processes: worker processes for this agent under `streammachine run`.
+            start: where a new group starts: "earliest" (the whole stream) or "latest".
+            schema: a msgspec Struct; the handler then gets `record.value` decoded and validated.
+            batch: call the handler once per batch with a list of Messages.
+            count: entries per read (default `STREAMMACHINE_COUNT`).
+            block_ms: how long an idle read blocks.
+            claim_idle_ms: take over other consumers' entries idle this long.
+            claim_interval_ms: how often to look for such entries.
+            max_deliveries: deliveries before an entry is dead-lettered (0 = never).
+            retry_backoff_ms: the first retry's delay; doubled per delivery, with jitter.
+            dead_letter: the dead-letter stream (default `<stream>:dead`).
+            name: the agent's name (default: the function's name).
+
+        Example:
+            >>> @app.agent("input_stream", group="workers", concurrency=2)  # doctest: +SKIP
+            ... async def process(record: Message) -> None: ...
+        """
+        s = self.settings
+        config = ConsumerConfig(
+            stream=stream,
+            group=group or s.default_group,
+            concurrency=concurrency,
+            processes=processes,
+            start=start,
+            count=count or s.count,
+            block_ms=block_ms or s.block_ms,
+            claim_idle_ms=claim_idle_ms or s.claim_idle_ms,
+            claim_interval_ms=claim_interval_ms
+            or min(5000, max(100, (claim_idle_ms or s.claim_idle_ms) // 2)),
+            max_deliveries=max_deliveries,
+            retry_backoff_ms=retry_backoff_ms,
+            dead_letter=dead_letter,
+            name=name or "",
+        )
+
+        def register(fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
+            self.agents.append(Agent(self, fn, config, schema=schema, batch=batch))
+            return fn
+
+        return register
+
+    def timer(
+        self, t: float, *, name: str | None = None
+    ) -> Callable[[AsyncFn[P, R]], AsyncFn[P, R]]:
+        """Register a task that runs every `t` seconds (no drift, never overlapping itself).
+
+        Example:
+            >>> @app.timer(5)  # doctest: +SKIP
+            ... async def heartbeat() -> None: ...
+        """
+        config = TimerConfig(interval=t, name=name or "")
+
+        def register(fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
+            self.timers.append(Timer(fn, config))  # type: ignore[arg-type]
+            return fn
+
+        return register
+
+    def on_startup(self, fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
+        """Register a coroutine function run before agents and timers start."""
+        self.startup_hooks.append(fn)  # type: ignore[arg-type]
+        return fn
+
+    def on_shutdown(self, fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
+        """Register a coroutine function run after agents and timers stopped."""
+        self.shutdown_hooks.append(fn)  # type: ignore[arg-type]
+        return fn
+
+    # --- resources ---------------------------------------------------------------------------
+
+    @property
+    def redis(self) -> RedisConnection:
+        """The app's Redis connection manager."""
+        if self._redis is None:
+            self._redis = RedisConnection(url=self._redis_url, settings=self.settings)
+        return self._redis
+
+    @property
+    def storage(self) -> Storage:
+        """Shared state in Redis, visible to every process and host of the app."""
+        if self._storage is None:
+            from .storage import Storage
+
+            self._storage = Storage(namespace=self.storage_namespace, redis=self.redis)
+        return self._storage
+
+    @property
+    def process_pool(self) -> ProcessPoolExecutor:
+        """A process pool of `max_processes` workers for CPU-bound work."""
+        if self._process_pool is None:
+            self._process_pool = ProcessPoolExecutor(self.config.max_processes)
+        return self._process_pool
+
+    @property
+    def thread_pool(self) -> ThreadPoolExecutor:
+        """A thread pool of `max_threads` workers for blocking calls."""
+        if self._thread_pool is None:
+            self._thread_pool = ThreadPoolExecutor(self.config.max_threads)
+        return self._thread_pool
+
+    # --- sending -----------------------------------------------------------------------------
+
+    async def send(
+        self, topic: str, record: Record, *, now: bool = False, maxlen: int | None = None
+    ) -> str | None:
+        """Append `record` to stream `topic`.
+
+        Inside a handler the write is buffered and committed atomically with the ack of the
+        message being handled, and None is returned; `now=True` writes at once. Elsewhere it
+        writes at once and returns the new entry id.
+
+        Raises:
+            ValueError: the record is empty or has a field name that is not a str.
+
+        Example:
+            >>> await app.send("output_stream", {"processed": True})  # doctest: +SKIP
+            '1700000000000-0'
+        """
+        fields = encode_fields(record)
+        maxlen = maxlen or self.config.stream_maxlen
+        batch = current_batch.get()
+        if batch is not None and not batch.closed and not now:
+            batch.add(topic, maxlen, fields)
+            return None
+        entry_id = await self.redis.client.xadd(topic, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def send_batch(
+        self,
+        topic: str,
+        records: Sequence[Record],
+        *,
+        now: bool = False,
+        maxlen: int | None = None,
+    ) -> list[str | None]:
+        """Append many records in one round trip; returns their ids (None while buffered).
+
+        Example:
+            >>> await app.send_batch("events", [{"n": 1}, {"n": 2}])  # doctest: +SKIP
+            ['1700000000000-0', '1700000000000-1']
+        """
+        encoded = [encode_fields(r) for r in records]
+        maxlen = maxlen or self.config.stream_maxlen
+        batch = current_batch.get()
+        if batch is not None and not batch.closed and not now:
+            for fields in encoded:
+                batch.add(topic, maxlen, fields)
+            return [None] * len(encoded)
+        ids = await self.redis.pipeline_xadd(topic, encoded, maxlen=maxlen)
+        return list(ids)
+
+    async def once(self, key: str, ttl_s: float) -> bool:
+        """True the first time `key` is seen within `ttl_s` (SET NX EX), for side effects
+        outside Redis that must not repeat when a message is redelivered.
+
+        Example:
+            >>> if await app.once(f"mail:{record.key}", ttl_s=86400):  # doctest: +SKIP
+            ...     send_mail()
+        """
+        ms = max(1, int(ttl_s * 1000))
+        return bool(await self.redis.client.set(f"streammachine:once:{key}", b"1", nx=True, px=ms))
+
+    # --- running -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the app until SIGINT/SIGTERM (blocking, on uvloop where available).
+
+        Example:
+            >>> if __name__ == "__main__":  # doctest: +SKIP
+            ...     app.start()
+        """
+        anyio.run(
+            lambda: self.run(install_signal_handlers=True),
+            backend="asyncio",
+            backend_options={"use_uvloop": os.name != "nt"},
+        )
+
+    async def run(self, *, install_signal_handlers: bool = False) -> int:
+        """Run in the current event loop until `shutdown()` (or a signal, when handled).
+
+        Returns 0 after a clean stop and 1 when a second signal forced it.
+        """
+        self._stop = anyio.Event()
+        self._stopped = anyio.Event()
+        self.started = self.started or anyio.Event()
+        self._forced = False
+        token = _inside_app.set(True)
+        if install_signal_handlers:
+            self._install_signal_handlers()
+        try:
+            await self.redis.connect()
+            for hook in self.startup_hooks:
+                await hook()
+            for agent in self.agents:
+                await agent.prepare()
+            async with anyio.create_task_group() as tg:
+                for agent in self.agents:
+                    tg.start_soon(self._supervised, agent.run, self._stop)
+                for t in self.timers:
+                    tg.start_soon(self._supervised, t.run, self._stop)
+                tg.start_soon(self._deadline, tg.cancel_scope)
+                self.started.set()
+                log.info(
+                    "%s running: %d agents, %d timers on %s",
+                    self.name, len(self.agents), len(self.timers), self.redis,
+                )  # fmt: skip
+            for hook in self.shutdown_hooks:
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("on_shutdown hook %s failed", getattr(hook, "__name__", hook))
+        finally:
+            _inside_app.reset(token)
+            if install_signal_handlers:
+                self._remove_signal_handlers()
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            self._stopped.set()
+        return 1 if self._forced else 0
+
+    async def _supervised(
+        self, fn: Callable[[anyio.Event], Awaitable[None]], stop: anyio.Event
+    ) -> None:
+        self._tasks += 1
+        try:
+            await fn(stop)
+        finally:
+            self._tasks -= 1
+
+    async def _deadline(self, scope: anyio.CancelScope) -> None:
+        """After a stop request, give in-flight work `shutdown_timeout_s`, then cancel it."""
+        assert self._stop is not None
+        await self._stop.wait()
+        with anyio.move_on_after(self.config.shutdown_timeout_s):
+            while self._tasks and not self._forced:
+                await anyio.sleep(0.05)
+        if self._tasks:
+            log.warning("shutdown: cancelling work still running; its entries stay pending")
+            scope.cancel()
+
+    def request_stop(self, force: bool = False) -> None:
+        """Ask a running app to stop (thread-unsafe; from the app's loop)."""
+        if force:
+            self._forced = True
+        if self._stop is not None:
+            self._stop.set()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                log.debug("cannot handle %s here", sig)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if self._stop is not None and self._stop.is_set():
+            log.warning("second %s: forcing shutdown", signal.Signals(sig).name)
+            self.request_stop(force=True)
+            return
+        log.info("%s: draining (send it again to force)", signal.Signals(sig).name)
+        self.request_stop()
+
+    async def shutdown(self) -> None:
+        """Stop gracefully: stop reading, let in-flight handlers finish and commit, run the
+        `on_shutdown` hooks and close the pools. From inside the app it only requests the stop.
+        """
+        if self._stop is None:
+            await self.aclose()
+            return
+        self._stop.set()
+        if not _inside_app.get() and self._stopped is not None:
+            await self._stopped.wait()
+
+    async def aclose(self) -> None:
+        """Close pools and connections."""
+        if self._process_pool is not None:
+            self._process_pool.shutdown(wait=False, cancel_futures=True)
+            self._process_pool = None
+        if self._thread_pool is not None:
+            self._thread_pool.shutdown(wait=False, cancel_futures=True)
+            self._thread_pool = None
+        if self._redis is not None:
+            await self._redis.close()
+
+    async def health_check(self) -> dict[str, Any]:
+        """Health: ``{"status", "redis", "active_tasks", "registered_agents", "registered_timers"}``.
+
+        Example:
+            >>> await app.health_check()  # doctest: +SKIP
+            {'status': 'healthy', 'redis': 'connected', 'active_tasks': 3, ...}
+        """
+        ok = await self.redis.health_check()
+        return {
+            "status": "healthy" if ok else "degraded",
+            "redis": "connected" if ok else "disconnected",
+            "active_tasks": self._tasks,
+            "registered_agents": len(self.agents),
+            "registered_timers": len(self.timers),
+        }

@@ -1,0 +1,51 @@
+"""`streammachine run APP`: import the app and run it (under the supervisor when asked)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .common import LogFormat, LogLevel, RedisUrl, fail, setup
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `run` command to the CLI."""
+
+    @app.command("run")
+    def run(
+        target: Annotated[
+            str, typer.Argument(metavar="APP", help="module:attr, module, or path/file.py:attr")
+        ],
+        workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
+        reload: Annotated[
+            bool, typer.Option("--reload", help="Restart workers when a .py file changes.")
+        ] = False,
+        reload_dir: Annotated[
+            list[str] | None, typer.Option("--reload-dir", help="Folders to watch (repeatable).")
+        ] = None,
+        shutdown_timeout: Annotated[
+            float | None,
+            typer.Option(
+                "--shutdown-timeout", min=0, help="Seconds in-flight handlers get to finish."
+            ),
+        ] = None,
+        redis_url: RedisUrl = None,
+        log_level: LogLevel = "info",
+        log_format: LogFormat = "auto",
+    ) -> None:
+        """Run an app's agents and timers until SIGINT/SIGTERM."""
+        import os
+
+        setup(log_level, log_format)
+        if redis_url:
+            os.environ["REDIS_URL"] = redis_url
+        if shutdown_timeout is not None:
+            os.environ["STREAMMACHINE_SHUTDOWN_TIMEOUT_S"] = str(shutdown_timeout)
+        from ..supervisor import run_app
+
+        try:
+            code = run_app(target, workers=workers, reload=reload, reload_dirs=reload_dir or [])
+        except SyntaxError as exc:
+            fail(f"syntax error in {exc.filename}:{exc.lineno}: {exc.msg}")
+        raise SystemExit(code)

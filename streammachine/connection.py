@@ -1,0 +1,268 @@
+"""RedisConnection: one URL to every deployment, one connection pool per process.
+
+URLs: `redis://`, `rediss://` (TLS), `unix://`, and `memory://`, an in-process fakeredis server that
+everything in the process shares (examples and unit tests need no server). Clients return bytes;
+StreamMachine decodes where it hands values to users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError, ResponseError
+
+from .codec import encode_fields
+from .exceptions import ConfigError, RedisUnavailableError
+from .message import Message, messages_from_reply
+from .settings import Settings
+
+__all__ = ["RedisConnection", "mask_url"]
+
+log = logging.getLogger("streammachine.connection")
+
+_SCHEMES = ("redis", "rediss", "unix", "memory")
+_memory_server: Any = None
+
+
+def mask_url(url: str) -> str:
+    """Return `url` with its password replaced by `***`, for logs and error messages.
+
+    Example:
+        >>> mask_url("redis://user:secret@db:6379/0")
+        'redis://user:***@db:6379/0'
+    """
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def memory_server() -> Any:
+    """The process-wide fakeredis server behind every `memory://` URL."""
+    global _memory_server
+    if _memory_server is None:
+        import fakeredis
+
+        _memory_server = fakeredis.FakeServer()
+    return _memory_server
+
+
+def validate_url(url: str) -> str:
+    """Check a Redis URL's scheme and shape; raise `ConfigError` with the valid forms."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("redis+cluster", "redis+sentinel"):
+        raise ConfigError(
+            f"{mask_url(url)}: Redis Cluster and Sentinel URLs are not supported in this version; "
+            "use redis://, rediss://, unix:// or memory://"
+        )
+    if scheme not in _SCHEMES:
+        raise ConfigError(
+            f"bad Redis URL {mask_url(url)!r}: use redis://host:port/db, rediss://…, "
+            "unix:///path/to/socket or memory://"
+        )
+    if scheme in ("redis", "rediss"):
+        try:
+            urlsplit(url).port  # noqa: B018 - parsing the port validates it
+        except ValueError:
+            raise ConfigError(f"bad port in Redis URL {mask_url(url)!r}") from None
+    return url
+
+
+def create_client(url: str, max_connections: int = 10) -> aioredis.Redis:
+    """A bytes-returning asyncio client with its own pool for `url`."""
+    validate_url(url)
+    if url.startswith("memory://"):
+        from fakeredis import aioredis as fake
+
+        return cast(aioredis.Redis, fake.FakeRedis(server=memory_server()))
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=30, health_check_interval=30
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+class RedisConnection:
+    """Async Redis connection manager with a connection pool.
+
+    Explicit arguments beat `REDIS_URL`, which beats `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`.
+
+    Example:
+        >>> async def main():  # doctest: +SKIP
+        ...     async with RedisConnection(url="memory://") as redis:
+        ...         await redis.pipeline_xadd("stream", [{"key": "value"}])
+    """
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        db: int | None = None,
+        max_connections: int | None = None,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+    ) -> None:
+        s = settings or Settings.from_env()
+        if url is None and (host is not None or port is not None or db is not None):
+            url = (
+                f"redis://{host or s.redis_host}:{port or s.redis_port}/"
+                f"{s.redis_db if db is None else db}"
+            )
+        elif url is None:
+            url = s.resolve_url()
+        elif db is not None and url.startswith(("redis://", "rediss://")):
+            url = re.sub(r"(//[^/]*)(/\d*)?$", rf"\1/{db}", url)
+        self.url = validate_url(url)
+        self.max_connections = max_connections or s.redis_max_connections
+        self.settings = s
+        self._client: aioredis.Redis | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisConnection({mask_url(self.url)!r})"
+
+    @property
+    def is_memory(self) -> bool:
+        """True for `memory://`, the in-process server."""
+        return self.url.startswith("memory://")
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The shared redis-py asyncio client (bytes replies); created on first use."""
+        if self._client is None:
+            self._client = create_client(self.url, self.max_connections)
+        return self._client
+
+    async def connect(self) -> None:
+        """Ping the server; raise `RedisUnavailableError` naming the (masked) URL if unreachable."""
+        try:
+            await self.client.ping()
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailableError(
+                f"cannot reach Redis at {mask_url(self.url)}: {exc}. "
+                "Start redis-server or set REDIS_URL to a reachable server (memory:// runs in-process)."
+            ) from exc
+
+    def new_connection(self) -> AbstractConnection:
+        """A dedicated connection outside the pool's limit, for a consumer's blocking reads."""
+        return cast(AbstractConnection, self.client.connection_pool.make_connection())  # type: ignore[no-untyped-call]
+
+    async def health_check(self) -> bool:
+        """True when Redis answers PING; never raises."""
+        try:
+            return bool(await asyncio.wait_for(self.client.ping(), timeout=5))
+        except Exception:
+            return False
+
+    async def ensure_group(self, stream: str, group: str, start: str = "earliest") -> bool:
+        """Create `group` on `stream` (MKSTREAM) at `0`, or `$` for `start="latest"`.
+
+        Returns True when created, False when it existed (an existing group keeps its position).
+        """
+        try:
+            await self.client.xgroup_create(
+                stream, group, id="$" if start == "latest" else "0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise
+        return True
+
+    async def xadd(
+        self, topic: str, record: Mapping[str, Any] | Any, maxlen: int | None = None
+    ) -> str:
+        """Append one record; returns its id as str."""
+        fields = encode_fields(record)
+        entry_id = await self.client.xadd(topic, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def pipeline_xadd(
+        self, topic: str, records: Sequence[Mapping[str, Any] | Any], maxlen: int | None = None
+    ) -> list[str]:
+        """Append many records in one round trip; returns their ids in order."""
+        encoded = [encode_fields(r) for r in records]
+        if not encoded:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for fields in encoded:
+                pipe.xadd(topic, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+            ids = await pipe.execute()
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    async def consumer(
+        self,
+        stream: str,
+        group: str,
+        consumer: str = "consumer",
+        *,
+        count: int = 10,
+        block_ms: int = 1000,
+        start: str = "earliest",
+        stop: asyncio.Event | None = None,
+    ) -> AsyncIterator[Message]:
+        """Read `stream` as `consumer` of `group`, yielding Messages; each is acked when the
+        loop body that got it finishes (at-least-once). Stops when `stop` is set.
+
+        Example:
+            >>> async for record in redis.consumer("orders", "billing"):  # doctest: +SKIP
+            ...     print(record.message)
+        """
+        await self.ensure_group(stream, group, start)
+        block = None if self.is_memory else block_ms
+        while stop is None or not stop.is_set():
+            reply = await self.client.execute_command(
+                "XREADGROUP", "GROUP", group, consumer, "COUNT", count,
+                *(("BLOCK", block) if block else ()), "STREAMS", stream, ">",
+                NEVER_DECODE=True,
+            )  # type: ignore[no-untyped-call]  # fmt: skip
+            messages = messages_from_reply(_raw_reply(reply), consumer)
+            if not messages:
+                if block is None:
+                    await asyncio.sleep(0.02)
+                continue
+            for msg in messages:
+                yield msg
+                await self.client.xack(stream, group, msg.key or "")
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def __aenter__(self) -> RedisConnection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _raw_reply(reply: Any) -> Iterable[Any]:
+    """XREADGROUP's reply as a list of [stream, entries], whatever the client's parsing."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [
+            [
+                k,
+                v[0]
+                if isinstance(v, list)
+                and len(v) == 1
+                and isinstance(v[0], list)
+                and v
+                and isinstance(v[0][0], list)
+                else v,
+            ]
+            for k, v in reply.items()
+        ]
+    return cast(Iterable[Any], reply)

@@ -1,0 +1,137 @@
+"""Message: one entry read from a Redis stream, decoded on first access."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .codec import decode_dict_bytes_to_utf8, decode_fields
+
+__all__ = ["Message", "messages_from_reply"]
+
+_UNSET: Any = object()
+
+
+class Message:
+    """A message received from a Redis stream.
+
+    Attributes:
+        topic: the stream it came from.
+        key: its entry id, e.g. ``"1700000000000-0"``.
+        received: when the consumer read it (epoch seconds).
+        consumer_id: the consumer that read it.
+        value: the decoded Struct when the agent declared ``schema=``, else None.
+
+    Example:
+        >>> m = Message(topic="orders", key="1700000000000-0", data=("1700000000000-0", {b"a": b"1"}))
+        >>> m.message
+        {'a': '1'}
+    """
+
+    __slots__ = ("_fields", "_message", "_sent", "consumer_id", "key", "received", "topic", "value")
+
+    def __init__(
+        self,
+        topic: str | None = None,
+        key: str | None = None,
+        sent: float | None = None,
+        received: float | None = None,
+        consumer_id: str | None = None,
+        data: tuple[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.key = key if key is not None or data is None else str(data[0])
+        self._sent = _UNSET if sent is None else sent
+        self.received = received
+        self.consumer_id = consumer_id
+        self._fields: Any = data[1] if data is not None else {}
+        self._message: dict[str, str] | None = None
+        self.value: Any = None
+
+    @classmethod
+    def _from_entry(
+        cls, topic: str, key: str, fields: Any, received: float, consumer: str | None
+    ) -> Message:
+        # The hot path: no __init__ call, nothing decoded until asked for.
+        m = cls.__new__(cls)
+        m.topic = topic
+        m.key = key
+        m._sent = _UNSET
+        m.received = received
+        m.consumer_id = consumer
+        m._fields = fields
+        m._message = None
+        m.value = None
+        return m
+
+    @property
+    def message(self) -> dict[str, str]:
+        """The fields as a str→str dict (bytes decoded as UTF-8, bad bytes replaced)."""
+        msg = self._message
+        if msg is None:
+            f = self._fields
+            if f is None:
+                msg = {}
+            elif isinstance(f, dict):
+                msg = decode_dict_bytes_to_utf8(f)
+            else:
+                msg = decode_fields(f)
+            self._message = msg
+        return msg
+
+    @property
+    def data(self) -> tuple[str, dict[Any, Any]]:
+        """The raw entry: (id, fields as read from Redis)."""
+        f = self._fields
+        if f is None:
+            f = {}
+        elif not isinstance(f, dict):
+            it = iter(f)
+            f = dict(zip(it, it, strict=False))
+            self._fields = f
+        return (self.key or "", f)
+
+    @property
+    def sent(self) -> float | None:
+        """When it was sent (epoch seconds): its `sent` field when it has one, else its id's time."""
+        s = self._sent
+        if s is _UNSET:
+            s = None
+            raw = self.message.get("sent")
+            if raw is not None:
+                try:
+                    s = float(raw)
+                    if s > 1e11:  # milliseconds
+                        s /= 1000.0
+                except ValueError:
+                    s = None
+            if s is None and self.key:
+                ms = self.key.partition("-")[0]
+                s = int(ms) / 1000.0 if ms.isdigit() else None
+            self._sent = s
+        return s  # type: ignore[no-any-return]
+
+    @property
+    def timer(self) -> str:
+        """Latency from send to now as ``"topic: task X.XX ms"``; ``""`` when `sent` is unknown."""
+        sent = self.sent
+        if sent is None:
+            return ""
+        return f"{self.topic}: task {(time.time() - sent) * 1000.0:.2f} ms"
+
+    def __repr__(self) -> str:
+        return f"Message(topic={self.topic!r}, key={self.key!r}, message={self.message!r})"
+
+
+def messages_from_reply(reply: Iterable[Any], consumer: str | None) -> list[Message]:
+    """Messages from an XREAD/XREADGROUP reply (raw RESP2 lists or redis-py's parsed form)."""
+    now = time.time()
+    out: list[Message] = []
+    new = Message._from_entry
+    for stream, entries in reply:
+        topic = stream.decode() if isinstance(stream, bytes) else stream
+        for entry_id, fields in entries:
+            key = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            out.append(new(topic, key, fields, now, consumer))
+    return out

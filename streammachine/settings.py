@@ -1,0 +1,205 @@
+"""Settings: environment variables and flags, validated once, and the App/agent/timer configs.
+
+Precedence: explicit arguments (CLI flags, constructor arguments) beat environment variables, which
+beat the defaults. Every bad value raises `ConfigError` naming the variable and the valid form.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .exceptions import ConfigError
+
+__all__ = ["AppConfig", "ConsumerConfig", "Settings", "TimerConfig"]
+
+DEFAULT_GROUP = "eventengine"
+StartAt = Literal["earliest", "latest"]
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer; set it to a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; set it to seconds, e.g. 30") from None
+    if value < 0:
+        raise ConfigError(f"{name}={value} must be >= 0")
+    return value
+
+
+def _env_bool(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every environment setting of StreamMachine, read once by `Settings.from_env()`.
+
+    Example:
+        >>> Settings.from_env({"REDIS_URL": "memory://"}).redis_url
+        'memory://'
+    """
+
+    redis_url: str | None = None
+    redis_host: str = "localhost"
+    redis_port: int = 6379
+    redis_db: int = 0
+    redis_max_connections: int = 10
+    records: int = 10000
+    count: int = 10
+    default_group: str = DEFAULT_GROUP
+    stream_maxlen: int | None = None
+    block_ms: int = 2000
+    claim_idle_ms: int = 60000
+    shutdown_timeout_s: float = 30.0
+    storage_namespace: str = "default"
+    secret_key: str | None = None
+    cluster: bool = False
+    redis_down_exit_s: float | None = None
+    disable_jit: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the environment (or `env`, for tests)."""
+        e = os.environ if env is None else env
+        maxlen = _env_int(e, "STREAMMACHINE_STREAM_MAXLEN", 0)
+        return cls(
+            redis_url=e.get("REDIS_URL") or None,
+            redis_host=e.get("REDIS_HOST") or "localhost",
+            redis_port=_env_int(e, "REDIS_PORT", 6379, 1),
+            redis_db=_env_int(e, "REDIS_DB", 0),
+            redis_max_connections=_env_int(e, "REDIS_MAX_CONNECTIONS", 10, 1),
+            records=_env_int(e, "STREAMMACHINE_RECORDS", 10000, 1),
+            count=_env_int(e, "STREAMMACHINE_COUNT", 10, 1),
+            default_group=e.get("STREAMMACHINE_DEFAULT_GROUP") or DEFAULT_GROUP,
+            stream_maxlen=maxlen or None,
+            block_ms=_env_int(e, "STREAMMACHINE_BLOCK_MS", 2000, 1),
+            claim_idle_ms=_env_int(e, "STREAMMACHINE_CLAIM_IDLE_MS", 60000, 1),
+            shutdown_timeout_s=_env_float(e, "STREAMMACHINE_SHUTDOWN_TIMEOUT_S", 30.0) or 0.0,
+            storage_namespace=e.get("STREAMMACHINE_STORAGE_NAMESPACE") or "default",
+            secret_key=e.get("STREAMMACHINE_SECRET_KEY") or None,
+            cluster=_env_bool(e, "STREAMMACHINE_CLUSTER"),
+            redis_down_exit_s=_env_float(e, "STREAMMACHINE_REDIS_DOWN_EXIT_S", None),
+            disable_jit=_env_bool(e, "STREAMMACHINE_DISABLE_JIT"),
+        )
+
+    def resolve_url(self) -> str:
+        """The Redis URL: `REDIS_URL` when set, else one built from host, port and db."""
+        if self.redis_url:
+            return self.redis_url
+        return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+
+@dataclass(slots=True)
+class AppConfig:
+    """Validated arguments of `App`.
+
+    Example:
+        >>> AppConfig(name="orders", max_processes=2).max_processes
+        2
+    """
+
+    name: str = "streammachine"
+    to_scan: bool = True
+    max_processes: int = 5
+    max_threads: int = 5
+    shutdown_timeout_s: float = 30.0
+    stream_maxlen: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("name must be a non-empty string")
+        if self.max_processes < 1:
+            raise ConfigError("max_processes must be >= 1")
+        if self.max_threads < 1:
+            raise ConfigError("max_threads must be >= 1")
+        if self.shutdown_timeout_s < 0:
+            raise ConfigError("shutdown_timeout_s must be >= 0")
+        if self.stream_maxlen is not None and self.stream_maxlen < 1:
+            raise ConfigError("maxlen must be >= 1 (or None for no trimming)")
+
+
+@dataclass(slots=True)
+class ConsumerConfig:
+    """Validated arguments of `@app.agent`.
+
+    Example:
+        >>> ConsumerConfig(stream="orders", group="billing", concurrency=2).concurrency
+        2
+    """
+
+    stream: str
+    group: str = DEFAULT_GROUP
+    concurrency: int = 1
+    processes: int | None = None
+    start: StartAt = "earliest"
+    count: int = 10
+    block_ms: int = 2000
+    claim_idle_ms: int = 60000
+    claim_interval_ms: int = 5000
+    max_deliveries: int = 5
+    retry_backoff_ms: int = 1000
+    dead_letter: str | None = None
+    name: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.stream, str) or not self.stream:
+            raise ConfigError("stream must be a non-empty string")
+        if not isinstance(self.group, str) or not self.group:
+            raise ConfigError("group must be a non-empty string")
+        if self.concurrency < 1:
+            raise ConfigError("concurrency must be >= 1")
+        if self.processes is not None and self.processes < 1:
+            raise ConfigError("processes must be >= 1")
+        if self.start not in ("earliest", "latest"):
+            raise ConfigError(f"start must be 'earliest' or 'latest', not {self.start!r}")
+        if self.count < 1:
+            raise ConfigError("count must be >= 1")
+        if self.block_ms < 1:
+            raise ConfigError("block_ms must be >= 1")
+        if self.claim_idle_ms < 1:
+            raise ConfigError("claim_idle_ms must be >= 1")
+        if self.max_deliveries < 0:
+            raise ConfigError("max_deliveries must be >= 0 (0 = never dead-letter)")
+        if self.retry_backoff_ms < 0:
+            raise ConfigError("retry_backoff_ms must be >= 0")
+        if self.dead_letter is None:
+            self.dead_letter = f"{self.stream}:dead"
+
+
+@dataclass(slots=True)
+class TimerConfig:
+    """Validated arguments of `@app.timer`.
+
+    Example:
+        >>> TimerConfig(interval=5).interval
+        5
+    """
+
+    interval: float
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.interval, bool) or not isinstance(self.interval, int | float):
+            raise ConfigError("interval must be a number of seconds")
+        if self.interval <= 0:
+            raise ConfigError("interval must be > 0")

@@ -1,0 +1,60 @@
+"""Waiting on conditions with timeouts (never sleep-and-hope)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+
+async def eventually(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
+    """Poll `cond` (sync or async) until it returns a truthy value; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = cond()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or cond}")
+        await anyio.sleep(0.01)
+
+
+def wait_sync(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
+    """The same for sync code (subprocess tests)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or cond}")
+        time.sleep(0.02)
+
+
+class Lines:
+    """Collects a subprocess stream's lines in a thread, so tests can wait for one."""
+
+    def __init__(self, stream: Any) -> None:
+        import threading
+
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: Any) -> None:
+        for raw in iter(stream.readline, b""):
+            self.lines.append(raw.decode("utf-8", "replace"))
+
+    def has(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def wait_for(self, text: str, timeout_s: float = 10.0) -> None:
+        wait_sync(lambda: self.has(text), timeout_s, what=f"{text!r} in output:\n{self.text}")
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
