@@ -16,6 +16,7 @@ import random
 import socket
 import time
 import traceback
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -76,9 +77,30 @@ return acked
 """
 
 
+#: Upper bounds (seconds) of the handler-latency histogram buckets; the last is +Inf.
+LATENCY_BUCKETS_S = (
+    0.0001,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
 @dataclass(slots=True)
 class AgentStats:
-    """Counters of one agent in this process."""
+    """Counters of one agent in this process; `latency_buckets[i]` counts handler calls that
+    took at most `LATENCY_BUCKETS_S[i]` (not cumulative; the last slot is +Inf)."""
 
     processed: int = 0
     failed: int = 0
@@ -86,8 +108,14 @@ class AgentStats:
     dead: int = 0
     skipped: int = 0
     latency_s_total: float = 0.0
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
 
-    def as_dict(self) -> dict[str, float]:
+    def observe(self, seconds: float) -> None:
+        """Count one handler call that took `seconds`."""
+        self.latency_s_total += seconds
+        self.latency_buckets[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+
+    def as_dict(self) -> dict[str, Any]:
         """The counters as a plain dict."""
         return {
             "processed": self.processed,
@@ -96,6 +124,7 @@ class AgentStats:
             "dead": self.dead,
             "skipped": self.skipped,
             "latency_s_total": round(self.latency_s_total, 6),
+            "latency_buckets": list(self.latency_buckets),
         }
 
 
@@ -414,7 +443,7 @@ class Consumer:
             if agent.batch:
                 await self._handle_whole(batch, out, done, failed)
             else:
-                fn, schema = agent.fn, agent.schema
+                fn, schema, observe = agent.fn, agent.schema, stats.observe
                 for msg in batch:
                     out.current = msg.key or ""
                     t0 = time.perf_counter()
@@ -431,7 +460,7 @@ class Consumer:
                         out.outputs.pop(out.current, None)
                         failed.append((msg, exc))
                         continue
-                    stats.latency_s_total += time.perf_counter() - t0
+                    observe(time.perf_counter() - t0)
                     done.append(out.current)
                 stats.processed += len(done)
         finally:
@@ -459,7 +488,7 @@ class Consumer:
             out.outputs.clear()
             failed.extend((m, exc) for m in batch)
             return
-        self.agent.stats.latency_s_total += time.perf_counter() - t0
+        self.agent.stats.observe(time.perf_counter() - t0)
         done.extend(m.key or "" for m in batch)
 
     def _commit_cmd(self, done: list[str], out: Batch) -> list[list[Any]] | None:

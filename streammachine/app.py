@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
@@ -104,6 +104,8 @@ class App:
         self._stopped: anyio.Event | None = None
         self._forced = False
         self._tasks = 0
+        #: Extra tasks run beside the agents until stop (e.g. the instance heartbeat).
+        self.background: list[Callable[[anyio.Event], Coroutine[Any, Any, None]]] = []
         #: Set once groups exist and agents and timers run (the supervisor's readiness signal).
         self.started: anyio.Event | None = None
 
@@ -318,11 +320,24 @@ class App:
             backend_options={"use_uvloop": os.name != "nt"},
         )
 
-    async def run(self, *, install_signal_handlers: bool = False) -> int:
+    async def run(
+        self,
+        *,
+        install_signal_handlers: bool = False,
+        agents: Collection[str] | None = None,
+        timers: bool = True,
+    ) -> int:
         """Run in the current event loop until `shutdown()` (or a signal, when handled).
+
+        Args:
+            install_signal_handlers: stop on SIGINT/SIGTERM (a second one forces).
+            agents: run only the agents with these names (the supervisor's workers use it).
+            timers: run the timers (the supervisor runs them in one process only).
 
         Returns 0 after a clean stop and 1 when a second signal forced it.
         """
+        chosen = [a for a in self.agents if agents is None or a.name in agents]
+        chosen_timers = self.timers if timers else []
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
         self.started = self.started or anyio.Event()
@@ -334,18 +349,20 @@ class App:
             await self.redis.connect()
             for hook in self.startup_hooks:
                 await hook()
-            for agent in self.agents:
+            for agent in chosen:
                 await agent.prepare()
             async with anyio.create_task_group() as tg:
-                for agent in self.agents:
+                for agent in chosen:
                     tg.start_soon(self._supervised, agent.run, self._stop)
-                for t in self.timers:
+                for t in chosen_timers:
                     tg.start_soon(self._supervised, t.run, self._stop)
+                for extra in self.background:
+                    tg.start_soon(extra, self._stop)
                 tg.start_soon(self._deadline, tg.cancel_scope)
                 self.started.set()
                 log.info(
                     "%s running: %d agents, %d timers on %s",
-                    self.name, len(self.agents), len(self.timers), self.redis,
+                    self.name, len(chosen), len(chosen_timers), self.redis,
                 )  # fmt: skip
             for hook in self.shutdown_hooks:
                 try:

@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from . import dashboard, mcp, ohlc, ops, streams
 from . import run as run_cmd
 from .common import fail
 
@@ -21,17 +22,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-run_cmd.register(app)
-
-
-def _not_yet(name: str, what: str) -> None:
-    @app.command(name, help=f"{what} (not available in this version yet).")
-    def _cmd() -> None:
-        fail(f"`streammachine {name}` is not available in this version yet")
-
-
-_not_yet("ohlc", "Compute OHLC candles from a tick stream")
-_not_yet("mcp", "Serve StreamMachine's tools to LLM clients over MCP")
+for module in (run_cmd, streams, ops, ohlc, mcp, dashboard):
+    module.register(app)
 
 
 def main() -> None:
