@@ -31,6 +31,9 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+chaos: $(STAMP)
+	$(BIN)/python scripts/chaos.py
+
 bench: $(STAMP)
 	@for script in scripts/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 

@@ -135,8 +135,10 @@ class Batch:
     current: str = ""
     outputs: dict[str, list[tuple[str, int, list[Any]]]] = field(default_factory=dict)
     closed: bool = False
+    maxlen: int | None = None
 
     def add(self, topic: str, maxlen: int | None, fields: dict[Any, Any]) -> None:
+        maxlen = maxlen or self.maxlen
         flat: list[Any] = []
         for k, v in fields.items():
             flat.append(k)
@@ -207,7 +209,11 @@ class Consumer:
         self.retry_at: dict[str, float] = {}
         self.next_claim = time.monotonic() + self.cfg.claim_interval_ms / 1000.0
         self.outage_since: float | None = None
+        self.outage_attempts = 0
+        self.inflight: list[Any] = []
+        self.is_first = index == 0
         self.redo: list[list[list[Any]]] = []
+        self.read_errors = 0
         self.recreate = False
 
     # --- connection -------------------------------------------------------------------------
@@ -253,6 +259,7 @@ class Consumer:
     async def run(self, stop: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_stop, stop)
+            tg.start_soon(self._keepalive)
             try:
                 while True:
                     try:
@@ -368,6 +375,7 @@ class Consumer:
                 self.recreate = True
             else:
                 log.error("%s: read failed: %s", self.name, reply)
+                self.read_errors += 1
             return []
         if not reply:
             return []
@@ -379,18 +387,61 @@ class Consumer:
         if self.conn is not None:
             await self.conn.disconnect()
             self.conn = None
+        now = time.monotonic()
         if self.outage_since is None:
-            self.outage_since = time.monotonic()
+            self.outage_since = now
+            self.outage_attempts = 0
             log.error("%s: lost Redis at %s; retrying with backoff", self.name, self.redis)
-        await anyio.sleep(min(2.0, 0.1 * 2 ** random.random()))
+        limit_s = self.agent.app.settings.redis_down_exit_s
+        if limit_s is not None and now - self.outage_since > limit_s:
+            self.agent.app.fail(f"Redis unreachable for more than {limit_s:g} s", code=3)
+        self.outage_attempts += 1
+        delay_s = min(2.0, 0.05 * 2**self.outage_attempts)
+        await anyio.sleep(delay_s * (0.5 + random.random() / 2))
         try:
             await self._connect()
             await self.agent.prepare()
         except Exception:
             log.debug("reconnect failed", exc_info=True)
 
+    async def _keepalive(self) -> None:
+        """Keep a long handler's entries from being claimed: refresh their idle time (XCLAIM
+        JUSTID, which does not count a delivery) once they have been idle a quarter of
+        `claim_idle_ms`, well before anyone may claim them."""
+        quarter_ms = max(1, self.cfg.claim_idle_ms // 4)
+        while True:
+            await anyio.sleep(quarter_ms / 1000.0)
+            ids = self.inflight
+            if not ids:
+                continue
+            try:
+                await self.redis.client.xclaim(
+                    self.cfg.stream, self.cfg.group, self.name, quarter_ms, ids, justid=True
+                )
+            except Exception:
+                log.debug("keepalive XCLAIM failed", exc_info=True)
+
+    async def _housekeeping(self) -> None:
+        """Delete consumers of dead processes once they own nothing, and trim acked entries."""
+        client, cfg = self.redis.client, self.cfg
+        try:
+            for c in await client.xinfo_consumers(cfg.stream, cfg.group):
+                name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                if name != self.name and not c["pending"] and c["idle"] > cfg.claim_idle_ms:
+                    await client.xgroup_delconsumer(cfg.stream, cfg.group, name)
+                    log.info("%s: removed idle consumer %s (it owned nothing)", self.name, name)
+            if cfg.trim == "acked":
+                floor = await acked_floor(client, cfg.stream)
+                if floor is not None:
+                    await client.xtrim(cfg.stream, minid=floor, approximate=True)
+        except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
+            log.debug("%s: housekeeping skipped: %s", self.name, exc)
+
     async def _due_work(self) -> list[Message]:
         """Entries due for a retry, and stalled entries of other consumers (XAUTOCLAIM)."""
+        if self.read_errors:
+            await anyio.sleep(min(5.0, 0.1 * 2 ** min(self.read_errors, 6)))
+            self.read_errors = 0
         if self.recreate:
             self.recreate = False
             try:
@@ -408,6 +459,8 @@ class Consumer:
             )
         if now >= self.next_claim:
             self.next_claim = now + self.cfg.claim_interval_ms / 1000.0
+            if self.is_first:
+                await self._housekeeping()
             out += await self._claim(
                 ["XAUTOCLAIM", self.cfg.stream, self.cfg.group, self.name,
                  self.cfg.claim_idle_ms, "0-0", "COUNT", self.cfg.count]
@@ -434,8 +487,9 @@ class Consumer:
     async def _handle(self, batch: list[Message]) -> list[list[Any]] | None:
         """Run the handler over `batch`; return the commit command for what succeeded."""
         agent, stats = self.agent, self.agent.stats
-        out = Batch()
+        out = Batch(maxlen=self.cfg.maxlen)
         token = current_batch.set(out)
+        self.inflight = [m.key or "" for m in batch]
         done: list[str] = []
         failed: list[tuple[Message, BaseException]] = []
         agent.running += 1
@@ -465,6 +519,7 @@ class Consumer:
                 stats.processed += len(done)
         finally:
             out.closed = True
+            self.inflight = []
             current_batch.reset(token)
             agent.running -= 1
         if failed:
@@ -630,6 +685,25 @@ class Consumer:
             conn, self.conn = self.conn, None
             with anyio.CancelScope(shield=True):
                 await conn.disconnect()
+
+
+async def acked_floor(client: Any, stream: str) -> bytes | None:
+    """The lowest id any group still needs (oldest pending, or next undelivered): entries
+    below it were delivered to and acked by every group. None when there are no groups."""
+    floor: tuple[int, int] | None = None
+    for g in await client.xinfo_groups(stream):
+        summary = await client.xpending(stream, g["name"])
+        if summary["pending"]:
+            cand = _id_order(_text(summary["min"]))
+        else:
+            ms, seq = _id_order(_text(g["last-delivered-id"]))
+            cand = (ms, seq + 1)
+        floor = cand if floor is None or cand < floor else floor
+    return None if floor is None else f"{floor[0]}-{floor[1]}".encode()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 _pack_batch = msgspec.msgpack.Encoder().encode

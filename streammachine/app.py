@@ -103,6 +103,7 @@ class App:
         self._stop: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
         self._forced = False
+        self._exit_code = 0
         self._tasks = 0
         #: Extra tasks run beside the agents until stop (e.g. the instance heartbeat).
         self.background: list[Callable[[anyio.Event], Coroutine[Any, Any, None]]] = []
@@ -131,6 +132,8 @@ class App:
         max_deliveries: int = 5,
         retry_backoff_ms: int = 1000,
         dead_letter: str | None = None,
+        maxlen: int | None = None,
+        trim: Literal["acked"] | None = None,
         name: str | None = None,
     ) -> Callable[[AsyncFn[P, R]], AsyncFn[P, R]]:
         """Register a consumer of `stream` in consumer group `group`.
@@ -154,6 +157,9 @@ class App:
             max_deliveries: deliveries before an entry is dead-lettered (0 = never).
             retry_backoff_ms: the first retry's delay; doubled per delivery, with jitter.
             dead_letter: the dead-letter stream (default `<stream>:dead`).
+            maxlen: approximate length cap for streams this agent's handler writes to.
+            trim: "acked" periodically trims `stream` below the oldest entry any group still
+                needs, so it cannot grow without bound and never loses unread entries.
             name: the agent's name (default: the function's name).
 
         Example:
@@ -175,6 +181,8 @@ class App:
             max_deliveries=max_deliveries,
             retry_backoff_ms=retry_backoff_ms,
             dead_letter=dead_letter,
+            maxlen=maxlen,
+            trim=trim,
             name=name or "",
         )
 
@@ -342,6 +350,7 @@ class App:
         self._stopped = anyio.Event()
         self.started = self.started or anyio.Event()
         self._forced = False
+        self._exit_code = 0
         token = _inside_app.set(True)
         if install_signal_handlers:
             self._install_signal_handlers()
@@ -376,7 +385,7 @@ class App:
             with anyio.CancelScope(shield=True):
                 await self.aclose()
             self._stopped.set()
-        return 1 if self._forced else 0
+        return self._exit_code or (1 if self._forced else 0)
 
     async def _supervised(
         self, fn: Callable[[anyio.Event], Awaitable[None]], stop: anyio.Event
@@ -397,6 +406,12 @@ class App:
         if self._tasks:
             log.warning("shutdown: cancelling work still running; its entries stay pending")
             scope.cancel()
+
+    def fail(self, reason: str, code: int = 1) -> None:
+        """Stop at once with exit status `code` (e.g. Redis down for too long)."""
+        log.error("stopping: %s", reason)
+        self._exit_code = code
+        self.request_stop(force=True)
 
     def request_stop(self, force: bool = False) -> None:
         """Ask a running app to stop (thread-unsafe; from the app's loop)."""

@@ -170,6 +170,11 @@ class RedisConnection:
         except ResponseError as exc:
             if "BUSYGROUP" in str(exc):
                 return False
+            if "WRONGTYPE" in str(exc):
+                raise ConfigError(
+                    f"key {stream!r} exists and is not a stream: consume another stream, "
+                    "or rename or delete that key"
+                ) from None
             raise
         return True
 

@@ -158,6 +158,8 @@ class ConsumerConfig:
     max_deliveries: int = 5
     retry_backoff_ms: int = 1000
     dead_letter: str | None = None
+    maxlen: int | None = None
+    trim: Literal["acked"] | None = None
     name: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -182,6 +184,10 @@ class ConsumerConfig:
             raise ConfigError("max_deliveries must be >= 0 (0 = never dead-letter)")
         if self.retry_backoff_ms < 0:
             raise ConfigError("retry_backoff_ms must be >= 0")
+        if self.maxlen is not None and self.maxlen < 1:
+            raise ConfigError("maxlen must be >= 1 (or None for no trimming)")
+        if self.trim not in (None, "acked"):
+            raise ConfigError(f"trim must be 'acked' or None, not {self.trim!r}")
         if self.dead_letter is None:
             self.dead_letter = f"{self.stream}:dead"
 
