@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .codec import decode_struct, encode_fields
+from .codec import Payload, StructCodec, encode_fields
 from .exceptions import Retry, SerializationError, Skip
 from .message import Message, messages_from_reply
 from .settings import ConsumerConfig
@@ -160,6 +160,7 @@ class Agent:
         config: ConsumerConfig,
         *,
         schema: type[msgspec.Struct] | None = None,
+        payload: Payload = "fields",
         batch: bool = False,
     ) -> None:
         self.app = app
@@ -167,6 +168,7 @@ class Agent:
         self.config = config
         self.name = config.name or getattr(fn, "__name__", "agent")
         self.schema = schema
+        self.codec = StructCodec(schema, payload) if schema is not None else None
         self.batch = batch
         self.stats = AgentStats()
         self.running = 0
@@ -497,13 +499,14 @@ class Consumer:
             if agent.batch:
                 await self._handle_whole(batch, out, done, failed)
             else:
-                fn, schema, observe = agent.fn, agent.schema, stats.observe
+                fn, codec, observe = agent.fn, agent.codec, stats.observe
+                skipped = stats.skipped
                 for msg in batch:
                     out.current = msg.key or ""
                     t0 = time.perf_counter()
                     try:
-                        if schema is not None:
-                            msg.value = decode_struct(msg.message, schema)
+                        if codec is not None:
+                            msg.value = codec.decode(msg._fields)
                         await fn(msg)
                     except Skip:
                         stats.skipped += 1
@@ -516,7 +519,7 @@ class Consumer:
                         continue
                     observe(time.perf_counter() - t0)
                     done.append(out.current)
-                stats.processed += len(done)
+                stats.processed += len(done) - (stats.skipped - skipped)
         finally:
             out.closed = True
             self.inflight = []
@@ -533,6 +536,19 @@ class Consumer:
         done: list[str],
         failed: list[tuple[Message, BaseException]],
     ) -> None:
+        codec = self.agent.codec
+        if codec is not None:
+            valid = []
+            for msg in batch:
+                try:
+                    msg.value = codec.decode(msg._fields)
+                except SerializationError as exc:
+                    failed.append((msg, exc))
+                    continue
+                valid.append(msg)
+            batch = valid
+            if not batch:
+                return
         out.current = batch[0].key or ""
         t0 = time.perf_counter()
         try:
@@ -544,6 +560,7 @@ class Consumer:
             failed.extend((m, exc) for m in batch)
             return
         self.agent.stats.observe(time.perf_counter() - t0)
+        self.agent.stats.processed += len(batch)
         done.extend(m.key or "" for m in batch)
 
     def _commit_cmd(self, done: list[str], out: Batch) -> list[list[Any]] | None:

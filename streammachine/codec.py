@@ -7,14 +7,15 @@ Stream fields are str→str. `encode_fields` writes str/bytes/int/float/bool as 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
 from .exceptions import SerializationError
 
 __all__ = [
+    "StructCodec",
     "_has_cython_decode",
     "decode_dict_bytes_to_utf8",
     "decode_fields",
@@ -132,6 +133,77 @@ def _warn_undecodable(exc: UnicodeDecodeError) -> None:
     if not _warned_undecodable:
         _warned_undecodable = True
         log.warning("a message holds bytes that are not UTF-8 (%s); replaced with U+FFFD", exc)
+
+
+Payload = Literal["fields", "msgpack", "json"]
+
+#: The field that holds a packed payload.
+PAYLOAD_FIELD = "data"
+
+
+class StructCodec:
+    """Encodes and decodes one msgspec Struct type in a payload mode.
+
+    "fields" writes one stream field per struct field (readable in redis-cli, ~1.5 µs to decode);
+    "msgpack" and "json" write the whole struct into one `data` field (nested data, ~0.2 µs).
+
+    Example:
+        >>> class Tick(msgspec.Struct):
+        ...     price: float
+        >>> codec = StructCodec(Tick, "msgpack")
+        >>> codec.decode(codec.encode(Tick(1.5)))
+        Tick(price=1.5)
+    """
+
+    def __init__(self, schema: type[msgspec.Struct], payload: Payload = "fields") -> None:
+        if payload not in ("fields", "msgpack", "json"):
+            raise ValueError(f"payload must be 'fields', 'msgpack' or 'json', not {payload!r}")
+        self.schema = schema
+        self.payload = payload
+        self._decode: Callable[[bytes], Any]
+        if payload == "msgpack":
+            self._encode = msgspec.msgpack.Encoder().encode
+            self._decode = msgspec.msgpack.Decoder(schema).decode
+        else:
+            self._encode = msgspec.json.Encoder().encode
+            self._decode = msgspec.json.Decoder(schema).decode
+
+    def encode(self, value: msgspec.Struct) -> dict[str | bytes, str | bytes]:
+        """The stream fields for `value`."""
+        if self.payload == "fields":
+            return encode_fields(value)
+        return {PAYLOAD_FIELD: self._encode(value)}
+
+    def decode(self, fields: Any) -> Any:
+        """A validated struct from an entry's fields (raw flat list, bytes dict or str dict).
+
+        Raises:
+            SerializationError: the entry does not match the schema; the message says why.
+        """
+        if self.payload == "fields":
+            if isinstance(fields, list):
+                return decode_struct(decode_fields(fields), self.schema)
+            return decode_struct(decode_dict_bytes_to_utf8(fields), self.schema)
+        data: Any = None
+        if isinstance(fields, list):
+            if len(fields) == 2 and fields[0] == b"data":
+                data = fields[1]  # the common case, without a search
+            for i in range(0, len(fields) - 1 if data is None else 0, 2):
+                if fields[i] in (b"data", "data"):
+                    data = fields[i + 1]
+                    break
+        else:
+            data = fields.get(b"data", fields.get("data"))
+        if data is None:
+            raise SerializationError(
+                f"no '{PAYLOAD_FIELD}' field holding a packed {self.schema.__name__}"
+            )
+        try:
+            return self._decode(data.encode() if isinstance(data, str) else data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise SerializationError(
+                f"message does not match {self.schema.__name__}: {exc}"
+            ) from exc
 
 
 def decode_struct(fields: Mapping[str, str], schema: type[S]) -> S:
