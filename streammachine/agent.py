@@ -180,27 +180,40 @@ class Agent:
         """`<host>-<pid>-<agent>-<n>`: stable for the process and readable in XINFO."""
         return f"{socket.gethostname()}-{os.getpid()}-{self.name}-{index}"
 
+    @property
+    def streams(self) -> list[str]:
+        """The streams this agent consumes: its stream, or `<stream>:p0 … :p{K-1}` when it has
+        K partitions."""
+        k = self.config.partitions
+        base = self.config.stream
+        return [f"{base}:p{i}" for i in range(k)] if k else [base]
+
     async def prepare(self) -> None:
         """Create the group (MKSTREAM) if it does not exist; an existing group keeps its place."""
-        created = await self.app.redis.ensure_group(
-            self.config.stream, self.config.group, self.config.start
-        )
-        if created:
-            log.info("created group %s on %s", self.config.group, self.config.stream)
+        for stream in self.streams:
+            created = await self.app.redis.ensure_group(
+                stream, self.config.group, self.config.start
+            )
+            if created:
+                log.info("created group %s on %s", self.config.group, stream)
 
     async def run(self, stop: anyio.Event) -> None:
-        """Run `concurrency` consumers until `stop` is set and they have drained."""
+        """Run `concurrency` consumers per stream until `stop` is set and they have drained."""
         async with anyio.create_task_group() as tg:
-            for index in range(self.config.concurrency):
-                tg.start_soon(Consumer(self, index).run, stop)
+            n = 0
+            for stream in self.streams:
+                for _ in range(self.config.concurrency):
+                    tg.start_soon(Consumer(self, n, stream).run, stop)
+                    n += 1
 
 
 class Consumer:
     """One consumer of an agent: its own connection, its own read-handle-commit loop."""
 
-    def __init__(self, agent: Agent, index: int) -> None:
+    def __init__(self, agent: Agent, index: int, stream: str | None = None) -> None:
         self.agent = agent
         self.cfg = agent.config
+        self.stream = stream or agent.config.stream
         self.name = agent.consumer_name(index)
         self.redis = agent.app.redis
         self.memory = self.redis.is_memory
@@ -216,12 +229,14 @@ class Consumer:
         self.is_first = index == 0
         self.redo: list[list[list[Any]]] = []
         self.read_errors = 0
+        self.moved = False
+        self.warned_cross_slot = False
         self.recreate = False
 
     # --- connection -------------------------------------------------------------------------
 
     async def _connect(self) -> AbstractConnection:
-        conn = self.redis.new_connection()
+        conn = await self.redis.new_connection(self.stream)
         await conn.connect()  # type: ignore[no-untyped-call]
         self.conn = conn
         if not self.memory:
@@ -256,7 +271,7 @@ class Consumer:
         cmd: list[Any] = ["XREADGROUP", "GROUP", self.cfg.group, self.name, "COUNT", self.cfg.count]
         if block and not self.memory:
             cmd += ["BLOCK", self.cfg.block_ms]
-        return [*cmd, "STREAMS", self.cfg.stream, start_id]
+        return [*cmd, "STREAMS", self.stream, start_id]
 
     async def run(self, stop: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
@@ -372,7 +387,10 @@ class Consumer:
                 break
         reply = replies[-1]
         if isinstance(reply, ResponseError):
-            if "NOGROUP" in str(reply):
+            if str(reply).startswith(("MOVED", "ASK")):
+                log.warning("%s: %s moved to another node; reconnecting", self.name, self.stream)
+                self.moved = True
+            elif "NOGROUP" in str(reply):
                 log.warning("%s: group %s vanished; recreating", self.name, self.cfg.group)
                 self.recreate = True
             else:
@@ -401,6 +419,8 @@ class Consumer:
         delay_s = min(2.0, 0.05 * 2**self.outage_attempts)
         await anyio.sleep(delay_s * (0.5 + random.random() / 2))
         try:
+            if self.redis.is_cluster:
+                await self.redis.client.nodes_manager.initialize()  # type: ignore[attr-defined]
             await self._connect()
             await self.agent.prepare()
         except Exception:
@@ -418,7 +438,7 @@ class Consumer:
                 continue
             try:
                 await self.redis.client.xclaim(
-                    self.cfg.stream, self.cfg.group, self.name, quarter_ms, ids, justid=True
+                    self.stream, self.cfg.group, self.name, quarter_ms, ids, justid=True
                 )
             except Exception:
                 log.debug("keepalive XCLAIM failed", exc_info=True)
@@ -427,20 +447,23 @@ class Consumer:
         """Delete consumers of dead processes once they own nothing, and trim acked entries."""
         client, cfg = self.redis.client, self.cfg
         try:
-            for c in await client.xinfo_consumers(cfg.stream, cfg.group):
+            for c in await client.xinfo_consumers(self.stream, cfg.group):
                 name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
                 if name != self.name and not c["pending"] and c["idle"] > cfg.claim_idle_ms:
-                    await client.xgroup_delconsumer(cfg.stream, cfg.group, name)
+                    await client.xgroup_delconsumer(self.stream, cfg.group, name)
                     log.info("%s: removed idle consumer %s (it owned nothing)", self.name, name)
             if cfg.trim == "acked":
-                floor = await acked_floor(client, cfg.stream)
+                floor = await acked_floor(client, self.stream)
                 if floor is not None:
-                    await client.xtrim(cfg.stream, minid=floor, approximate=True)
+                    await client.xtrim(self.stream, minid=floor, approximate=True)
         except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
             log.debug("%s: housekeeping skipped: %s", self.name, exc)
 
     async def _due_work(self) -> list[Message]:
         """Entries due for a retry, and stalled entries of other consumers (XAUTOCLAIM)."""
+        if self.moved:
+            self.moved = False
+            await self._on_outage()
         if self.read_errors:
             await anyio.sleep(min(5.0, 0.1 * 2 ** min(self.read_errors, 6)))
             self.read_errors = 0
@@ -456,15 +479,13 @@ class Consumer:
         if due:
             for i in due:
                 del self.retry_at[i]
-            out += await self._claim(
-                ["XCLAIM", self.cfg.stream, self.cfg.group, self.name, 0, *due]
-            )
+            out += await self._claim(["XCLAIM", self.stream, self.cfg.group, self.name, 0, *due])
         if now >= self.next_claim:
             self.next_claim = now + self.cfg.claim_interval_ms / 1000.0
             if self.is_first:
                 await self._housekeeping()
             out += await self._claim(
-                ["XAUTOCLAIM", self.cfg.stream, self.cfg.group, self.name,
+                ["XAUTOCLAIM", self.stream, self.cfg.group, self.name,
                  self.cfg.claim_idle_ms, "0-0", "COUNT", self.cfg.count]
             )  # fmt: skip
         return out
@@ -482,7 +503,7 @@ class Consumer:
         entries = [e for e in entries if e and e[1] is not None]
         if cmd[0] == "XAUTOCLAIM" and entries:
             log.info("%s: claimed %d stalled entries", self.name, len(entries))
-        return messages_from_reply([(self.cfg.stream, entries)], self.name)
+        return messages_from_reply([(self.stream, entries)], self.name)
 
     # --- handling ---------------------------------------------------------------------------
 
@@ -527,7 +548,34 @@ class Consumer:
             agent.running -= 1
         if failed:
             await self._on_failures(failed)
+        if out.outputs and not self._atomic(out):
+            await self._write_outputs(done, out)
         return self._commit_cmd(done, out)
+
+    def _atomic(self, out: Batch) -> bool:
+        """Whether outputs and acks can be committed in one script (same node and slot)."""
+        topics = {t for outs in out.outputs.values() for t, _, _ in outs}
+        if self.redis.same_slot([self.stream, *topics]):
+            return True
+        if not self.warned_cross_slot:
+            self.warned_cross_slot = True
+            log.warning(
+                "%s: %s and its outputs %s are in different cluster slots: outputs are written "
+                "before the ack (at-least-once). Name them with one hash tag, e.g. {orders}:in "
+                "and {orders}:out, to keep exactly-once.",
+                self.name, self.stream, sorted(topics),
+            )  # fmt: skip
+        return False
+
+    async def _write_outputs(self, done: list[str], out: Batch) -> None:
+        """The at-least-once fallback: write the outputs now; the commit then only acks."""
+        async with self.redis.client.pipeline(transaction=False) as pipe:
+            for entry_id in done:
+                for topic, maxlen, flat in out.outputs.get(entry_id, ()):
+                    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                    pipe.xadd(topic, fields, maxlen=maxlen or None, approximate=True)
+            await pipe.execute()
+        out.outputs.clear()
 
     async def _handle_whole(
         self,
@@ -567,7 +615,7 @@ class Consumer:
         """The commands that commit a batch: its acks, and its outputs only where still owned."""
         if not done:
             return None
-        stream, group = self.cfg.stream, self.cfg.group
+        stream, group = self.stream, self.cfg.group
         if not out.outputs:
             return [["XACK", stream, group, *done]]
         keys: dict[str, int] = {stream: 1}
@@ -635,7 +683,7 @@ class Consumer:
                 continue
             log.error(
                 "%s: handler %s failed on %s %s (delivery %d); it stays pending",
-                self.name, self.agent.name, cfg.stream, key, deliveries,
+                self.name, self.agent.name, self.stream, key, deliveries,
                 exc_info=(type(exc), exc, exc.__traceback__),
             )  # fmt: skip
             backoff_s = min(60.0, cfg.retry_backoff_ms / 1000.0 * 2 ** max(0, deliveries - 1))
@@ -648,7 +696,7 @@ class Consumer:
     async def _deliveries(self, entry_id: str) -> int:
         try:
             reply = await self.redis.client.xpending_range(
-                self.cfg.stream, self.cfg.group, entry_id, entry_id, 1
+                self.stream, self.cfg.group, entry_id, entry_id, 1
             )
             return int(reply[0]["times_delivered"]) if reply else 1
         except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError):
@@ -663,15 +711,17 @@ class Consumer:
             error_type=type(exc).__name__,
             traceback=tb,
             deliveries=str(deliveries),
-            source_stream=cfg.stream,
+            source_stream=self.stream,
             source_id=msg.key or "",
             group=cfg.group,
             failed_at=f"{time.time():.3f}",
         )
         try:
-            async with self.redis.client.pipeline(transaction=True) as pipe:
-                pipe.xadd(cfg.dead_letter or f"{cfg.stream}:dead", encode_fields(fields))  # type: ignore[arg-type]
-                pipe.xack(cfg.stream, cfg.group, msg.key or "")
+            dead = cfg.dead_letter or f"{self.stream}:dead"
+            atomic = self.redis.same_slot([self.stream, dead])
+            async with self.redis.client.pipeline(transaction=atomic) as pipe:
+                pipe.xadd(dead, encode_fields(fields))  # type: ignore[arg-type]
+                pipe.xack(self.stream, cfg.group, msg.key or "")
                 await pipe.execute()
         except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as err:
             log.error(
@@ -681,18 +731,18 @@ class Consumer:
         self.agent.stats.dead += 1
         log.error(
             "%s: %s %s moved to %s after %d deliveries: %s: %s",
-            self.name, cfg.stream, msg.key, cfg.dead_letter, deliveries, type(exc).__name__, exc,
+            self.name, self.stream, msg.key, cfg.dead_letter, deliveries, type(exc).__name__, exc,
         )  # fmt: skip
 
     async def _retire(self) -> None:
         """On a clean stop, leave the group tidy: delete this consumer if it owns nothing."""
         try:
             (reply,) = await self._call(
-                [["XPENDING", self.cfg.stream, self.cfg.group, "-", "+", 1, self.name]]
+                [["XPENDING", self.stream, self.cfg.group, "-", "+", 1, self.name]]
             )
             if not reply and not self.retry_at:
                 await self._call(
-                    [["XGROUP", "DELCONSUMER", self.cfg.stream, self.cfg.group, self.name]]
+                    [["XGROUP", "DELCONSUMER", self.stream, self.cfg.group, self.name]]
                 )
         except Exception:
             log.debug("retire failed", exc_info=True)

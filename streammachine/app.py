@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
+import zlib
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextvars import ContextVar
@@ -18,6 +20,7 @@ import msgspec
 from .agent import Agent, current_batch
 from .codec import StructCodec, encode_fields
 from .connection import RedisConnection
+from .exceptions import ConfigError
 from .settings import AppConfig, ConsumerConfig, Settings, TimerConfig
 from .timer import Timer
 
@@ -90,12 +93,17 @@ class App:
         self.dashboard_enabled = dashboard_enabled
         self.dashboard_host = dashboard_host
         self.dashboard_port = dashboard_port
-        self.storage_namespace = storage_namespace or self.settings.storage_namespace
+        from .storage import check_namespace
+
+        self.storage_namespace = check_namespace(
+            storage_namespace or self.settings.storage_namespace
+        )
         self.agents: list[Agent] = []
         self.timers: list[Timer] = []
         self.startup_hooks: list[Callable[[], Awaitable[Any]]] = []
         self.shutdown_hooks: list[Callable[[], Awaitable[Any]]] = []
         self._packed: dict[str, StructCodec] = {}
+        self._partitions: dict[str, tuple[int, itertools.count[int]]] = {}
         self._redis_url = redis_url
         self._redis: RedisConnection | None = None
         self._storage: Storage | None = None
@@ -136,6 +144,7 @@ class App:
         dead_letter: str | None = None,
         maxlen: int | None = None,
         trim: Literal["acked"] | None = None,
+        partitions: int | None = None,
         name: str | None = None,
     ) -> Callable[[AsyncFn[P, R]], AsyncFn[P, R]]:
         """Register a consumer of `stream` in consumer group `group`.
@@ -166,6 +175,8 @@ class App:
             maxlen: approximate length cap for streams this agent's handler writes to.
             trim: "acked" periodically trims `stream` below the oldest entry any group still
                 needs, so it cannot grow without bound and never loses unread entries.
+            partitions: consume K partition streams `<stream>:p0 … :p{K-1}` (each its own slot
+                on a cluster); `send(stream, record, key=...)` routes by a stable hash of the key.
             name: the agent's name (default: the function's name).
 
         Example:
@@ -189,8 +200,12 @@ class App:
             dead_letter=dead_letter,
             maxlen=maxlen,
             trim=trim,
+            partitions=partitions,
             name=name or "",
         )
+
+        if partitions:
+            self.partitioned(stream, partitions)
 
         def register(fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
             self.agents.append(Agent(self, fn, config, schema=schema, payload=payload, batch=batch))
@@ -261,8 +276,38 @@ class App:
 
     # --- sending -----------------------------------------------------------------------------
 
+    def partitioned(self, stream: str, partitions: int) -> None:
+        """Declare that `stream` has `partitions` partition streams, so `send` routes to them
+        (agents with `partitions=` declare it themselves; producers without agents call this).
+
+        Example:
+            >>> app.partitioned("ticks", 4)
+            >>> await app.send("ticks", {"symbol": "AAPL"}, key="AAPL")  # doctest: +SKIP
+        """
+        if partitions < 1:
+            raise ConfigError("partitions must be >= 1")
+        self._partitions[stream] = (partitions, itertools.count())
+
+    def route(self, topic: str, key: str | bytes | None = None) -> str:
+        """The stream a record for `topic` goes to: a partition chosen by a stable hash of `key`
+        (per-key order kept), round-robin without a key, or `topic` itself if unpartitioned."""
+        spec = self._partitions.get(topic)
+        if spec is None:
+            return topic
+        k, counter = spec
+        if key is None:
+            return f"{topic}:p{next(counter) % k}"
+        raw = key.encode() if isinstance(key, str) else key
+        return f"{topic}:p{zlib.crc32(raw) % k}"
+
     async def send(
-        self, topic: str, record: Record, *, now: bool = False, maxlen: int | None = None
+        self,
+        topic: str,
+        record: Record,
+        *,
+        now: bool = False,
+        maxlen: int | None = None,
+        key: str | bytes | None = None,
     ) -> str | None:
         """Append `record` to stream `topic`.
 
@@ -278,6 +323,7 @@ class App:
             '1700000000000-0'
         """
         fields = self._encode(topic, record)
+        topic = self.route(topic, key) if self._partitions else topic
         maxlen = maxlen or self.config.stream_maxlen
         batch = current_batch.get()
         if batch is not None and not batch.closed and not now:
@@ -293,6 +339,7 @@ class App:
         *,
         now: bool = False,
         maxlen: int | None = None,
+        key: str | bytes | None = None,
     ) -> list[str | None]:
         """Append many records in one round trip; returns their ids (None while buffered).
 
@@ -301,6 +348,9 @@ class App:
             ['1700000000000-0', '1700000000000-1']
         """
         encoded = [self._encode(topic, r) for r in records]
+        if topic in self._partitions:
+            # Per record, so records without a key spread over the partitions.
+            return [await self.send(topic, r, now=now, maxlen=maxlen, key=key) for r in records]
         maxlen = maxlen or self.config.stream_maxlen
         batch = current_batch.get()
         if batch is not None and not batch.closed and not now:

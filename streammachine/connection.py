@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
@@ -28,7 +28,7 @@ __all__ = ["RedisConnection", "mask_url"]
 
 log = logging.getLogger("streammachine.connection")
 
-_SCHEMES = ("redis", "rediss", "unix", "memory")
+_SCHEMES = ("redis", "rediss", "unix", "memory", "redis+cluster", "redis+sentinel")
 _memory_server: Any = None
 
 
@@ -55,17 +55,21 @@ def memory_server() -> Any:
 def validate_url(url: str) -> str:
     """Check a Redis URL's scheme and shape; raise `ConfigError` with the valid forms."""
     scheme = urlsplit(url).scheme.lower()
-    if scheme in ("redis+cluster", "redis+sentinel"):
-        raise ConfigError(
-            f"{mask_url(url)}: Redis Cluster and Sentinel URLs are not supported in this version; "
-            "use redis://, rediss://, unix:// or memory://"
-        )
     if scheme not in _SCHEMES:
         raise ConfigError(
             f"bad Redis URL {mask_url(url)!r}: use redis://host:port/db, rediss://…, "
-            "unix:///path/to/socket or memory://"
+            "unix:///path/to/socket, redis+cluster://host:port[,host:port…], "
+            "redis+sentinel://host:port[,host:port…]/service_name or memory://"
         )
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis+cluster", "redis+sentinel"):
+        nodes = _nodes(url)
+        if scheme == "redis+sentinel" and not urlsplit(url).path.strip("/"):
+            raise ConfigError(
+                f"{mask_url(url)}: name the service, e.g. redis+sentinel://host:26379/mymaster"
+            )
+        if not nodes:
+            raise ConfigError(f"{mask_url(url)}: give at least one host:port")
+    elif scheme in ("redis", "rediss"):
         try:
             urlsplit(url).port  # noqa: B018 - parsing the port validates it
         except ValueError:
@@ -73,13 +77,63 @@ def validate_url(url: str) -> str:
     return url
 
 
-def create_client(url: str, max_connections: int = 10) -> aioredis.Redis:
-    """A bytes-returning asyncio client with its own pool for `url`."""
+def _nodes(url: str) -> list[tuple[str, int]]:
+    """The host:port list of a cluster or sentinel URL."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    nodes = []
+    for part in filter(None, netloc.split(",")):
+        host, _, port = part.rpartition(":")
+        try:
+            nodes.append((host or part, int(port) if host else 6379))
+        except ValueError:
+            raise ConfigError(f"bad host:port {part!r} in {mask_url(url)!r}") from None
+    return nodes
+
+
+def _auth(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    out: dict[str, Any] = {}
+    if parts.username:
+        out["username"] = unquote(parts.username)
+    if parts.password:
+        out["password"] = unquote(parts.password)
+    return out
+
+
+def create_client(url: str, max_connections: int = 10, cluster: bool = False) -> aioredis.Redis:
+    """A bytes-returning asyncio client with its own pool for `url`.
+
+    `redis+cluster://` (or `cluster=True`) gives a `RedisCluster`, `redis+sentinel://` a client
+    of the service's current master that follows failovers.
+    """
     validate_url(url)
-    if url.startswith("memory://"):
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
         from fakeredis import aioredis as fake
 
         return cast(aioredis.Redis, fake.FakeRedis(server=memory_server()))
+    if scheme == "redis+cluster" or (cluster and scheme in ("redis", "rediss")):
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        nodes = (
+            _nodes(url)
+            if scheme == "redis+cluster"
+            else [(urlsplit(url).hostname or "localhost", urlsplit(url).port or 6379)]
+        )
+        return cast(
+            aioredis.Redis,
+            RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+                max_connections=max(max_connections, 32),
+                **_auth(url),
+            ),
+        )
+    if scheme == "redis+sentinel":
+        from redis.asyncio.sentinel import Sentinel
+
+        service = urlsplit(url).path.strip("/").split("/")[0]
+        sentinel = Sentinel(_nodes(url), sentinel_kwargs=_auth(url), **_auth(url))  # type: ignore[no-untyped-call]
+        return cast(aioredis.Redis, sentinel.master_for(service, redis_class=aioredis.Redis))
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=30, health_check_interval=30
     )
@@ -131,11 +185,26 @@ class RedisConnection:
         return self.url.startswith("memory://")
 
     @property
+    def is_cluster(self) -> bool:
+        """True for Redis Cluster (`redis+cluster://` or `STREAMMACHINE_CLUSTER=1`)."""
+        return self.url.startswith("redis+cluster://") or (
+            self.settings.cluster and self.url.startswith(("redis://", "rediss://"))
+        )
+
+    @property
     def client(self) -> aioredis.Redis:
         """The shared redis-py asyncio client (bytes replies); created on first use."""
         if self._client is None:
-            self._client = create_client(self.url, self.max_connections)
+            self._client = create_client(self.url, self.max_connections, self.is_cluster)
         return self._client
+
+    def same_slot(self, keys: Iterable[str]) -> bool:
+        """True when all `keys` hash to one cluster slot (always true off a cluster)."""
+        if not self.is_cluster:
+            return True
+        from redis.crc import key_slot
+
+        return len({key_slot(k.encode()) for k in keys}) <= 1
 
     async def connect(self) -> None:
         """Ping the server; raise `RedisUnavailableError` naming the (masked) URL if unreachable."""
@@ -147,9 +216,17 @@ class RedisConnection:
                 "Start redis-server or set REDIS_URL to a reachable server (memory:// runs in-process)."
             ) from exc
 
-    def new_connection(self) -> AbstractConnection:
-        """A dedicated connection outside the pool's limit, for a consumer's blocking reads."""
-        return cast(AbstractConnection, self.client.connection_pool.make_connection())  # type: ignore[no-untyped-call]
+    async def new_connection(self, key: str | None = None) -> AbstractConnection:
+        """A dedicated connection outside the pool's limit, for a consumer's blocking reads;
+        on a cluster, to the node that holds `key` (topology refreshed first)."""
+        client: Any = self.client
+        if self.is_cluster:
+            await client.initialize()
+            if key is None:
+                raise ConfigError("a cluster connection needs the key it will serve")
+            node = client.get_node_from_key(key)
+            return cast(AbstractConnection, node.connection_class(**node.connection_kwargs))
+        return cast(AbstractConnection, client.connection_pool.make_connection())
 
     async def health_check(self) -> bool:
         """True when Redis answers PING; never raises."""
@@ -238,7 +315,10 @@ class RedisConnection:
         """Close the connection pool."""
         if self._client is not None:
             client, self._client = self._client, None
-            await client.aclose()
+            if self.is_cluster:
+                await client.aclose()
+            else:
+                await client.aclose(close_connection_pool=True)
 
     async def __aenter__(self) -> RedisConnection:
         return self

@@ -160,6 +160,7 @@ class ConsumerConfig:
     dead_letter: str | None = None
     maxlen: int | None = None
     trim: Literal["acked"] | None = None
+    partitions: int | None = None
     name: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -186,6 +187,8 @@ class ConsumerConfig:
             raise ConfigError("retry_backoff_ms must be >= 0")
         if self.maxlen is not None and self.maxlen < 1:
             raise ConfigError("maxlen must be >= 1 (or None for no trimming)")
+        if self.partitions is not None and self.partitions < 1:
+            raise ConfigError("partitions must be >= 1")
         if self.trim not in (None, "acked"):
             raise ConfigError(f"trim must be 'acked' or None, not {self.trim!r}")
         if self.dead_letter is None:

@@ -30,14 +30,17 @@ if TYPE_CHECKING:
     from .message import Message
     from .storage import Storage
 
-__all__ = ["RedisServer", "TestApp", "find_redis_server", "free_port"]
+__all__ = ["RedisClusterServer", "RedisServer", "TestApp", "find_redis_server", "free_port"]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(below: int = 65536) -> int:
+    """A TCP port on 127.0.0.1 that is free right now (and below `below`)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port < below:
+            return port
 
 
 def find_redis_server() -> str:
@@ -80,6 +83,8 @@ class RedisServer:
         self.binary = find_redis_server()
         self._dir = tempfile.TemporaryDirectory(prefix="streammachine-redis-")
         self.process: subprocess.Popen[bytes] | None = None
+        #: More redis-server arguments (e.g. cluster mode).
+        self.extra_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -101,6 +106,7 @@ class RedisServer:
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--protected-mode", "yes",
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
@@ -128,6 +134,8 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
         self.process = None
 
     def restart(self) -> None:
@@ -226,15 +234,15 @@ class TestApp:
         for agent in self.app.agents:
             if agent.running:
                 return False
-            cfg = agent.config
-            if not await client.exists(cfg.stream):
-                continue
-            last = (await client.xinfo_stream(cfg.stream))["last-generated-id"]
-            for group in await client.xinfo_groups(cfg.stream):
-                if group["name"].decode() != cfg.group:
+            for stream in agent.streams:
+                if not await client.exists(stream):
                     continue
-                if group["pending"] or group["last-delivered-id"] != last:
-                    return False
+                last = (await client.xinfo_stream(stream))["last-generated-id"]
+                for group in await client.xinfo_groups(stream):
+                    if group["name"].decode() != agent.config.group:
+                        continue
+                    if group["pending"] or group["last-delivered-id"] != last:
+                        return False
         return True
 
     async def run_until_idle(self, timeout_s: float = 5.0) -> None:
@@ -267,3 +275,68 @@ class TestApp:
     def storage(self) -> Storage:
         """The app's shared Storage."""
         return self.app.storage
+
+
+class RedisClusterServer:
+    """A throwaway Redis Cluster of `masters` redis-servers on free loopback ports.
+
+    Example:
+        >>> with RedisClusterServer() as cluster:  # doctest: +SKIP
+        ...     print(cluster.url)
+        redis+cluster://127.0.0.1:40001,127.0.0.1:40002,127.0.0.1:40003
+    """
+
+    SLOTS = 16384
+
+    def __init__(self, masters: int = 3) -> None:
+        # A cluster node also listens on port + 10000 (the cluster bus).
+        self.servers = [RedisServer(free_port(below=55536)) for _ in range(masters)]
+
+    @property
+    def url(self) -> str:
+        """`redis+cluster://host:port,host:port,…`."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def start(self, timeout_s: float = 20.0) -> RedisClusterServer:
+        """Start the servers, give each a third of the slots, join them, wait for `ok`."""
+        import redis as syncredis
+
+        for s in self.servers:
+            s.extra_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            s.start()
+        clients = [syncredis.Redis(host="127.0.0.1", port=s.port) for s in self.servers]
+        try:
+            share = self.SLOTS // len(clients)
+            for i, c in enumerate(clients):
+                end = self.SLOTS if i == len(clients) - 1 else (i + 1) * share
+                c.execute_command("CLUSTER", "ADDSLOTS", *range(i * share, end))
+            for c in clients[1:]:
+                c.execute_command("CLUSTER", "MEET", "127.0.0.1", self.servers[0].port)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
+                texts = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
+                if all("cluster_state:ok" in t for t in texts):
+                    return self
+                time.sleep(0.05)
+        finally:
+            for c in clients:
+                c.close()
+        self.close()
+        raise RedisUnavailableError("the test cluster did not reach cluster_state:ok")
+
+    def close(self) -> None:
+        """Stop every server and remove their directories."""
+        for s in self.servers:
+            s.close()
+
+    def __enter__(self) -> RedisClusterServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
