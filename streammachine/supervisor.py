@@ -1,25 +1,78 @@
 """Running an app: in this process, or as a supervisor of worker processes.
 
-One worker runs in the runner's own process (PID-1 and systemd friendly).
+`run_app` picks one of two shapes:
+
+* one process: with `workers=1`, no reload and no agent declared with `processes=N`, the app runs
+  in the runner's own process, which is what docker (PID 1) and systemd (`Type=notify`) expect;
+* a supervisor, otherwise. The runner does not run the app itself: it learns the app's agents from
+  a throwaway child (which on `--reload` also proves the new code imports before the old workers
+  are stopped) and starts workers as `python -m streammachine.supervisor --worker ...` children
+  that import the app again from its reference (spawned, never forked from a loaded app):
+
+  - `workers` regular workers run every agent without `processes=`; timers run in worker-0 only,
+    so a timer fires once per period however many workers there are;
+  - an agent with `processes=P` runs in P dedicated children, and in no regular worker.
+
+Children report readiness to the runner with the sd_notify protocol on a private unix socket (the
+runner tells systemd once all are ready), run in their own session so a terminal's Ctrl-C reaches
+only the runner, which forwards it once (a second one forces), and stop if the runner vanishes.
+A crashed worker is restarted with exponential backoff; a worker that cannot start stops the
+runner with an error, except under `--reload`, where the runner waits for the next change.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
 import logging
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import msgspec
 
-from .importer import import_app
+from .exceptions import AppImportError, ConfigError, StreamMachineError
 
-__all__ = ["notify_systemd", "run_app"]
+if TYPE_CHECKING:
+    from anyio.abc import Process, TaskGroup
+
+    from .app import App
+
+__all__ = ["Layout", "notify_systemd", "run_app"]
 
 log = logging.getLogger("streammachine.supervisor")
 
+#: Exit status of a worker that could not import or start its app (restarting will not help).
+BOOT_FAILED = 3
+#: Consecutive failures to start after which the runner gives up on a worker.
+MAX_START_FAILURES = 5
+BACKOFF_MAX_S = 30.0
+#: A worker that stayed up this long starts its restart backoff afresh.
+STABLE_S = 10.0
+#: Extra time a draining worker gets beyond the app's shutdown timeout before it is killed.
+KILL_GRACE_S = 5.0
+PROBE_TIMEOUT_S = 120.0
+
 
 def notify_systemd(state: str) -> bool:
-    """Send `state` (e.g. ``READY=1``) to systemd's NOTIFY_SOCKET when it is set."""
+    """Send `state` (e.g. ``READY=1``) to systemd's NOTIFY_SOCKET when it is set.
+
+    Example:
+        >>> notify_systemd("READY=1")  # False when not run by systemd
+        False
+    """
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
         return False
@@ -35,28 +88,537 @@ def notify_systemd(state: str) -> bool:
     return True
 
 
-async def _serve(target: str) -> int:
-    app = import_app(target)
+class AgentInfo(msgspec.Struct, frozen=True):
+    """One agent as the supervisor sees it."""
+
+    name: str
+    stream: str
+    group: str
+    processes: int
+
+
+class Layout(msgspec.Struct, frozen=True):
+    """What the supervisor needs to know of an app to place its work in processes.
+
+    Example:
+        >>> Layout("orders", [AgentInfo("bill", "orders", "billing", 0)], ["beat"], 30.0,
+        ...        "redis://localhost:6379/0").specs(2)[1].timers
+        False
+    """
+
+    name: str
+    agents: list[AgentInfo]
+    timers: list[str]
+    shutdown_timeout_s: float
+    redis: str
+
+    @classmethod
+    def of(cls, app: App) -> Layout:
+        """The layout of a loaded app (the Redis URL masked)."""
+        from .connection import mask_url
+
+        agents = [
+            AgentInfo(a.name, a.config.stream, a.config.group, a.config.processes or 0)
+            for a in app.agents
+        ]
+        return cls(
+            app.name,
+            agents,
+            [t.name for t in app.timers],
+            app.config.shutdown_timeout_s,
+            mask_url(app.redis.url),
+        )
+
+    def specs(self, workers: int) -> list[Spec]:
+        """The worker processes for `workers` regular workers plus the dedicated agents."""
+        plain = tuple(a.name for a in self.agents if not a.processes)
+        dedicated = [a for a in self.agents if a.processes]
+        specs = [
+            Spec(f"worker-{i}", plain, timers=i == 0)
+            for i in range(workers)
+            if plain or (i == 0 and (self.timers or not dedicated))
+        ]
+        for a in dedicated:
+            specs += [Spec(f"{a.name}-{j}", (a.name,), timers=False) for j in range(a.processes)]
+        return specs
+
+    def banner(self, workers: str) -> str:
+        """The startup log line: app, agents, timers, workers and (masked) Redis URL."""
+        agents = ", ".join(
+            f"{a.name} ({a.stream}/{a.group}"
+            + (f", {a.processes} processes)" if a.processes else ")")
+            for a in self.agents
+        )
+        timers = ", ".join(self.timers)
+        return (
+            f"starting {self.name}: agents {agents or '-'}; timers {timers or '-'}; "
+            f"{workers}; Redis {self.redis}"
+        )
+
+    def problem(self, processes: int) -> str | None:
+        """Why this layout cannot run in `processes` processes, if it cannot."""
+        if processes > 1 and self.redis.startswith("memory://"):
+            return (
+                "memory:// is a separate in-process Redis in each process: --workers and "
+                "processes= need a real Redis server (set REDIS_URL or --redis-url)"
+            )
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One worker process: its label, the agents it runs (None = all) and whether it runs timers."""
+
+    label: str
+    agents: tuple[str, ...] | None
+    timers: bool
+
+
+class _Probe(msgspec.Struct):
+    layout: Layout | None = None
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class _Worker:
+    spec: Spec
+    proc: Process | None = None
+    ready: bool = False
+    ready_at: float = 0.0
+    retired: bool = False
+    signalled: bool = False
+    failures: int = 0
+    start_failures: int = 0
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an exception raised by user code: what, and where (file:line)."""
+    if isinstance(exc, SyntaxError):
+        return f"syntax error in {exc.filename}:{exc.lineno}: {exc.msg}"
+    if isinstance(exc, StreamMachineError):
+        return str(exc)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def exit_reason(code: int) -> str:
+    """`exited with code 3` or `killed by SIGKILL`, from a Popen-style return code."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Supervisor:
+    """Starts, watches, restarts, reloads and stops the worker processes of one app."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        workers: int = 1,
+        reload_dirs: Sequence[Path] | None = None,
+        layout: Layout | None = None,
+    ) -> None:
+        self.target = target
+        self.n_workers = workers
+        self.reload_dirs = list(reload_dirs) if reload_dirs is not None else None
+        self.reload = reload_dirs is not None
+        self.layout = layout
+        self.workers: list[_Worker] = []
+        self.stopping = False
+        self.forced = False
+        self.error: StreamMachineError | None = None
+        self.failed = False
+        self.ever_ready = False
+        self.gen_ready = False
+        self.pending: Layout | None = None
+        self.stop_event = anyio.Event()
+        self.wake = anyio.Event()
+        self.folder = Path(tempfile.mkdtemp(prefix="streammachine-"))
+        self.env = {**os.environ, "NOTIFY_SOCKET": str(self.folder / "notify")}
+        if self.reload:
+            # Same-size edits within one second would otherwise load a stale .pyc.
+            self.env["PYTHONDONTWRITEBYTECODE"] = "1"
+        self._tg: TaskGroup | None = None
+
+    async def run(self) -> int:
+        """Supervise until stopped; returns the exit status (0 after a clean stop)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(self.env["NOTIFY_SOCKET"])
+            sock.setblocking(False)
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._signals)
+                tg.start_soon(self._listen, sock)
+                if self.reload:
+                    tg.start_soon(self._watch)
+                await self._main()
+                tg.cancel_scope.cancel()
+        finally:
+            sock.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.error is not None:
+            raise self.error
+        return 1 if self.failed or self.forced else 0
+
+    async def _main(self) -> None:
+        layout = self.layout or await self._probe()
+        while not self.stopping:
+            if layout is not None:
+                await self._generation(layout)
+            if self.stopping or not self.reload:
+                return
+            while not self.stopping and self.pending is None:
+                await self.wake.wait()
+                self.wake = anyio.Event()
+            layout, self.pending = self.pending, None
+
+    async def _probe(self) -> Layout | None:
+        """Import the app in a throwaway child; its layout, or None (the error is reported)."""
+        out = self.folder / "layout.json"
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "streammachine.supervisor", "--describe", str(out)]
+        proc = await self._open([*cmd, self.target])
+        try:
+            with anyio.fail_after(PROBE_TIMEOUT_S):
+                code = await proc.wait()
+        except TimeoutError:
+            code = -1
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                with anyio.CancelScope(shield=True):
+                    await proc.wait()
+        try:
+            result = msgspec.json.decode(out.read_bytes(), type=_Probe)
+        except (OSError, msgspec.DecodeError):
+            result = _Probe(error=f"cannot import {self.target}: the import {exit_reason(code)}")
+        if result.layout is not None:
+            return result.layout
+        message = result.error or "unknown error"
+        if self.reload:
+            log.error("%s; waiting for the next change", message)
+        else:
+            self.error = AppImportError(message)
+            self.stopping = True
+        return None
+
+    async def _generation(self, layout: Layout) -> None:
+        specs = layout.specs(self.n_workers)
+        problem = layout.problem(len(specs))
+        if problem is not None:
+            if not self.reload:
+                self.error, self.stopping = ConfigError(problem), True
+            log.error("%s", problem)
+            return
+        n = len(specs)
+        log.info("%s", layout.banner(f"{n} worker process{'es' if n > 1 else ''}"))
+        self.layout, self.gen_ready = layout, False
+        self.workers = [_Worker(spec) for spec in specs]
+        async with anyio.create_task_group() as tg:
+            for w in self.workers:
+                tg.start_soon(self._keep, w)
+        self.workers = []
+
+    async def _keep(self, w: _Worker) -> None:
+        """Run one worker slot: start it, and restart it with backoff when it dies."""
+        while not (self.stopping or w.retired):
+            proc = await self._spawn(w)
+            code = await proc.wait()
+            if self.stopping or w.retired:
+                if code != 0:
+                    log.warning(
+                        "%s (pid %d) %s while stopping", w.spec.label, proc.pid, exit_reason(code)
+                    )
+                    self.forced = self.forced or self.stopping
+                return
+            why = f"{w.spec.label} (pid {proc.pid}) {exit_reason(code)}"
+            if not w.ready:
+                w.start_failures += 1
+                hopeless = code == BOOT_FAILED or w.start_failures >= MAX_START_FAILURES
+                if not self.reload and (hopeless or not self.ever_ready):
+                    log.error("%s before it was ready: it could not start; stopping", why)
+                    self.failed = True
+                    self._begin_stop(signal.SIGTERM)
+                    return
+                if hopeless:
+                    log.error("%s: it could not start; fix the code and save to retry", why)
+                    return
+            elif time.monotonic() - w.ready_at >= STABLE_S:
+                w.failures = 0
+            delay_s = min(BACKOFF_MAX_S, 0.5 * 2**w.failures)
+            w.failures += 1
+            log.warning("%s; restarting it in %.1f s", why, delay_s)
+            with anyio.move_on_after(delay_s):
+                await self.stop_event.wait()
+
+    async def _open(self, cmd: list[str]) -> Process:
+        # Own session: a terminal's Ctrl-C reaches only the runner, which forwards it once.
+        return await anyio.open_process(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=None,
+            stderr=None,
+            env=self.env,
+            start_new_session=True,
+        )
+
+    async def _spawn(self, w: _Worker) -> Process:
+        spec = w.spec
+        cmd = [sys.executable, "-m", "streammachine.supervisor", "--worker", spec.label]
+        cmd += ["--parent", str(os.getpid())]
+        if spec.agents is not None:
+            cmd += ["--agents", json.dumps(list(spec.agents))]
+        if not spec.timers:
+            cmd.append("--no-timers")
+        w.proc = proc = await self._open([*cmd, self.target])
+        w.ready = w.signalled = False
+        log.debug("started %s (pid %d)", spec.label, proc.pid)
+        if self.stopping or w.retired:
+            self._signal([w], signal.SIGTERM)
+        return proc
+
+    def _signal(self, workers: list[_Worker], sig: int, again: bool = False) -> None:
+        for w in workers:
+            if w.proc is not None and w.proc.returncode is None and (again or not w.signalled):
+                w.signalled = True
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(signal.Signals(sig))
+
+    def _begin_stop(self, sig: int) -> None:
+        if self.stopping:
+            log.warning("second %s: forcing the workers to stop", signal.Signals(sig).name)
+            self.forced = True
+            self._signal(self.workers, sig, again=True)
+            return
+        self.stopping = True
+        self.stop_event.set()
+        self.wake.set()
+        notify_systemd("STOPPING=1")
+        live = [w for w in self.workers if w.proc is not None and w.proc.returncode is None]
+        if live and not self.failed:
+            name = signal.Signals(sig).name
+            log.info("%s: draining %d workers (send it again to force)", name, len(live))
+        self._signal(self.workers, sig)
+        self._kill_later(self.workers)
+
+    def _kill_later(self, workers: list[_Worker]) -> None:
+        async def kill() -> None:
+            timeout_s = (self.layout.shutdown_timeout_s if self.layout else 30.0) + KILL_GRACE_S
+            await anyio.sleep(timeout_s)
+            for w in workers:
+                if w.proc is not None and w.proc.returncode is None:
+                    log.warning(
+                        "%s did not stop within %.0f s: killing it", w.spec.label, timeout_s
+                    )
+                    w.proc.kill()
+
+        if self._tg is not None:
+            self._tg.start_soon(kill)
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for sig in signals:
+                self._begin_stop(sig)
+
+    async def _listen(self, sock: socket.socket) -> None:
+        """Take the workers' sd_notify messages: `READY=1` with `WORKER_PID=<pid>`."""
+        while True:
+            await anyio.wait_readable(sock)
+            try:
+                data = sock.recv(4096).decode("utf-8", "replace")
+            except BlockingIOError:
+                continue
+            fields: dict[str, str] = {}
+            for line in data.splitlines():
+                key, _, value = line.partition("=")
+                fields[key] = value
+            if fields.get("READY") == "1" and fields.get("WORKER_PID", "").isdigit():
+                self._on_ready(int(fields["WORKER_PID"]))
+
+    def _on_ready(self, pid: int) -> None:
+        w = next((w for w in self.workers if w.proc is not None and w.proc.pid == pid), None)
+        if w is None:
+            return
+        w.ready, w.ready_at, w.start_failures = True, time.monotonic(), 0
+        if self.gen_ready:
+            log.info("%s is running again (pid %d)", w.spec.label, pid)
+            return
+        if all(x.ready for x in self.workers):
+            self.gen_ready = True
+            pids = ", ".join(f"{x.spec.label}={x.proc.pid}" for x in self.workers if x.proc)
+            log.info("ready: %d workers (%s)", len(self.workers), pids)
+            if not self.ever_ready:
+                self.ever_ready = True
+                notify_systemd("READY=1")
+
+    async def _watch(self) -> None:
+        from watchfiles import PythonFilter, awatch
+
+        dirs = self.reload_dirs or []
+        log.info("watching %s for .py changes", ", ".join(map(str, dirs)))
+        async for changes in awatch(*dirs, watch_filter=PythonFilter(), stop_event=self.stop_event):
+            if self.stopping:
+                return
+            names = sorted({Path(path).name for _, path in changes})
+            log.info("%s changed: checking the new code", ", ".join(names))
+            layout = await self._probe()
+            if layout is None or self.stopping:
+                continue
+            log.info("reloading: draining %d workers", len(self.workers))
+            self.pending = layout
+            self.wake.set()
+            for w in self.workers:
+                w.retired = True
+            self._signal(self.workers, signal.SIGTERM)
+            self._kill_later(self.workers)
+
+
+async def _serve(
+    app: App,
+    *,
+    agents: Sequence[str] | None = None,
+    timers: bool = True,
+    ready: str = "READY=1",
+    parent_pid: int | None = None,
+) -> int:
     started = app.started = anyio.Event()
 
     async def announce() -> None:
         await started.wait()
-        notify_systemd("READY=1")
+        notify_systemd(ready)
 
+    if parent_pid is not None:
+
+        async def watch_parent(stop: anyio.Event) -> None:
+            while not stop.is_set():
+                with anyio.move_on_after(1.0):
+                    await stop.wait()
+                if os.getppid() != parent_pid and not stop.is_set():
+                    log.warning("the runner (pid %d) is gone: stopping", parent_pid)
+                    app.request_stop()
+
+        app.background.append(watch_parent)
+
+    code, error = 1, None
     async with anyio.create_task_group() as tg:
         tg.start_soon(announce)
         try:
-            code = await app.run(install_signal_handlers=True)
+            code = await app.run(install_signal_handlers=True, agents=agents, timers=timers)
+        except Exception as exc:
+            error = exc  # raised below, not wrapped in the task group's ExceptionGroup
         finally:
             notify_systemd("STOPPING=1")
             tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
     return code
+
+
+def _run_loop(fn: Any, *args: Any) -> int:
+    result: int = anyio.run(
+        fn, *args, backend="asyncio", backend_options={"use_uvloop": os.name != "nt"}
+    )
+    return result
 
 
 def run_app(
     target: str, *, workers: int = 1, reload: bool = False, reload_dirs: list[str] | None = None
 ) -> int:
-    """Run the app named by `target` until it is stopped; returns the exit status."""
-    return anyio.run(
-        _serve, target, backend="asyncio", backend_options={"use_uvloop": os.name != "nt"}
+    """Run the app named by `target` until it is stopped; returns the exit status.
+
+    Raises:
+        AppImportError: the app cannot be imported (bad reference, or an error in its module).
+        ConfigError: a bad setting, e.g. `memory://` with more than one process.
+        SyntaxError: the app's module has a syntax error (single-process path).
+
+    Example:
+        >>> run_app("orders:app", workers=2)  # doctest: +SKIP
+        0
+    """
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, not {workers}")
+    from .importer import app_dir, import_app
+
+    layout = None
+    if workers == 1 and not reload:
+        app = import_app(target)
+        layout = Layout.of(app)
+        if not any(a.processes for a in layout.agents):
+            log.info("%s", layout.banner("1 worker in this process"))
+            return _run_loop(_serve, app)
+        if problem := layout.problem(len(layout.specs(1))):
+            raise ConfigError(problem)
+    dirs = None
+    if reload:
+        dirs = [app_dir(target), *(Path(d).resolve() for d in reload_dirs or [])]
+        for d in dirs:
+            if not d.is_dir():
+                raise ConfigError(f"cannot watch {d}: no such folder (check --reload-dir)")
+    supervisor = Supervisor(target, workers=workers, reload_dirs=dirs, layout=layout)
+    result: int = anyio.run(supervisor.run, backend="asyncio")
+    return result
+
+
+def _worker_main(argv: list[str]) -> int:
+    """A child of the supervisor: run (part of) the app, or `--describe` its layout."""
+    parser = argparse.ArgumentParser(
+        prog="python -m streammachine.supervisor",
+        description="A worker process of `streammachine run` (internal).",
     )
+    parser.add_argument("target")
+    parser.add_argument("--worker", default="worker")
+    parser.add_argument("--describe", metavar="PATH")
+    parser.add_argument("--agents", help="JSON list of the agent names to run")
+    parser.add_argument("--no-timers", action="store_true")
+    parser.add_argument("--parent", type=int)
+    args = parser.parse_args(argv)
+    from .cli.logs import setup_logging
+    from .importer import import_app
+
+    env = os.environ
+    setup_logging(
+        env.get("STREAMMACHINE_LOG_LEVEL", "info"), env.get("STREAMMACHINE_LOG_FORMAT", "auto")
+    )
+    try:
+        app = import_app(args.target)
+        layout = Layout.of(app)
+    except Exception as exc:
+        message = error_line(exc)
+        if not isinstance(exc, AppImportError):
+            message = f"cannot import {args.target}: {message}"
+        if args.describe:
+            Path(args.describe).write_bytes(msgspec.json.encode(_Probe(error=message)))
+        else:
+            log.error("%s could not start: %s", args.worker, message)
+        return BOOT_FAILED
+    if args.describe:
+        Path(args.describe).write_bytes(msgspec.json.encode(_Probe(layout=layout)))
+        return 0
+    agents = None if args.agents is None else list(json.loads(args.agents))
+    ready = f"READY=1\nWORKER_PID={os.getpid()}"
+    try:
+        return _run_loop(
+            lambda: _serve(
+                app, agents=agents, timers=not args.no_timers, ready=ready, parent_pid=args.parent
+            )
+        )
+    except Exception as exc:
+        inner: BaseException = exc
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        if isinstance(inner, StreamMachineError):
+            log.error("%s stopped: %s", args.worker, inner)
+        else:
+            log.exception("%s crashed", args.worker)
+    started = app.started is not None and app.started.is_set()
+    return 1 if started else BOOT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

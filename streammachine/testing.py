@@ -304,7 +304,7 @@ class RedisClusterServer:
         for s in self.servers:
             s.extra_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             s.start()
-        clients = [syncredis.Redis(host="127.0.0.1", port=s.port) for s in self.servers]
+        clients: list[Any] = [syncredis.Redis(host="127.0.0.1", port=s.port) for s in self.servers]
         try:
             share = self.SLOTS // len(clients)
             for i, c in enumerate(clients):

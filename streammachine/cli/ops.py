@@ -2,9 +2,334 @@
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+from typer.core import TyperGroup
+
+from .common import JsonOut, LogFormat, LogLevel, RedisUrl, fail, setup
+from .streams import dumps, out, with_redis
+
+if TYPE_CHECKING:
+    from ..connection import RedisConnection
+    from ..storage import Storage
+
+Namespace = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace",
+        envvar="STREAMMACHINE_STORAGE_NAMESPACE",
+        help="Storage namespace (default: the app's, 'default').",
+    ),
+]
+HEALTH_TIMEOUT_S = 2.0
+
+
+class DefaultToList(TyperGroup):
+    """`dead STREAM` means `dead list STREAM`; `dead replay STREAM` is a subcommand."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        help_names = set(ctx.help_option_names)
+        if args and args[0] not in self.commands and not help_names.intersection(args[:1]):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+def _fmt_time(ts: float | None) -> str:
+    import time
+
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+# --- health ----------------------------------------------------------------------------------
+
+
+def _health(redis_url: str | None, json_out: bool) -> None:
+    import os
+
+    import anyio
+
+    from ..connection import RedisConnection, mask_url
+    from ..exceptions import StreamMachineError
+    from ..inspect import list_instances, server_info
+    from .common import resolve_url
+
+    try:
+        url = resolve_url(redis_url)
+    except StreamMachineError as exc:
+        fail(str(exc))
+
+    async def check() -> dict[str, Any]:
+        conn = RedisConnection(url=url)
+        try:
+            with anyio.fail_after(HEALTH_TIMEOUT_S):
+                info = await server_info(conn)
+                instances = await list_instances(conn)
+            return {"healthy": True, "redis_url": mask_url(url), **info, "instances": instances}
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+
+    try:
+        report = anyio.run(check, backend_options={"use_uvloop": os.name != "nt"})
+    except Exception as exc:  # any failure to talk to Redis means "unhealthy"
+        reason = str(exc) or f"no answer within {HEALTH_TIMEOUT_S:g} s"
+        message = f"cannot reach Redis at {mask_url(url)}: {reason}"
+        if json_out:
+            out(dumps({"healthy": False, "redis_url": mask_url(url), "error": message}))
+            raise SystemExit(1) from None
+        fail(message)
+    if json_out:
+        out(dumps(report))
+        return
+    version = report["redis_version"] or "(in-process)"
+    out(f"ok: Redis {version} at {report['redis_url']} answered in {report['latency_ms']} ms")
+    for i in report["instances"]:
+        age = "-" if i["age_s"] is None else f"{i['age_s']:.0f} s ago"
+        out(f"instance {i['key']}: app={i['app']} host={i['host']} pid={i['pid']} seen={age}")
+
+
+# --- storage ---------------------------------------------------------------------------------
+
+
+def _storage(redis_url: str | None, namespace: str | None, fn: Any, *args: Any) -> Any:
+    async def call(conn: RedisConnection) -> Any:
+        from ..storage import Storage
+
+        store = Storage(namespace, redis=conn)
+        return await fn(store, *args)
+
+    return with_redis(redis_url, call)
+
+
+_MISSING: Any = object()
+
+
+async def _get(store: Storage, key: str) -> tuple[str, Any]:
+    return store.namespace, await store.read(key, _MISSING)
+
+
+async def _set(store: Storage, key: str, value: Any, ttl_s: float | None) -> None:
+    await store.write(key, value, ttl_s=ttl_s)
+
+
+async def _delete(store: Storage, key: str) -> tuple[str, bool]:
+    return store.namespace, await store.delete(key)
+
+
+async def _keys(store: Storage, pattern: str | None) -> tuple[str, list[str]]:
+    return store.namespace, await store.keys(pattern)
+
+
+async def _clear(store: Storage) -> tuple[str, int]:
+    n = len(await store.keys())
+    await store.clear()
+    return store.namespace, n
+
+
+def _register_storage(app: typer.Typer) -> None:
+    storage = typer.Typer(
+        name="storage", help="Read and change the app's shared Storage.", no_args_is_help=True
+    )
+    app.add_typer(storage)
+
+    @storage.command("get")
+    def get(
+        key: str,
+        namespace: Namespace = None,
+        json_out: JsonOut = False,
+        redis_url: RedisUrl = None,
+        log_level: LogLevel = "warning",
+        log_format: LogFormat = "auto",
+    ) -> None:
+        """Print a key's value (text as it is, anything else as JSON)."""
+        setup(log_level, log_format)
+        ns, value = _storage(redis_url, namespace, _get, key)
+        if value is _MISSING:
+            fail(f"key {key!r} not found in storage namespace {ns!r}")
+        out(dumps(value) if json_out or not isinstance(value, str) else value)
+
+    @storage.command("set")
+    def set_(
+        key: str,
+        value: Annotated[
+            str, typer.Argument(help="JSON when it parses (42, true, {...}), else text.")
+        ],
+        ttl: Annotated[
+            float | None, typer.Option("--ttl", min=0.001, help="Expire after SECONDS.")
+        ] = None,
+        namespace: Namespace = None,
+        redis_url: RedisUrl = None,
+        log_level: LogLevel = "warning",
+        log_format: LogFormat = "auto",
+    ) -> None:
+        """Store a value (parsed as JSON when it parses, else kept as a string)."""
+        import json
+
+        setup(log_level, log_format)
+        try:
+            parsed: Any = json.loads(value)
+        except ValueError:
+            parsed = value
+        _storage(redis_url, namespace, _set, key, parsed, ttl)
+
+    @storage.command("delete")
+    def delete(
+        key: str,
+        namespace: Namespace = None,
+        redis_url: RedisUrl = None,
+        log_level: LogLevel = "warning",
+        log_format: LogFormat = "auto",
+    ) -> None:
+        """Delete a key (exit 1 when it did not exist)."""
+        setup(log_level, log_format)
+        ns, existed = _storage(redis_url, namespace, _delete, key)
+        if not existed:
+            fail(f"key {key!r} not found in storage namespace {ns!r}")
+
+    @storage.command("keys")
+    def keys(
+        pattern: Annotated[str | None, typer.Argument(help="Glob, e.g. 'user:*'.")] = None,
+        namespace: Namespace = None,
+        json_out: JsonOut = False,
+        redis_url: RedisUrl = None,
+        log_level: LogLevel = "warning",
+        log_format: LogFormat = "auto",
+    ) -> None:
+        """List the keys, sorted (all, or those matching PATTERN)."""
+        setup(log_level, log_format)
+        ns, found = _storage(redis_url, namespace, _keys, pattern)
+        for k in found:
+            out(dumps({"namespace": ns, "key": k}) if json_out else k)
+
+    @storage.command("clear")
+    def clear(
+        yes: Annotated[bool, typer.Option("--yes", help="Really delete every key.")] = False,
+        namespace: Namespace = None,
+        redis_url: RedisUrl = None,
+        log_level: LogLevel = "warning",
+        log_format: LogFormat = "auto",
+    ) -> None:
+        """Delete every key of the namespace (needs --yes)."""
+        setup(log_level, log_format)
+        if not yes:
+            fail("clear deletes every key of the storage namespace; add --yes to do it", 2)
+        ns, n = _storage(redis_url, namespace, _clear)
+        sys.stderr.write(f"cleared {n} keys from storage namespace {ns!r}\n")
+
+
+# --- dead ------------------------------------------------------------------------------------
+
+
+async def _dead_list(conn: RedisConnection, stream: str, count: int) -> tuple[int, list[Any]]:
+    from ..inspect import check_stream, dead_letter_stream, list_dead
+
+    dead = dead_letter_stream(stream)
+    if not await check_stream(conn, dead):
+        if dead != stream and not await check_stream(conn, stream):
+            fail(f"neither {stream!r} nor {dead!r} exists: check the stream name")
+        return 0, []
+    total = int(await conn.client.xlen(dead))
+    return total, await list_dead(conn, stream, count)
+
+
+def _print_dead(stream: str, total: int, items: list[dict[str, Any]], json_out: bool) -> None:
+    if json_out:
+        for d in items:
+            out(dumps(d))
+        return
+    from ..inspect import dead_letter_stream
+
+    dead = dead_letter_stream(stream)
+    sys.stderr.write(
+        f"{dead}: {total} dead letters"
+        + (f", showing {len(items)}\n" if total > len(items) else "\n")
+    )
+    if not sys.stdout.isatty():
+        for d in items:
+            out(
+                f"{d['id']} source={d['source_stream']}/{d['source_id']} group={d['group']} "
+                f"deliveries={d['deliveries']} failed_at={_fmt_time(d['failed_at'])} "
+                f"{d['error_type']}: {d['error']}"
+            )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=dead, title_justify="left")
+    for col in ("id", "source id", "group", "deliveries", "failed at", "error"):
+        table.add_column(col, overflow="fold")
+    for d in items:
+        table.add_row(
+            d["id"], str(d["source_id"]), str(d["group"]), str(d["deliveries"]),
+            _fmt_time(d["failed_at"]), f"{d['error_type']}: {d['error']}",
+        )  # fmt: skip
+    Console().print(table)
+
+
+def _register_dead(app: typer.Typer) -> None:
+    dead = typer.Typer(
+        name="dead",
+        cls=DefaultToList,
+        no_args_is_help=True,
+        help="List dead letters (`dead STREAM`) or send them back (`dead replay STREAM`).",
+    )
+    app.add_typer(dead)
+
+    @dead.command("list")
+    def list_(
+        stream: Annotated[str, typer.Argument(help="The stream, or its dead-letter stream.")],
+        count: Annotated[int, typer.Option("--count", min=1, help="At most this many.")] = 100,
+        json_out: JsonOut = False,
+        redis_url: RedisUrl = None,
+        log_level: LogLevel = "warning",
+        log_format: LogFormat = "auto",
+    ) -> None:
+        """List the dead letters of STREAM (kept in STREAM:dead), oldest first."""
+        setup(log_level, log_format)
+        total, items = with_redis(redis_url, lambda c: _dead_list(c, stream, count))
+        _print_dead(stream, total, items, json_out)
+
+    @dead.command("replay")
+    def replay(
+        stream: Annotated[str, typer.Argument(help="The stream, or its dead-letter stream.")],
+        ids: Annotated[
+            list[str] | None, typer.Option("--id", help="A dead letter's id (repeatable).")
+        ] = None,
+        all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+        redis_url: RedisUrl = None,
+        log_level: LogLevel = "warning",
+        log_format: LogFormat = "auto",
+    ) -> None:
+        """Send dead letters back to their source stream (and delete them from STREAM:dead)."""
+        from ..inspect import dead_letter_stream, replay_dead
+
+        setup(log_level, log_format)
+        if bool(ids) == all_:
+            fail("say which dead letters to replay: --id ID (repeatable) or --all", 2)
+        n = with_redis(redis_url, lambda c: replay_dead(c, stream, ids))
+        out(f"replayed {n} dead letters from {dead_letter_stream(stream)}")
+        if ids and n < len(set(ids)):
+            fail(f"{len(set(ids)) - n} of the given ids were not in {dead_letter_stream(stream)}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
-    del app  # filled by its issue
+    """Add `health`, `storage` and `dead` to the CLI."""
+
+    @app.command("health")
+    def health(
+        json_out: JsonOut = False,
+        redis_url: RedisUrl = None,
+        log_level: LogLevel = "warning",
+        log_format: LogFormat = "auto",
+    ) -> None:
+        """Check Redis (PING, version) and list registered app instances; exit 1 if unhealthy.
+
+        Usable as a Docker HEALTHCHECK: `streammachine health`.
+        """
+        setup(log_level, log_format)
+        _health(redis_url, json_out)
+
+    _register_storage(app)
+    _register_dead(app)

@@ -17,12 +17,17 @@ def register(app: typer.Typer) -> None:
         target: Annotated[
             str, typer.Argument(metavar="APP", help="module:attr, module, or path/file.py:attr")
         ],
-        workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
+        workers: Annotated[
+            int, typer.Option("--workers", min=1, help="Worker processes (timers run in one).")
+        ] = 1,
         reload: Annotated[
             bool, typer.Option("--reload", help="Restart workers when a .py file changes.")
         ] = False,
         reload_dir: Annotated[
-            list[str] | None, typer.Option("--reload-dir", help="Folders to watch (repeatable).")
+            list[str] | None,
+            typer.Option(
+                "--reload-dir", help="More folders to watch (repeatable; implies --reload)."
+            ),
         ] = None,
         shutdown_timeout: Annotated[
             float | None,
@@ -38,6 +43,9 @@ def register(app: typer.Typer) -> None:
         import os
 
         setup(log_level, log_format)
+        # Worker processes configure their logging from these.
+        os.environ["STREAMMACHINE_LOG_LEVEL"] = log_level
+        os.environ["STREAMMACHINE_LOG_FORMAT"] = log_format
         if redis_url:
             os.environ["REDIS_URL"] = redis_url
         if shutdown_timeout is not None:
@@ -45,7 +53,9 @@ def register(app: typer.Typer) -> None:
         from ..supervisor import run_app
 
         try:
-            code = run_app(target, workers=workers, reload=reload, reload_dirs=reload_dir or [])
+            code = run_app(
+                target, workers=workers, reload=reload or bool(reload_dir), reload_dirs=reload_dir
+            )
         except SyntaxError as exc:
             fail(f"syntax error in {exc.filename}:{exc.lineno}: {exc.msg}")
         raise SystemExit(code)

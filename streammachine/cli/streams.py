@@ -1,10 +1,519 @@
-"""CLI commands: send, tail and streams."""
+"""CLI commands: send, tail and streams (and `with_redis`, which the other command modules share)."""
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
 import typer
+
+from .common import JsonOut, LogFormat, LogLevel, RedisUrl, fail, resolve_url, setup
+
+if TYPE_CHECKING:
+    from ..connection import RedisConnection
+
+T = TypeVar("T")
+CONNECT_TIMEOUT_S = 5.0
+SEND_BATCH = 1000
+_JSON_TYPES = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+def with_redis(redis_url: str | None, fn: Callable[[RedisConnection], Awaitable[T]]) -> T:
+    """Run `fn(conn)` on a fresh connection; a bad URL, an unreachable server, a wrong-type key
+    or any StreamMachineError becomes one line on stderr and exit 1."""
+    import anyio
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError, ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from ..connection import RedisConnection, mask_url
+    from ..exceptions import StreamMachineError
+
+    try:
+        url = resolve_url(redis_url)
+    except StreamMachineError as exc:
+        fail(str(exc))
+
+    async def main() -> T:
+        conn = RedisConnection(url=url)
+        try:
+            with anyio.fail_after(CONNECT_TIMEOUT_S):
+                await conn.client.ping()
+            return await fn(conn)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+
+    try:
+        return anyio.run(main, backend_options={"use_uvloop": os.name != "nt"})
+    except StreamMachineError as exc:
+        fail(str(exc))
+    except ResponseError as exc:
+        if "WRONGTYPE" in str(exc):
+            fail(f"a key holds another type than the command needs ({exc}); check the name")
+        fail(f"Redis refused the command: {exc}")
+    except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+        reason = str(exc) or f"no answer within {CONNECT_TIMEOUT_S:g} s"
+        fail(f"cannot reach Redis at {mask_url(url)}: {reason}")
+    except RedisError as exc:
+        fail(f"Redis error: {exc}")
+
+
+def out(line: str) -> None:
+    """Write one line to stdout now (a closed pipe, as with `| head`, ends the command quietly)."""
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
+
+
+def dumps(obj: Any) -> str:
+    """One JSON line (UTF-8 text, bytes decoded, anything else as str)."""
+    import json
+
+    def default(value: Any) -> Any:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+    return json.dumps(obj, ensure_ascii=False, default=default)
+
+
+# --- send ------------------------------------------------------------------------------------
+
+
+def _as_record(obj: Any, where: str) -> dict[Any, Any]:
+    from ..codec import encode_fields
+
+    if not isinstance(obj, dict):
+        kind = _JSON_TYPES.get(type(obj), "a number")
+        fail(f'{where} is {kind}, not a JSON object: give one object like {{"id": 1}}', 2)
+    try:
+        return encode_fields(obj)
+    except ValueError as exc:
+        fail(f"{where}: {exc}", 2)
+
+
+def _records_from_file(path: str) -> list[dict[Any, Any]]:
+    import json
+
+    name = "stdin" if path == "-" else path
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()  # noqa: SIM115
+    except OSError as exc:
+        fail(f"cannot read {name}: {exc.strerror or exc}", 2)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        fail(
+            f"line {line} of {name} is not UTF-8 text ({exc.reason}); convert the file to UTF-8", 2
+        )
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            reason = (
+                f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else exc
+            )
+            fail(f"line {n} of {name} is not valid JSON: {reason}", 2)
+        records.append(_as_record(obj, f"line {n} of {name}"))
+    return records
+
+
+def _records_from_args(pairs: list[str], json_obj: str | None) -> dict[Any, Any]:
+    import json
+
+    obj: dict[str, Any] = {}
+    if json_obj is not None:
+        try:
+            parsed = json.loads(json_obj)
+        except ValueError as exc:
+            fail(f"--json is not valid JSON: {exc}", 2)
+        if not isinstance(parsed, dict):
+            _as_record(parsed, "--json")
+        obj.update(parsed)
+    for pair in pairs:
+        field, sep, value = pair.partition("=")
+        if not sep or not field:
+            fail(f"{pair!r} is not FIELD=VALUE (for example user=42)", 2)
+        obj[field] = value
+    return _as_record(obj, "the entry")
+
+
+async def _send_all(
+    conn: RedisConnection, stream: str, records: list[dict[Any, Any]], count: int
+) -> None:
+    from ..inspect import check_stream
+
+    await check_stream(conn, stream)
+    total = len(records) * count
+    progress = None
+    if total >= 10 * SEND_BATCH and sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import Progress
+
+        progress = Progress(console=Console(stderr=True), transient=True)
+        progress.start()
+    task = progress.add_task(f"sending to {stream}", total=total) if progress else None
+    try:
+        batch: list[dict[Any, Any]] = []
+        for i in range(total):
+            batch.append(records[i % len(records)])
+            if len(batch) == SEND_BATCH or i == total - 1:
+                async with conn.client.pipeline(transaction=False) as pipe:
+                    for fields in batch:
+                        pipe.xadd(stream, fields)
+                    ids = await pipe.execute()
+                out("\n".join(i.decode() if isinstance(i, bytes) else str(i) for i in ids))
+                if progress is not None and task is not None:
+                    progress.advance(task, len(batch))
+                batch = []
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
+# --- tail ------------------------------------------------------------------------------------
+
+
+class Printer:
+    """Entries as JSON lines, a Rich table (terminal, not following) or plain `id k=v` lines."""
+
+    def __init__(self, json_out: bool, follow: bool) -> None:
+        self.json = json_out
+        self.tty = sys.stdout.isatty()
+        self.table = self.tty and not json_out and not follow
+
+    def entries(self, entries: list[dict[str, Any]]) -> None:
+        if self.json:
+            for e in entries:
+                out(dumps(e))
+        elif self.table:
+            self._table(entries)
+        elif self.tty:
+            from rich.console import Console
+            from rich.markup import escape
+
+            console = Console()
+            for e in entries:
+                fields = "  ".join(
+                    f"[cyan]{escape(k)}[/]={escape(v)}" for k, v in e["fields"].items()
+                )
+                console.print(f"[dim]{e['id']}[/]  {fields}", soft_wrap=True)
+        else:
+            for e in entries:
+                fields = " ".join(f"{k}={_one_line(v)}" for k, v in e["fields"].items())
+                out(f"{e['id']} {fields}")
+
+    def _table(self, entries: list[dict[str, Any]]) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        if not entries:
+            return
+        names = list(dict.fromkeys(k for e in entries for k in e["fields"]))
+        table = Table(title=entries[0]["stream"], title_justify="left")
+        table.add_column("id", style="dim", no_wrap=True)
+        columns = names if len(names) <= 8 else ["fields"]
+        for name in columns:
+            table.add_column(name, overflow="fold")
+        for e in entries:
+            f = e["fields"]
+            if len(names) <= 8:
+                table.add_row(e["id"], *(f.get(n, "") for n in names))
+            else:
+                table.add_row(e["id"], "\n".join(f"{k}={v}" for k, v in f.items()))
+        Console().print(table)
+
+
+def _one_line(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+async def _until_signal(body: Callable[[], Awaitable[None]]) -> None:
+    """Run `body` until it returns or SIGINT/SIGTERM arrives (then stop quietly)."""
+    import signal
+
+    import anyio
+
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        await body()
+        tg.cancel_scope.cancel()
+
+
+async def _tail_plain(
+    conn: RedisConnection,
+    stream: str,
+    start: str | None,
+    count: int | None,
+    follow: bool,
+    p: Printer,
+) -> None:
+    from ..inspect import check_stream, entry_dict, read_entries
+
+    client: Any = conn.client
+    exists = await check_stream(conn, stream)
+    if not exists and not follow:
+        fail(f"stream {stream!r} does not exist (use --follow to wait for it)")
+    if not follow:
+        p.entries(await read_entries(conn, stream, after=start, count=count or 10))
+        return
+    cursor = start if start not in (None, "$") else "0-0"
+    if start in (None, "$") and exists:
+        # Print the history and find where "new" starts in one transaction, so nothing slips
+        # in between.
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xrevrange(stream, "+", "-", count=0 if start == "$" else count or 10)
+            pipe.xinfo_stream(stream)
+            history, info = await pipe.execute()
+        p.entries([entry_dict(stream, i, f) for i, f in reversed(history)])
+        cursor = info["last-generated-id"].decode()
+    elif cursor in ("0", "-"):
+        cursor = "0-0"
+
+    async def follow_loop() -> None:
+        nonlocal cursor
+        while True:
+            reply = await client.xread({stream: cursor}, count=count or 100, block=2000)
+            for _, entries in reply or []:
+                if entries:
+                    p.entries([entry_dict(stream, i, f) for i, f in entries])
+                    cursor = entries[-1][0].decode()
+
+    await _until_signal(follow_loop)
+
+
+async def _tail_group(
+    conn: RedisConnection,
+    stream: str,
+    group: str,
+    consumer: str,
+    start: str | None,
+    count: int | None,
+    follow: bool,
+    ack: bool,
+    p: Printer,
+) -> None:
+    from ..inspect import check_stream, entry_dict
+
+    client: Any = conn.client
+    if not await check_stream(conn, stream):
+        fail(f"stream {stream!r} does not exist, so it has no group {group!r}")
+    groups = [g["name"].decode() for g in await client.xinfo_groups(stream)]
+    if group not in groups:
+        have = f" (it has: {', '.join(groups)})" if groups else " (it has none)"
+        fail(
+            f"stream {stream!r} has no consumer group {group!r}{have}; tail creates nothing: "
+            "start the app, or create it with XGROUP CREATE"
+        )
+    cursor = ">" if start in (None, "$", ">") else start
+
+    async def read(block_ms: int | None) -> int:
+        nonlocal cursor
+        reply = await client.xreadgroup(
+            group,
+            consumer,
+            {stream: cursor},
+            count=count or (100 if follow else 10),
+            block=block_ms,
+        )
+        entries = [e for _, batch in reply or [] for e in batch if e[1] is not None]
+        if cursor != ">":  # reading this consumer's pending history: move on, then to new ones
+            cursor = entries[-1][0].decode() if entries else ">"
+        p.entries([entry_dict(stream, i, f) for i, f in entries])
+        if ack and entries:
+            await client.xack(stream, group, *[i for i, _ in entries])
+        return len(entries)
+
+    if not follow:
+        await read(None)
+        return
+
+    async def follow_loop() -> None:
+        while True:
+            await read(2000 if cursor == ">" else None)
+
+    await _until_signal(follow_loop)
+
+
+# --- streams ---------------------------------------------------------------------------------
+
+
+def _print_streams(infos: list[dict[str, Any]], json_out: bool) -> None:
+    if json_out:
+        for info in infos:
+            out(dumps(info))
+        return
+    if not sys.stdout.isatty():
+        for info in infos:
+            out(
+                f"{info['stream']} length={info['length']} first={info['first_id']} "
+                f"last={info['last_id']} groups={len(info['groups'])}"
+            )
+            for g in info["groups"]:
+                out(
+                    f"  group {g['name']} consumers={g['consumers']} pending={g['pending']} "
+                    f"lag={_na(g['lag'])} oldest_pending_idle_ms={_na(g['oldest_pending_idle_ms'])}"
+                )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for col in ("stream", "length", "first id", "last id", "group", "consumers", "pending", "lag",
+                "oldest pending"):  # fmt: skip
+        table.add_column(
+            col, justify="right" if col in ("length", "consumers", "pending", "lag") else "left"
+        )
+    for info in infos:
+        head = [
+            info["stream"],
+            str(info["length"]),
+            info["first_id"] or "-",
+            info["last_id"] or "-",
+        ]
+        if not info["groups"]:
+            table.add_row(*head, "-", "", "", "", "")
+        for n, g in enumerate(info["groups"]):
+            idle = g["oldest_pending_idle_ms"]
+            table.add_row(
+                *(head if n == 0 else ["", "", "", ""]),
+                g["name"], str(g["consumers"]), str(g["pending"]),
+                _na(g["lag"], "> scan limit"), "-" if idle is None else f"{idle / 1000:.1f} s idle",
+            )  # fmt: skip
+    Console().print(table)
+
+
+def _na(value: Any, none: str = "-") -> str:
+    return none if value is None else str(value)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the CLI."""
-    del app  # filled by its issue
+    """Add `send`, `tail` and `streams` to the CLI."""
+
+    @app.command("send")
+    def send(
+        stream: Annotated[str, typer.Argument(help="The stream to append to.")],
+        pairs: Annotated[
+            list[str] | None,
+            typer.Argument(metavar="[FIELD=VALUE]...", help="Fields of the entry."),
+        ] = None,
+        json_obj: Annotated[
+            str | None, typer.Option("--json", metavar="OBJECT", help="The entry as a JSON object.")
+        ] = None,
+        file: Annotated[
+            str | None,
+            typer.Option("--file", metavar="PATH|-", help="One entry per JSON line (- = stdin)."),
+        ] = None,
+        count: Annotated[int, typer.Option("--count", min=1, help="Send the entry N times.")] = 1,
+        redis_url: RedisUrl = None,
+        log_level: LogLevel = "warning",
+        log_format: LogFormat = "auto",
+    ) -> None:
+        """Append entries to a stream and print each new id.
+
+        Examples: `send orders id=7 total=9.5`, `send orders --json '{"id": 7}'`,
+        `send orders --file orders.jsonl`.
+        """
+        setup(log_level, log_format)
+        if file is not None and (pairs or json_obj is not None):
+            fail("give FIELD=VALUE pairs and/or --json, or --file, not both", 2)
+        if file is not None:
+            records = _records_from_file(file)
+        elif pairs or json_obj is not None:
+            records = [_records_from_args(pairs or [], json_obj)]
+        else:
+            fail("nothing to send: give FIELD=VALUE pairs, --json OBJECT or --file PATH", 2)
+        if records:
+            with_redis(redis_url, lambda conn: _send_all(conn, stream, records, count))
+
+    @app.command("tail")
+    def tail(
+        stream: Annotated[str, typer.Argument(help="The stream to read.")],
+        start: Annotated[
+            str | None,
+            typer.Option(
+                "--from", metavar="ID|0|$", help="Read after this id (0 = the start, $ = new only)."
+            ),
+        ] = None,
+        count: Annotated[
+            int | None,
+            typer.Option("--count", min=1, help="Entries to show (default 10; per read with -f)."),
+        ] = None,
+        follow: Annotated[
+            bool, typer.Option("--follow", "-f", help="Wait for new entries until Ctrl-C.")
+        ] = False,
+        group: Annotated[
+            str | None, typer.Option("--group", help="Read as a consumer of this group.")
+        ] = None,
+        consumer: Annotated[
+            str | None, typer.Option("--consumer", help="Consumer name (default tail-<host>).")
+        ] = None,
+        ack: Annotated[bool, typer.Option("--ack", help="Acknowledge what was read.")] = False,
+        json_out: JsonOut = False,
+        redis_url: RedisUrl = None,
+        log_level: LogLevel = "warning",
+        log_format: LogFormat = "auto",
+    ) -> None:
+        """Print a stream's entries: the last 10, those after --from, or new ones with -f.
+
+        With --group it reads as that group's consumer (XREADGROUP; the group must exist), so
+        what it reads is delivered to it, and acks only with --ack.
+        """
+        import re
+        import signal
+        import socket
+
+        setup(log_level, log_format)
+        if group is None and (consumer is not None or ack):
+            fail("--consumer and --ack need --group", 2)
+        if start is not None and not re.fullmatch(r"\$|>|-|\d+(-\d+)?", start):
+            fail(f"--from {start!r} is not a stream id: use 0, $ or an id like 1700000000000-0", 2)
+        p = Printer(json_out, follow)
+        name = consumer or f"tail-{socket.gethostname()}"
+
+        def interrupted(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, interrupted)
+        try:
+            if group is None:
+                with_redis(redis_url, lambda c: _tail_plain(c, stream, start, count, follow, p))
+            else:
+                with_redis(
+                    redis_url,
+                    lambda c: _tail_group(c, stream, group, name, start, count, follow, ack, p),
+                )
+        except KeyboardInterrupt:
+            pass  # Ctrl-C or SIGTERM is how a follow ends: exit 0
+
+    @app.command("streams")
+    def streams(
+        pattern: Annotated[str, typer.Argument(help="Glob of stream names.")] = "*",
+        limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 1000,
+        json_out: JsonOut = False,
+        redis_url: RedisUrl = None,
+        log_level: LogLevel = "warning",
+        log_format: LogFormat = "auto",
+    ) -> None:
+        """List streams with length, first/last id and per group: consumers, pending, lag and
+        how long the oldest pending entry has been idle (SCAN, never KEYS)."""
+        from ..inspect import list_streams
+
+        setup(log_level, log_format)
+        infos = with_redis(redis_url, lambda c: list_streams(c, pattern, limit))
+        _print_streams(infos, json_out)
