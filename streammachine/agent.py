@@ -387,8 +387,9 @@ class Consumer:
                 break
         reply = replies[-1]
         if isinstance(reply, ResponseError):
-            if str(reply).startswith(("MOVED", "ASK")):
-                log.warning("%s: %s moved to another node; reconnecting", self.name, self.stream)
+            if str(reply).startswith(("MOVED", "ASK", "READONLY")):
+                # A resharding or a failover: find the node that serves the stream now.
+                log.warning("%s: %s moved (%s); reconnecting", self.name, self.stream, reply)
                 self.moved = True
             elif "NOGROUP" in str(reply):
                 log.warning("%s: group %s vanished; recreating", self.name, self.cfg.group)

@@ -30,7 +30,14 @@ if TYPE_CHECKING:
     from .message import Message
     from .storage import Storage
 
-__all__ = ["RedisClusterServer", "RedisServer", "TestApp", "find_redis_server", "free_port"]
+__all__ = [
+    "RedisClusterServer",
+    "RedisSentinelServer",
+    "RedisServer",
+    "TestApp",
+    "find_redis_server",
+    "free_port",
+]
 
 
 def free_port(below: int = 65536) -> int:
@@ -85,6 +92,8 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
         #: More redis-server arguments (e.g. cluster mode).
         self.extra_args: list[str] = []
+        #: The whole command line, when set (e.g. a sentinel with its config file).
+        self.command: list[str] | None = None
 
     @property
     def url(self) -> str:
@@ -108,7 +117,9 @@ class RedisServer:
             "--protected-mode", "yes",
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(
+            self.command or args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -331,6 +342,92 @@ class RedisClusterServer:
             s.close()
 
     def __enter__(self) -> RedisClusterServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RedisSentinelServer:
+    """A throwaway master, one replica and one sentinel watching them as `service`.
+
+    Example:
+        >>> with RedisSentinelServer() as s:  # doctest: +SKIP
+        ...     print(s.url)
+        redis+sentinel://127.0.0.1:40005/mymaster
+    """
+
+    def __init__(self, service: str = "mymaster") -> None:
+        self.service = service
+        self.master = RedisServer()
+        self.replica = RedisServer()
+        self.sentinel = RedisServer()
+
+    @property
+    def url(self) -> str:
+        """`redis+sentinel://127.0.0.1:<sentinel port>/<service>`."""
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.service}"
+
+    def start(self, timeout_s: float = 20.0) -> RedisSentinelServer:
+        """Start master, replica (in sync) and sentinel (watching the master)."""
+        import redis as syncredis
+
+        self.master.start()
+        self.replica.extra_args = ["--replicaof", "127.0.0.1", str(self.master.port)]
+        self.replica.start()
+        conf = self.sentinel.dir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.sentinel.port}\nbind 127.0.0.1\ndir {self.sentinel.dir}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 3000\n"
+        )
+        self.sentinel.command = [self.sentinel.binary, str(conf), "--sentinel"]
+        self.sentinel.start()
+        client: Any = syncredis.Redis(host="127.0.0.1", port=self.replica.port)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if client.info("replication").get("master_link_status") == "up":
+                    return self
+                time.sleep(0.05)
+        finally:
+            client.close()
+        self.close()
+        raise RedisUnavailableError("the test replica did not sync with its master")
+
+    def failover(self) -> None:
+        """Ask the sentinel to fail over to the replica now."""
+        import redis as syncredis
+
+        client: Any = syncredis.Redis(host="127.0.0.1", port=self.sentinel.port)
+        try:
+            client.execute_command("SENTINEL", "FAILOVER", self.service)
+        finally:
+            client.close()
+
+    def master_port(self) -> int:
+        """The port of the current master, as the sentinel sees it."""
+        import redis as syncredis
+
+        client: Any = syncredis.Redis(host="127.0.0.1", port=self.sentinel.port)
+        try:
+            _, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+            return int(port)
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        """Stop all three servers."""
+        for s in (self.sentinel, self.replica, self.master):
+            s.close()
+
+    def __enter__(self) -> RedisSentinelServer:
         return self.start()
 
     def __exit__(
