@@ -3,8 +3,8 @@
 Usage: python scripts/bench_scaling.py [--messages N] [--rounds R] [--quick]
 
 Each worker is a `streammachine run` process (the same as another host joining the group); the
-handler burns ~R × 0.5 µs of CPU so that the workers, not Redis, are the limit. Prints msgs/s and
-the ratio to one worker (target ≥ 1.7× for 2 workers on a 2-core machine).
+handler burns ~R x 0.5 µs of CPU so that the workers, not Redis, are the limit. Prints msgs/s and
+the ratio to one worker (target >= 1.7x for 2 workers on a 2-core machine).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import redis
+import redis  # noqa: E402 - after the sys.path line above
 
-from streammachine.testing import RedisServer
+from streammachine.testing import RedisServer  # noqa: E402
 
 
 def fill(r: redis.Redis, stream: str, n: int, partitions: int) -> None:
