@@ -58,3 +58,10 @@ async def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     t = await run_example("demo", ticks=3)
     assert len(await t.stream("priced")) == len(await t.stream("orders")) > 0
     assert "shipped" in capsys.readouterr().out
+
+
+async def test_timeseries(capsys: pytest.CaptureFixture[str]) -> None:
+    t = await run_example("timeseries", ticks=3)
+    assert len(await t.stream("ticks")) == 30
+    out = capsys.readouterr().out
+    assert "Rolling mean:" in out and "over 30 ticks" in out
