@@ -62,6 +62,8 @@ for _, entry in ipairs(entries) do
       local maxlen, fields = out[2], out[3]
       if maxlen > 0 then
         redis.call('XADD', KEYS[out[1]], 'MAXLEN', '~', maxlen, '*', unpack(fields))
+      elseif maxlen < 0 then
+        redis.call('XADD', KEYS[out[1]], 'MAXLEN', -maxlen, '*', unpack(fields))
       else
         redis.call('XADD', KEYS[out[1]], '*', unpack(fields))
       end
@@ -138,6 +140,7 @@ class Batch:
     maxlen: int | None = None
 
     def add(self, topic: str, maxlen: int | None, fields: dict[Any, Any]) -> None:
+        """Buffer an output; `maxlen` > 0 trims approximately, < 0 exactly to -maxlen."""
         maxlen = maxlen or self.maxlen
         flat: list[Any] = []
         for k, v in fields.items():
@@ -574,7 +577,7 @@ class Consumer:
             for entry_id in done:
                 for topic, maxlen, flat in out.outputs.get(entry_id, ()):
                     fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                    pipe.xadd(topic, fields, maxlen=maxlen or None, approximate=True)
+                    pipe.xadd(topic, fields, maxlen=abs(maxlen) or None, approximate=maxlen > 0)
             await pipe.execute()
         out.outputs.clear()
 
@@ -632,7 +635,8 @@ class Consumer:
             cmds: list[list[Any]] = [["MULTI"]]
             for _, outs in entries:
                 for idx, maxlen, flat in outs:
-                    trim = ["MAXLEN", "~", maxlen] if maxlen else []
+                    trim = ["MAXLEN", "~", maxlen] if maxlen > 0 else []
+                    trim = ["MAXLEN", -maxlen] if maxlen < 0 else trim
                     cmds.append(["XADD", names[idx], *trim, "*", *flat])
             return [*cmds, ["XACK", stream, group, *done], ["EXEC"]]
         lo, hi = min(done, key=_id_order), max(done, key=_id_order)

@@ -81,6 +81,13 @@ class Message:
         return msg
 
     @property
+    def raw(self) -> tuple[str, Any]:
+        """The entry as read, without conversion: (id, fields) with fields a flat
+        [k1, v1, k2, v2, …] list of bytes (or a dict), for fast paths such as
+        `FastOHLC.process_stream_batch([(stream, [m.raw for m in batch])])`."""
+        return (self.key or "", self._fields if self._fields is not None else [])
+
+    @property
     def data(self) -> tuple[str, dict[Any, Any]]:
         """The raw entry: (id, fields as read from Redis)."""
         f = self._fields

@@ -1,0 +1,252 @@
+"""FastOHLC against a pure-Python per-tick aggregator and pandas, on the same ticks.
+
+5M ticks (500k with --quick), 50 symbols, 1m and 5m candles, about one tick per ms in time order.
+Figures are the best of several rounds (5 for batches, 3 for per-tick loops and the dict
+baseline, 2 for resample, 1 for the slow per-tick variants), each on a fresh aggregator:
+
+- the batch kernel over int-coded symbols (`update_arrays` with codes), ticks/s
+- `update_arrays` with a NumPy array of symbol strings (mapping included), ticks/s
+- per-tick `update_tick`, µs/tick (compiled path; the pure-Python twin beside it), and one
+  Numba call per tick for comparison
+- `process_stream_batch` on an XREADGROUP-shaped reply (bytes ids and fields), ticks/s
+- a pure-Python dict aggregator per tick, pandas groupby and pandas resample, ticks/s
+- first-call time of the kernel in a fresh process with a cold Numba cache (compiling), then in a
+  second fresh process (loading from the cache)
+
+    .venv/bin/python scripts/bench_ohlc.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from streammachine.ohlc import FastOHLC, kernel
+
+SYMBOLS = 50
+INTERVALS = (60_000, 300_000)
+T0 = 1_700_000_000_000
+PER_TICK_N = 300_000  # per-tick loops run on this many ticks, to keep the run short
+STREAM_N = 200_000  # stream entries parsed by process_stream_batch
+
+
+NAMES = np.array([f"SYM{i:02d}" for i in range(SYMBOLS)])
+
+
+def make_ticks(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, symbol strings, prices, volumes, times): about one tick per ms, in time order."""
+    rng = np.random.default_rng(42)
+    codes = rng.integers(0, SYMBOLS, n).astype(np.int64)
+    ts = T0 + np.cumsum(rng.integers(0, 3, n)).astype(np.int64)
+    px = 100.0 + rng.standard_normal(n).cumsum() * 0.01
+    vol = rng.integers(1, 100, n).astype(np.float64)
+    return codes, NAMES[codes], px, vol, ts
+
+
+def best(fn: Callable[[], Any], rounds: int) -> float:
+    """The shortest wall time of `rounds` calls, in seconds."""
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def dict_aggregator(
+    symbols: list[str], px: list[float], vol: list[float], ts: list[int]
+) -> dict[Any, list[Any]]:
+    """The plain-Python baseline: a dict of candle lists, per tick and interval."""
+    candles: dict[Any, list[Any]] = {}
+    for s, p, v, t in zip(symbols, px, vol, ts, strict=True):
+        for iv in INTERVALS:
+            key = (s, iv, t // iv)
+            c = candles.get(key)
+            if c is None:
+                candles[key] = [p, p, p, p, v, 1, t, t]
+                continue
+            if p > c[1]:
+                c[1] = p
+            if p < c[2]:
+                c[2] = p
+            c[4] += v
+            c[5] += 1
+            if t < c[6]:
+                c[6], c[0] = t, p
+            if t >= c[7]:
+                c[7], c[3] = t, p
+    return candles
+
+
+def pandas_groupby(df: pd.DataFrame) -> list[pd.DataFrame]:
+    out = []
+    for iv in INTERVALS:
+        start = df["ts"] // iv * iv
+        g = df.groupby([df["symbol"], start], sort=True)
+        out.append(g.agg(open=("price", "first"), high=("price", "max"), low=("price", "min"),
+                         close=("price", "last"), volume=("volume", "sum"), trades=("price", "size")))  # fmt: skip
+    return out
+
+
+def pandas_resample(df: pd.DataFrame) -> list[pd.DataFrame]:
+    frame = df.set_index(pd.to_datetime(df["ts"], unit="ms"))
+    out = []
+    for iv in INTERVALS:
+        g = frame.groupby("symbol").resample(f"{iv // 1000}s")
+        ohlc = g["price"].ohlc()
+        ohlc["volume"] = g["volume"].sum()
+        out.append(ohlc.dropna())
+    return out
+
+
+FIRST_CALL = """
+import time
+t0 = time.perf_counter()
+import numba
+t1 = time.perf_counter()
+import numpy as np
+from streammachine.ohlc import FastOHLC
+agg = FastOHLC()
+agg.update_arrays(np.array(["A"]), [1.0], [1.0], [1])
+t2 = time.perf_counter()
+print(t1 - t0, t2 - t1)
+"""
+
+
+def first_call_times() -> list[tuple[float, float]]:
+    """(numba import s, first call s) in two fresh processes sharing a new, empty cache dir."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        runs = []
+        for _ in range(2):
+            out = subprocess.run([sys.executable, "-c", FIRST_CALL], env=env, check=True,
+                                 capture_output=True, text=True)  # fmt: skip
+            a, b = out.stdout.split()
+            runs.append((float(a), float(b)))
+        return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="500k ticks instead of 5M")
+    args = parser.parse_args()
+    n = 500_000 if args.quick else 5_000_000
+    rounds = 5
+    codes, names, px, vol, ts = make_ticks(n)
+    objects = names.astype(object)
+    print(f"{n:,} ticks, {SYMBOLS} symbols, intervals {INTERVALS} ms; python {platform.python_version()}, "
+          f"numpy {np.__version__}, pandas {pd.__version__}, {os.cpu_count()} cpus")  # fmt: skip
+    if not kernel.kernels(None).jit:
+        sys.exit(
+            "numba is not active (missing, or STREAMMACHINE_DISABLE_JIT=1): nothing to compare"
+        )
+
+    rows: list[tuple[str, float]] = []
+
+    def fresh() -> FastOHLC:
+        agg = FastOHLC(intervals=INTERVALS)
+        agg.symbol_codes(NAMES)  # code i is SYM{i}
+        return agg
+
+    agg = fresh()  # compile (or load from the cache) before timing
+    agg.update_arrays(codes[:1000], px[:1000], vol[:1000], ts[:1000])
+    agg.update_arrays(names[:1000], px[:1000], vol[:1000], ts[:1000])
+
+    def run(symbols: Any) -> Callable[[], Any]:
+        def go() -> None:
+            fresh().update_arrays(symbols, px, vol, ts)
+
+        return go
+
+    rows.append(("batch kernel, int codes (update_arrays)", n / best(run(codes), rounds)))
+    rows.append(("update_arrays, str array (<U5)", n / best(run(names), rounds)))
+    rows.append(("update_arrays, object array (pd.factorize)", n / best(run(objects), rounds)))
+
+    m = min(n, PER_TICK_N)
+    lists = (names[:m].tolist(), px[:m].tolist(), vol[:m].tolist(), ts[:m].tolist())
+
+    def per_tick(jit: bool) -> Callable[[], Any]:
+        def go() -> None:
+            a = FastOHLC(intervals=INTERVALS, jit=jit)
+            update = a.update_tick
+            for s, p, v, t in zip(*lists, strict=True):
+                update(s, p, v, t)
+            assert a.tick_count == m
+
+        return go
+
+    def numba_call_per_tick() -> None:
+        """The compiled batch function called once per tick, on 1-element arrays."""
+        st = FastOHLC(intervals=INTERVALS, jit=True)._store
+        st.ensure_symbols(SYMBOLS)
+        while st.ci.shape[0] < 4 * m // 1000 + 4096:  # room for every candle: no regrowth
+            st._grow()
+        fn, ident = st.kernels.apply_batch, np.arange(SYMBOLS)
+        state = (st.ci, st.cf, st.sk, st.free, st.meta)
+        one_s, one_t = np.zeros(1, np.int64), np.zeros(1, np.int64)
+        one_p, one_v = np.zeros(1), np.zeros(1)
+        for s, p, v, t in zip(codes[:m].tolist(), *lists[1:], strict=True):
+            one_s[0], one_p[0], one_v[0], one_t[0] = s, p, v, t
+            fn(*state, INTERVALS, ident, one_s, one_p, one_v, one_t, 0)
+        assert st.meta[kernel.TICKS] == m
+
+    tick_jit = best(per_tick(True), 3) / m
+    tick_py = best(per_tick(False), 1) / m
+    tick_numba = best(numba_call_per_tick, 1) / m
+    dict_s = best(lambda: dict_aggregator(*lists), 3) / m
+    rows.append(("update_tick per tick (compiled path)", 1 / tick_jit))
+    rows.append(("update_tick per tick (pure-Python twin)", 1 / tick_py))
+    rows.append(("one Numba call per tick", 1 / tick_numba))
+    rows.append(("pure-Python dict aggregator per tick", 1 / dict_s))
+
+    k = min(n, STREAM_N)  # an XREADGROUP reply as redis-py gives it: bytes ids and fields
+    reply = [[b"ticks", [
+        (f"{t}-0".encode(), {b"symbol": s.encode(), b"price": repr(p).encode(), b"volume": repr(v).encode()})
+        for s, p, v, t in zip(names[:k].tolist(), px[:k].tolist(), vol[:k].tolist(), ts[:k].tolist(), strict=True)
+    ]]]  # fmt: skip
+    stream_s = best(lambda: FastOHLC(intervals=INTERVALS).process_stream_batch(reply), 3) / k
+    rows.append(("process_stream_batch (RESP2, bytes)", 1 / stream_s))
+
+    df = pd.DataFrame({"symbol": names, "price": px, "volume": vol, "ts": ts})
+    groupby_s = best(lambda: pandas_groupby(df), rounds)
+    rows.append(("pandas groupby", n / groupby_s))
+    resample_s = best(lambda: pandas_resample(df), 2)
+    rows.append(("pandas groupby + resample().ohlc()", n / resample_s))
+
+    # The figures mean something only if the candles agree.
+    check = fresh()
+    check.update_arrays(names, px, vol, ts)
+    ref = pandas_groupby(df)[0].loc["SYM07"]
+    got = check.get_candles("SYM07", INTERVALS[0])
+    assert [c.candle_start_ms for c in got] == ref.index.tolist()
+    assert [c.close for c in got] == ref["close"].tolist() and [c.trade_count for c in got] == ref[
+        "trades"
+    ].tolist()
+
+    groupby_rate = n / groupby_s
+    dict_rate = 1 / dict_s
+    print(f"\n{'path':46} {'ticks/s':>14} {'µs/tick':>9} {'x pandas':>9} {'x dict':>8}")
+    for name, rate in rows:
+        print(
+            f"{name:46} {rate:14,.0f} {1e6 / rate:9.3f} {rate / groupby_rate:9.1f} {rate / dict_rate:8.1f}"
+        )
+
+    (imp1, first1), (imp2, first2) = first_call_times()
+    print(f"\nfirst call, fresh process, cold Numba cache (compiles):  {first1:.2f} s "
+          f"(+ import numba {imp1:.2f} s)")  # fmt: skip
+    print(f"first call, second fresh process (loads from the cache): {first2:.2f} s "
+          f"(+ import numba {imp2:.2f} s)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
