@@ -28,14 +28,30 @@ for module in (run_cmd, streams, ops, ohlc, mcp, dashboard):
 
 def main() -> None:
     """Entry point of the `streammachine` console script."""
+    # Typer vendors click; its exceptions are not public names, so they come from there.
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
     from ..exceptions import StreamMachineError
 
     try:
-        app()
+        # Not standalone: usage errors come back here and are shown as one line, like ours.
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        if exc.ctx is not None:
+            sys.stdout.write(exc.ctx.get_help() + "\n")
+        sys.exit(0 if exc.ctx is not None and exc.ctx.parent is None else 2)
+    except UsageError as exc:
+        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
+        fail(f"{exc.format_message()}{hint}", 2)
+    except ClickException as exc:
+        fail(exc.format_message(), exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
     except StreamMachineError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def mcp_main() -> None:

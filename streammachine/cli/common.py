@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, NoReturn
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from ..connection import RedisConnection
+
+T = TypeVar("T")
+CONNECT_TIMEOUT_S = 5.0
 
 RedisUrl = Annotated[
     str | None,
@@ -60,3 +67,64 @@ def setup(log_level: str, log_format: str) -> None:
     from .logs import setup_logging
 
     setup_logging(log_level, log_format)
+
+
+def with_redis(redis_url: str | None, fn: Callable[[RedisConnection], Awaitable[T]]) -> T:
+    """Run `fn(conn)` on a fresh connection; a bad URL, an unreachable server, a wrong-type key
+    or any StreamMachineError becomes one line on stderr and exit 1."""
+    import anyio
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError, ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from ..connection import RedisConnection, mask_url
+    from ..exceptions import StreamMachineError
+
+    try:
+        url = resolve_url(redis_url)
+    except StreamMachineError as exc:
+        fail(str(exc))
+
+    async def main() -> T:
+        conn = RedisConnection(url=url)
+        try:
+            with anyio.fail_after(CONNECT_TIMEOUT_S):
+                await conn.client.ping()
+            return await fn(conn)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+
+    try:
+        return anyio.run(main, backend_options={"use_uvloop": os.name != "nt"})
+    except StreamMachineError as exc:
+        fail(str(exc))
+    except ResponseError as exc:
+        if "WRONGTYPE" in str(exc):
+            fail(f"a key holds another type than the command needs ({exc}); check the name")
+        fail(f"Redis refused the command: {exc}")
+    except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+        reason = str(exc) or f"no answer within {CONNECT_TIMEOUT_S:g} s"
+        fail(f"cannot reach Redis at {mask_url(url)}: {reason}")
+    except RedisError as exc:
+        fail(f"Redis error: {exc}")
+
+
+def out(line: str) -> None:
+    """Write one line to stdout now (a closed pipe, as with `| head`, ends the command quietly)."""
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
+
+
+def dumps(obj: Any) -> str:
+    """One JSON line (UTF-8 text, bytes decoded, anything else as str)."""
+    import json
+
+    def default(value: Any) -> Any:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+    return json.dumps(obj, ensure_ascii=False, default=default)

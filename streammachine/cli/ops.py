@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from .common import JsonOut, LogFormat, LogLevel, RedisUrl, fail, setup
-from .streams import dumps, out, with_redis
+from .common import JsonOut, LogFormat, LogLevel, RedisUrl, dumps, fail, out, setup, with_redis
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
@@ -36,6 +35,10 @@ class DefaultToList(TyperGroup):
         return super().parse_args(ctx, args)
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _fmt_time(ts: float | None) -> str:
     import time
 
@@ -49,6 +52,7 @@ def _health(redis_url: str | None, json_out: bool) -> None:
     import os
 
     import anyio
+    from redis.exceptions import ResponseError
 
     from ..connection import RedisConnection, mask_url
     from ..exceptions import StreamMachineError
@@ -65,7 +69,10 @@ def _health(redis_url: str | None, json_out: bool) -> None:
         try:
             with anyio.fail_after(HEALTH_TIMEOUT_S):
                 info = await server_info(conn)
-                instances = await list_instances(conn)
+                try:
+                    instances = await list_instances(conn)
+                except ResponseError:  # e.g. an ACL without SCAN: Redis itself is fine
+                    instances = []
             return {"healthy": True, "redis_url": mask_url(url), **info, "instances": instances}
         finally:
             with anyio.CancelScope(shield=True):
@@ -216,7 +223,7 @@ def _register_storage(app: typer.Typer) -> None:
         if not yes:
             fail("clear deletes every key of the storage namespace; add --yes to do it", 2)
         ns, n = _storage(redis_url, namespace, _clear)
-        sys.stderr.write(f"cleared {n} keys from storage namespace {ns!r}\n")
+        sys.stderr.write(f"cleared {_n(n, 'key')} from storage namespace {ns!r}\n")
 
 
 # --- dead ------------------------------------------------------------------------------------
@@ -243,9 +250,11 @@ def _print_dead(stream: str, total: int, items: list[dict[str, Any]], json_out: 
 
     dead = dead_letter_stream(stream)
     sys.stderr.write(
-        f"{dead}: {total} dead letters"
+        f"{dead}: {_n(total, 'dead letter')}"
         + (f", showing {len(items)}\n" if total > len(items) else "\n")
     )
+    if not items:
+        return
     if not sys.stdout.isatty():
         for d in items:
             out(
@@ -309,7 +318,7 @@ def _register_dead(app: typer.Typer) -> None:
         if bool(ids) == all_:
             fail("say which dead letters to replay: --id ID (repeatable) or --all", 2)
         n = with_redis(redis_url, lambda c: replay_dead(c, stream, ids))
-        out(f"replayed {n} dead letters from {dead_letter_stream(stream)}")
+        out(f"replayed {_n(n, 'dead letter')} from {dead_letter_stream(stream)}")
         if ids and n < len(set(ids)):
             fail(f"{len(set(ids)) - n} of the given ids were not in {dead_letter_stream(stream)}")
 

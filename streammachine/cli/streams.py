@@ -2,83 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import JsonOut, LogFormat, LogLevel, RedisUrl, fail, resolve_url, setup
+from .common import JsonOut, LogFormat, LogLevel, RedisUrl, dumps, fail, out, setup, with_redis
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
 
-T = TypeVar("T")
-CONNECT_TIMEOUT_S = 5.0
 SEND_BATCH = 1000
 _JSON_TYPES = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-
-
-def with_redis(redis_url: str | None, fn: Callable[[RedisConnection], Awaitable[T]]) -> T:
-    """Run `fn(conn)` on a fresh connection; a bad URL, an unreachable server, a wrong-type key
-    or any StreamMachineError becomes one line on stderr and exit 1."""
-    import anyio
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError, ResponseError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    from ..connection import RedisConnection, mask_url
-    from ..exceptions import StreamMachineError
-
-    try:
-        url = resolve_url(redis_url)
-    except StreamMachineError as exc:
-        fail(str(exc))
-
-    async def main() -> T:
-        conn = RedisConnection(url=url)
-        try:
-            with anyio.fail_after(CONNECT_TIMEOUT_S):
-                await conn.client.ping()
-            return await fn(conn)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await conn.close()
-
-    try:
-        return anyio.run(main, backend_options={"use_uvloop": os.name != "nt"})
-    except StreamMachineError as exc:
-        fail(str(exc))
-    except ResponseError as exc:
-        if "WRONGTYPE" in str(exc):
-            fail(f"a key holds another type than the command needs ({exc}); check the name")
-        fail(f"Redis refused the command: {exc}")
-    except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
-        reason = str(exc) or f"no answer within {CONNECT_TIMEOUT_S:g} s"
-        fail(f"cannot reach Redis at {mask_url(url)}: {reason}")
-    except RedisError as exc:
-        fail(f"Redis error: {exc}")
-
-
-def out(line: str) -> None:
-    """Write one line to stdout now (a closed pipe, as with `| head`, ends the command quietly)."""
-    try:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(0) from None
-
-
-def dumps(obj: Any) -> str:
-    """One JSON line (UTF-8 text, bytes decoded, anything else as str)."""
-    import json
-
-    def default(value: Any) -> Any:
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-    return json.dumps(obj, ensure_ascii=False, default=default)
 
 
 # --- send ------------------------------------------------------------------------------------
@@ -101,7 +38,7 @@ def _records_from_file(path: str) -> list[dict[Any, Any]]:
 
     name = "stdin" if path == "-" else path
     try:
-        data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()  # noqa: SIM115
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         fail(f"cannot read {name}: {exc.strerror or exc}", 2)
     try:
@@ -162,18 +99,15 @@ async def _send_all(
         progress.start()
     task = progress.add_task(f"sending to {stream}", total=total) if progress else None
     try:
-        batch: list[dict[Any, Any]] = []
-        for i in range(total):
-            batch.append(records[i % len(records)])
-            if len(batch) == SEND_BATCH or i == total - 1:
-                async with conn.client.pipeline(transaction=False) as pipe:
-                    for fields in batch:
-                        pipe.xadd(stream, fields)
-                    ids = await pipe.execute()
-                out("\n".join(i.decode() if isinstance(i, bytes) else str(i) for i in ids))
-                if progress is not None and task is not None:
-                    progress.advance(task, len(batch))
-                batch = []
+        for start in range(0, total, SEND_BATCH):
+            stop = min(total, start + SEND_BATCH)
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for n in range(start, stop):
+                    pipe.xadd(stream, records[n % len(records)])
+                ids = await pipe.execute()
+            out("\n".join(i.decode() if isinstance(i, bytes) else str(i) for i in ids))
+            if progress is not None and task is not None:
+                progress.advance(task, stop - start)
     finally:
         if progress is not None:
             progress.stop()
@@ -205,7 +139,7 @@ class Printer:
                 fields = "  ".join(
                     f"[cyan]{escape(k)}[/]={escape(v)}" for k, v in e["fields"].items()
                 )
-                console.print(f"[dim]{e['id']}[/]  {fields}", soft_wrap=True)
+                console.print(f"[dim]{e['id']}[/]  {fields}", soft_wrap=True, highlight=False)
         else:
             for e in entries:
                 fields = " ".join(f"{k}={_one_line(v)}" for k, v in e["fields"].items())
@@ -277,11 +211,13 @@ async def _tail_plain(
         # Print the history and find where "new" starts in one transaction, so nothing slips
         # in between.
         async with client.pipeline(transaction=True) as pipe:
-            pipe.xrevrange(stream, "+", "-", count=0 if start == "$" else count or 10)
             pipe.xinfo_stream(stream)
-            history, info = await pipe.execute()
-        p.entries([entry_dict(stream, i, f) for i, f in reversed(history)])
+            if start is None:
+                pipe.xrevrange(stream, "+", "-", count=count or 10)
+            info, *history = await pipe.execute()
         cursor = info["last-generated-id"].decode()
+        for entries in history:
+            p.entries([entry_dict(stream, i, f) for i, f in reversed(entries)])
     elif cursor in ("0", "-"):
         cursor = "0-0"
 
@@ -322,7 +258,7 @@ async def _tail_group(
         )
     cursor = ">" if start in (None, "$", ">") else start
 
-    async def read(block_ms: int | None) -> int:
+    async def read(block_ms: int | None) -> None:
         nonlocal cursor
         reply = await client.xreadgroup(
             group,
@@ -331,13 +267,14 @@ async def _tail_group(
             count=count or (100 if follow else 10),
             block=block_ms,
         )
-        entries = [e for _, batch in reply or [] for e in batch if e[1] is not None]
+        raw = [e for _, batch in reply or [] for e in batch]
         if cursor != ">":  # reading this consumer's pending history: move on, then to new ones
-            cursor = entries[-1][0].decode() if entries else ">"
-        p.entries([entry_dict(stream, i, f) for i, f in entries])
-        if ack and entries:
-            await client.xack(stream, group, *[i for i, _ in entries])
-        return len(entries)
+            cursor = raw[-1][0].decode() if raw else ">"
+        # Fields are None for an entry deleted since it was delivered: nothing to show, but
+        # --ack still clears it from the pending list.
+        p.entries([entry_dict(stream, i, f) for i, f in raw if f is not None])
+        if ack and raw:
+            await client.xack(stream, group, *[i for i, _ in raw])
 
     if not follow:
         await read(None)
@@ -374,11 +311,10 @@ def _print_streams(infos: list[dict[str, Any]], json_out: bool) -> None:
     from rich.table import Table
 
     table = Table()
-    for col in ("stream", "length", "first id", "last id", "group", "consumers", "pending", "lag",
-                "oldest pending"):  # fmt: skip
-        table.add_column(
-            col, justify="right" if col in ("length", "consumers", "pending", "lag") else "left"
-        )
+    for col in ("stream", "length", "first id", "last id", "group"):
+        table.add_column(col, justify="right" if col == "length" else "left", overflow="fold")
+    for col in ("consumers", "pending", "lag", "oldest pending"):
+        table.add_column(col, justify="right")
     for info in infos:
         head = [
             info["stream"],
@@ -393,7 +329,7 @@ def _print_streams(infos: list[dict[str, Any]], json_out: bool) -> None:
             table.add_row(
                 *(head if n == 0 else ["", "", "", ""]),
                 g["name"], str(g["consumers"]), str(g["pending"]),
-                _na(g["lag"], "> scan limit"), "-" if idle is None else f"{idle / 1000:.1f} s idle",
+                _na(g["lag"], "many"), "-" if idle is None else f"{idle / 1000:.1f} s idle",
             )  # fmt: skip
     Console().print(table)
 
@@ -510,8 +446,10 @@ def register(app: typer.Typer) -> None:
         log_level: LogLevel = "warning",
         log_format: LogFormat = "auto",
     ) -> None:
-        """List streams with length, first/last id and per group: consumers, pending, lag and
-        how long the oldest pending entry has been idle (SCAN, never KEYS)."""
+        """List streams with their groups: consumers, pending, lag, oldest pending entry.
+
+        Uses SCAN (never KEYS), so it is safe on a busy server.
+        """
         from ..inspect import list_streams
 
         setup(log_level, log_format)

@@ -1,0 +1,501 @@
+"""Read-only views of streams, consumer groups, dead letters and app instances, plus dead-letter
+replay: the queries behind `streammachine streams|tail|dead|health`, the dashboard and the MCP tools.
+
+Every function takes a redis-py asyncio client (`RedisConnection.client`) or a `RedisConnection`,
+returns plain dicts with stable keys and str values (bytes decoded as UTF-8, bad bytes replaced),
+and never prints. Describing many streams costs three pipelined round trips, not three per stream.
+
+Lag (entries not yet delivered to a group): Redis 7 reports it in XINFO GROUPS. Redis 6.2 does not,
+so it is counted here from the group's last-delivered id: exact when the group is caught up or has
+read nothing of the current stream, else by counting at most `lag_scan_limit` entries after it
+inside Redis (a Lua script: no entry crosses the wire); beyond that, and where scripts are not
+allowed, `lag` is None, meaning "more than we counted".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ResponseError, WatchError
+
+from .connection import RedisConnection
+from .exceptions import ConfigError, StreamMachineError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+__all__ = [
+    "DEAD_LETTER_FIELDS",
+    "check_stream",
+    "dead_letter_stream",
+    "list_consumers",
+    "list_dead",
+    "list_instances",
+    "list_streams",
+    "read_entries",
+    "replay_dead",
+    "server_info",
+    "stream_info",
+]
+
+#: Fields an agent adds to a message when it dead-letters it; replay strips them again.
+DEAD_LETTER_FIELDS = (
+    "error",
+    "error_type",
+    "traceback",
+    "deliveries",
+    "source_stream",
+    "source_id",
+    "group",
+    "failed_at",
+)
+DEAD_SUFFIX = ":dead"
+INSTANCE_PREFIX = "streammachine:instances:"
+_HEARTBEAT_FIELDS = ("heartbeat_at", "heartbeat", "ts", "last_seen", "updated_at", "time")
+# Counts the entries after the group's last-delivered id, capped, without sending them back.
+_LAG_LUA = "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])"
+
+
+def _c(client: aioredis.Redis | RedisConnection) -> Any:
+    # Any: redis-py's annotations mix sync and async return types; callers get typed dicts.
+    return client.client if isinstance(client, RedisConnection) else client
+
+
+def _s(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _id(entry_id: Any) -> tuple[int, int]:
+    ms, _, seq = _s(entry_id).partition("-")
+    return (int(ms), int(seq or 0))
+
+
+def _fields(raw: Any) -> dict[str, str]:
+    return {_s(k): _s(v) for k, v in (raw or {}).items()}
+
+
+def entry_dict(stream: str, entry_id: Any, fields: Any) -> dict[str, Any]:
+    """One stream entry as `{"stream", "id", "fields"}` with str keys and values."""
+    return {"stream": stream, "id": _s(entry_id), "fields": _fields(fields)}
+
+
+async def server_info(client: aioredis.Redis | RedisConnection) -> dict[str, Any]:
+    """PING the server and read its version: `{"redis_version", "latency_ms"}`.
+
+    Example:
+        >>> await server_info(conn.client)  # doctest: +SKIP
+        {'redis_version': '7.2.4', 'latency_ms': 0.21}
+    """
+    c = _c(client)
+    t0 = time.perf_counter()
+    await c.ping()
+    latency_ms = round((time.perf_counter() - t0) * 1000.0, 3)
+    try:
+        version: str | None = _s((await c.info("server")).get("redis_version"))
+    except ResponseError:  # memory:// (fakeredis) has no INFO
+        version = None
+    return {"redis_version": version, "latency_ms": latency_ms}
+
+
+async def check_stream(client: aioredis.Redis | RedisConnection, stream: str) -> bool:
+    """True when `stream` is a stream, False when the key does not exist.
+
+    Raises:
+        ConfigError: the key holds another type (it would fail with WRONGTYPE).
+
+    Example:
+        >>> await check_stream(conn.client, "orders")  # doctest: +SKIP
+        True
+    """
+    kind = _s(await _c(client).type(stream))
+    if kind == "none":
+        return False
+    if kind != "stream":
+        raise ConfigError(f"key {stream!r} holds a {kind}, not a stream: use another name")
+    return True
+
+
+async def _describe(c: Any, names: Sequence[str], lag_scan_limit: int) -> list[dict[str, Any]]:
+    """Describe streams in three pipelined round trips; keys that are not streams are left out."""
+    async with c.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.type(name)
+            pipe.xinfo_stream(name)
+        replies = await pipe.execute(raise_on_error=False)
+    infos: list[dict[str, Any]] = []
+    for name, kind, info in zip(names, replies[::2], replies[1::2], strict=True):
+        if _s(kind) != "stream" or isinstance(info, Exception):
+            continue
+        first, last = info.get("first-entry"), info.get("last-entry")
+        infos.append(
+            {
+                "stream": name,
+                "length": int(info["length"]),
+                "first_id": _s(first[0]) if first else None,
+                "last_id": _s(last[0]) if last else None,
+                "last_generated_id": _s(info.get("last-generated-id", "0-0")),
+                "groups": [],
+                "_groups": int(info.get("groups", 0)),
+            }
+        )
+    with_groups = [i for i in infos if i.pop("_groups")]
+    if not with_groups:
+        return infos
+    async with c.pipeline(transaction=False) as pipe:
+        for i in with_groups:
+            pipe.xinfo_groups(i["stream"])
+        all_groups = await pipe.execute(raise_on_error=False)
+    todo: list[tuple[dict[str, Any], str]] = []  # (group dict, what the next reply is for)
+    async with c.pipeline(transaction=False) as pipe:
+        for info, groups in zip(with_groups, all_groups, strict=True):
+            for g in [] if isinstance(groups, Exception) else groups:
+                group = _group(info, g)
+                info["groups"].append(group)
+                if group["pending"]:
+                    pipe.xpending_range(info["stream"], group["name"], "-", "+", 1)
+                    todo.append((group, "oldest"))
+                if group["lag"] is None:
+                    pipe.eval(
+                        _LAG_LUA, 1, info["stream"], group["last_delivered_id"], lag_scan_limit + 1
+                    )
+                    todo.append((group, "lag"))
+        replies = await pipe.execute(raise_on_error=False) if todo else []
+    for (group, what), reply in zip(todo, replies, strict=True):
+        if isinstance(reply, Exception):
+            continue
+        if what == "oldest" and reply:
+            group["oldest_pending_id"] = _s(reply[0]["message_id"])
+            group["oldest_pending_idle_ms"] = int(reply[0]["time_since_delivered"])
+        elif what == "lag" and int(reply) <= lag_scan_limit:
+            group["lag"] = int(reply)
+    return infos
+
+
+def _group(info: dict[str, Any], g: dict[str, Any]) -> dict[str, Any]:
+    last_delivered = _s(g.get("last-delivered-id", "0-0"))
+    lag = g.get("lag")  # Redis >= 7; None there when it cannot tell
+    group: dict[str, Any] = {
+        "name": _s(g["name"]),
+        "consumers": int(g.get("consumers", 0)),
+        "pending": int(g.get("pending", 0)),
+        "last_delivered_id": last_delivered,
+        "lag": None if lag is None else int(lag),
+        "oldest_pending_id": None,
+        "oldest_pending_idle_ms": None,
+    }
+    if group["lag"] is None:
+        # Exact without a scan: caught up, or nothing of the current stream read yet.
+        if not info["length"] or _id(last_delivered) >= _id(info["last_id"]):
+            group["lag"] = 0
+        elif _id(last_delivered) < _id(info["first_id"]):
+            group["lag"] = info["length"]
+    return group
+
+
+async def stream_info(
+    client: aioredis.Redis | RedisConnection, stream: str, *, lag_scan_limit: int = 10_000
+) -> dict[str, Any] | None:
+    """Length, first/last id and per-group figures of one stream; None when the key is missing.
+
+    Returns:
+        `{"stream", "length", "first_id", "last_id", "last_generated_id", "groups": [{"name",
+        "consumers", "pending", "last_delivered_id", "lag", "oldest_pending_id",
+        "oldest_pending_idle_ms"}]}`. `lag` is None when it is more than `lag_scan_limit` on
+        Redis 6.2 (see the module docstring); `oldest_pending_idle_ms` is the time since the
+        lowest pending id was last delivered.
+
+    Raises:
+        ConfigError: the key exists and is not a stream.
+
+    Example:
+        >>> info = await stream_info(conn.client, "orders")  # doctest: +SKIP
+        >>> info["groups"][0]["lag"]  # doctest: +SKIP
+        0
+    """
+    c = _c(client)
+    if not await check_stream(c, stream):
+        return None
+    found = await _describe(c, [stream], lag_scan_limit)
+    return found[0] if found else None
+
+
+async def list_streams(
+    client: aioredis.Redis | RedisConnection,
+    pattern: str = "*",
+    limit: int = 1000,
+    *,
+    lag_scan_limit: int = 10_000,
+) -> list[dict[str, Any]]:
+    """Every stream whose name matches the glob `pattern` (SCAN TYPE stream, never KEYS), sorted
+    by name, at most `limit` of them, each described as by `stream_info`.
+
+    Example:
+        >>> [s["stream"] for s in await list_streams(conn.client, "orders*")]  # doctest: +SKIP
+        ['orders', 'orders:dead']
+    """
+    c = _c(client)
+    names: set[str] = set()
+    async for key in c.scan_iter(match=pattern, count=1000, _type="stream"):
+        names.add(_s(key))
+        if len(names) >= limit:
+            break
+    ordered = sorted(names)
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(ordered), 200):
+        out += await _describe(c, ordered[start : start + 200], lag_scan_limit)
+    return out
+
+
+async def list_consumers(
+    client: aioredis.Redis | RedisConnection, stream: str, group: str
+) -> list[dict[str, Any]]:
+    """The consumers of `group`: `[{"name", "pending", "idle_ms"}]`.
+
+    Example:
+        >>> await list_consumers(conn.client, "orders", "billing")  # doctest: +SKIP
+        [{'name': 'host-42-bill-0', 'pending': 3, 'idle_ms': 120}]
+    """
+    reply = await _c(client).xinfo_consumers(stream, group)
+    return [
+        {"name": _s(r["name"]), "pending": int(r["pending"]), "idle_ms": int(r["idle"])}
+        for r in reply
+    ]
+
+
+async def read_entries(
+    client: aioredis.Redis | RedisConnection,
+    stream: str,
+    *,
+    after: str | None = None,
+    count: int = 10,
+) -> list[dict[str, Any]]:
+    """Entries of `stream` as `{"stream", "id", "fields"}`, oldest first: the last `count`, or
+    the first `count` after id `after` (exclusive; "0" reads from the start, "$" reads nothing).
+
+    Example:
+        >>> await read_entries(conn.client, "orders", count=1)  # doctest: +SKIP
+        [{'stream': 'orders', 'id': '1700000000000-0', 'fields': {'id': '7'}}]
+    """
+    c = _c(client)
+    if after is None:
+        entries = list(reversed(await c.xrevrange(stream, "+", "-", count=count)))
+    elif after == "$":
+        entries = []
+    elif after in ("0", "0-0", "-"):
+        entries = await c.xrange(stream, "-", "+", count=count)
+    else:
+        entries = await c.xrange(stream, f"({after}", "+", count=count)
+    return [entry_dict(stream, i, f) for i, f in entries]
+
+
+def dead_letter_stream(stream: str) -> str:
+    """The dead-letter stream of `stream`: `stream` itself when it ends with ":dead".
+
+    Example:
+        >>> dead_letter_stream("orders"), dead_letter_stream("orders:dead")
+        ('orders:dead', 'orders:dead')
+    """
+    return stream if stream.endswith(DEAD_SUFFIX) else stream + DEAD_SUFFIX
+
+
+def dead_dict(dead: str, entry_id: Any, raw: Any) -> dict[str, Any]:
+    """A dead-letter entry: its metadata, and the original message's fields under "fields"."""
+    f = _fields(raw)
+    deliveries, failed_at = f.get("deliveries", ""), f.get("failed_at", "")
+    return {
+        "stream": dead,
+        "id": _s(entry_id),
+        "source_stream": f.get("source_stream") or _default_source(dead),
+        "source_id": f.get("source_id"),
+        "group": f.get("group"),
+        "error": f.get("error"),
+        "error_type": f.get("error_type"),
+        "deliveries": int(deliveries) if deliveries.isdigit() else None,
+        "failed_at": _float(failed_at),
+        "traceback": f.get("traceback"),
+        "fields": {k: v for k, v in f.items() if k not in DEAD_LETTER_FIELDS},
+    }
+
+
+def _default_source(dead: str) -> str | None:
+    return dead[: -len(DEAD_SUFFIX)] if dead.endswith(DEAD_SUFFIX) else None
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+async def list_dead(
+    client: aioredis.Redis | RedisConnection, stream: str, count: int = 100
+) -> list[dict[str, Any]]:
+    """The oldest `count` dead letters of `stream` (see `dead_letter_stream`), oldest first.
+
+    Each is `{"stream", "id", "source_stream", "source_id", "group", "error", "error_type",
+    "deliveries", "failed_at", "traceback", "fields"}`, `fields` being the original message.
+
+    Example:
+        >>> [d["error"] for d in await list_dead(conn.client, "orders")]  # doctest: +SKIP
+        ['division by zero']
+    """
+    dead = dead_letter_stream(stream)
+    entries = await _c(client).xrange(dead, "-", "+", count=count)
+    return [dead_dict(dead, i, f) for i, f in entries]
+
+
+async def replay_dead(
+    client: aioredis.Redis | RedisConnection,
+    stream: str,
+    ids: Iterable[str] | None = None,
+    *,
+    batch_size: int = 500,
+) -> int:
+    """Send dead letters back to their source stream and delete them; returns how many.
+
+    Each entry's original fields (without the dead-letter fields) are XADDed to its
+    `source_stream`, and the entry is XDELed, in one MULTI/EXEC per batch under WATCH, so two
+    replays at once cannot send an entry twice. Entries with no fields left or no known source
+    stay where they are.
+
+    Args:
+        client: the Redis client.
+        stream: the source stream or its dead-letter stream (`orders` or `orders:dead`).
+        ids: the dead-letter entry ids to replay; None replays every entry present at the start.
+        batch_size: entries per transaction.
+
+    Example:
+        >>> await replay_dead(conn.client, "orders", ["1700000000000-0"])  # doctest: +SKIP
+        1
+    """
+    c, dead = _c(client), dead_letter_stream(stream)
+    if ids is not None:
+        wanted = list(dict.fromkeys(ids))
+        total = 0
+        for start in range(0, len(wanted), batch_size):
+            total += await _replay_batch(c, dead, wanted[start : start + batch_size])
+        return total
+    newest = await c.xrevrange(dead, "+", "-", count=1)
+    if not newest:
+        return 0
+    stop, cursor, total = _s(newest[0][0]), "-", 0
+    while True:  # stop at the newest entry seen first, so re-failing messages cannot loop
+        batch = await c.xrange(dead, cursor, stop, count=batch_size)
+        if not batch:
+            return total
+        total += await _replay_batch(c, dead, [_s(i) for i, _ in batch])
+        if len(batch) < batch_size:
+            return total
+        cursor = f"({_s(batch[-1][0])}"
+
+
+async def _replay_batch(c: Any, dead: str, ids: list[str]) -> int:
+    async with c.pipeline(transaction=True) as pipe:
+        for _ in range(20):
+            try:
+                await pipe.watch(dead)
+                # Read after WATCH (on another connection, in one round trip): if anything
+                # changes the dead-letter stream from here on, EXEC fails and we read again.
+                async with c.pipeline(transaction=False) as reader:
+                    for entry_id in ids:
+                        reader.xrange(dead, entry_id, entry_id)
+                    found = [e for reply in await reader.execute() for e in reply]
+                moves = []
+                for entry_id, raw in found:
+                    d = dead_dict(dead, entry_id, raw)
+                    if d["fields"] and d["source_stream"] and d["source_stream"] != dead:
+                        moves.append(d)
+                if not moves:
+                    await pipe.reset()
+                    return 0
+                pipe.multi()
+                for d in moves:
+                    pipe.xadd(d["source_stream"], d["fields"])
+                pipe.xdel(dead, *[d["id"] for d in moves])
+                await pipe.execute()
+                return len(moves)
+            except WatchError:
+                continue
+    raise StreamMachineError(
+        f"{dead} kept changing while replaying (an agent is dead-lettering fast); try again"
+    )
+
+
+async def list_instances(
+    client: aioredis.Redis | RedisConnection, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Registered app instances (keys `streammachine:instances:*`, a hash or a JSON string), read
+    leniently: `{"key", "app", "host", "pid", "age_s", "data"}`. `age_s` is the time since the
+    last heartbeat: from the key's remaining TTL when the record has `ttl_s` (the registry of
+    `streammachine.dashboard`), else from a timestamp field such as `heartbeat_at`.
+
+    Example:
+        >>> await list_instances(conn.client)  # doctest: +SKIP
+        [{'key': 'streammachine:instances:web-1-42', 'app': 'orders', 'host': 'web-1', ...}]
+    """
+    c = _c(client)
+    keys: list[str] = []
+    async for key in c.scan_iter(match=INSTANCE_PREFIX + "*", count=1000):
+        keys.append(_s(key))
+        if len(keys) >= limit:
+            break
+    if not keys:
+        return []
+    keys.sort()
+    async with c.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.type(key)
+            pipe.pttl(key)
+        replies = await pipe.execute(raise_on_error=False)
+    typed = [
+        (k, _s(kind), pttl)
+        for k, kind, pttl in zip(keys, replies[::2], replies[1::2], strict=True)
+        if _s(kind) in ("hash", "string")
+    ]
+    async with c.pipeline(transaction=False) as pipe:
+        for key, kind, _ in typed:
+            if kind == "hash":
+                pipe.hgetall(key)
+            else:
+                pipe.get(key)
+        values = await pipe.execute(raise_on_error=False) if typed else []
+    now = time.time()
+    return [
+        _instance(key, raw, pttl, now)
+        for (key, _, pttl), raw in zip(typed, values, strict=True)
+        if raw and not isinstance(raw, Exception)
+    ]
+
+
+def _instance(key: str, raw: Any, pttl_ms: Any, now: float) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if isinstance(raw, dict):
+        data = _fields(raw)
+    elif isinstance(raw, bytes | str):
+        try:
+            parsed = json.loads(raw)
+            data = parsed if isinstance(parsed, dict) else {"value": parsed}
+        except ValueError:
+            data = {"value": _s(raw)}
+    beat = next((data[k] for k in _HEARTBEAT_FIELDS if k in data), None)
+    ts = _float(str(beat)) if beat is not None else None
+    if ts is not None and ts > 1e11:  # milliseconds
+        ts /= 1000.0
+    age_s = None if ts is None else max(0.0, now - ts)
+    ttl_s = _float(str(data.get("ttl_s")))
+    if ttl_s is not None and isinstance(pttl_ms, int) and pttl_ms >= 0:
+        # A heartbeat that refreshes the key's TTL: its age needs no other host's clock.
+        age_s = max(0.0, ttl_s - pttl_ms / 1000.0)
+    pid = data.get("pid")
+    return {
+        "key": key,
+        "app": data.get("app") or data.get("name"),
+        "host": data.get("host") or data.get("hostname"),
+        "pid": int(str(pid)) if str(pid).isdigit() else None,
+        "age_s": None if age_s is None else round(age_s, 3),
+        "data": data,
+    }
