@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
@@ -38,6 +38,27 @@ __all__ = [
     "find_redis_server",
     "free_port",
 ]
+
+
+class _Throwaway:
+    """`with server:` starts it and closes it at the end."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def free_port(below: int = 65536) -> int:
@@ -76,7 +97,7 @@ def find_redis_server() -> str:
     )
 
 
-class RedisServer:
+class RedisServer(_Throwaway):
     """A real redis-server on a free loopback port, in a temporary directory, for tests.
 
     Args:
@@ -158,17 +179,6 @@ class RedisServer:
         """Stop the server and remove its directory."""
         self.stop()
         self._dir.cleanup()
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class TestApp:
@@ -288,7 +298,7 @@ class TestApp:
         return self.app.storage
 
 
-class RedisClusterServer:
+class RedisClusterServer(_Throwaway):
     """A throwaway Redis Cluster of `masters` redis-servers on free loopback ports.
 
     Example:
@@ -341,19 +351,8 @@ class RedisClusterServer:
         for s in self.servers:
             s.close()
 
-    def __enter__(self) -> RedisClusterServer:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class RedisSentinelServer:
+class RedisSentinelServer(_Throwaway):
     """A throwaway master, one replica and one sentinel watching them as `service`.
 
     Example:
@@ -426,14 +425,3 @@ class RedisSentinelServer:
         """Stop all three servers."""
         for s in (self.sentinel, self.replica, self.master):
             s.close()
-
-    def __enter__(self) -> RedisSentinelServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -15,9 +15,8 @@ import pytest
 from redis.cluster import RedisCluster as SyncCluster
 
 from streammachine import App, Message
-from streammachine.exceptions import NotAvailableError
 from streammachine.testing import RedisClusterServer, TestApp
-from tests.util import wait_sync
+from tests.util import start_or_skip, wait_sync
 
 pytestmark = pytest.mark.anyio
 APPS = Path(__file__).parent / "apps"
@@ -25,12 +24,7 @@ APPS = Path(__file__).parent / "apps"
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterServer]:
-    try:
-        server = RedisClusterServer().start()
-    except NotAvailableError as exc:
-        if os.environ.get("STREAMMACHINE_REQUIRE_REDIS") == "1":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    server = start_or_skip(RedisClusterServer())
     yield server
     server.close()
 

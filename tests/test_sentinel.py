@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import anyio
@@ -10,21 +9,15 @@ import pytest
 import redis as syncredis
 
 from streammachine import App, Message
-from streammachine.exceptions import NotAvailableError
 from streammachine.testing import RedisSentinelServer, TestApp
-from tests.util import eventually
+from tests.util import eventually, start_or_skip
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 def sentinel() -> Iterator[RedisSentinelServer]:
-    try:
-        server = RedisSentinelServer().start()
-    except NotAvailableError as exc:
-        if os.environ.get("STREAMMACHINE_REQUIRE_REDIS") == "1":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    server = start_or_skip(RedisSentinelServer())
     yield server
     server.close()
 

@@ -58,3 +58,20 @@ class Lines:
     @property
     def text(self) -> str:
         return "".join(self.lines)
+
+
+def start_or_skip(server: Any) -> Any:
+    """Start a throwaway server from `streammachine.testing`; without a redis-server binary skip
+    the test, or fail it under STREAMMACHINE_REQUIRE_REDIS=1."""
+    import os
+
+    import pytest
+
+    from streammachine.exceptions import NotAvailableError
+
+    try:
+        return server.start()
+    except NotAvailableError as exc:
+        if os.environ.get("STREAMMACHINE_REQUIRE_REDIS") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
