@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -20,6 +21,7 @@ import msgspec
 from .agent import Agent, current_batch
 from .codec import StructCodec, encode_fields
 from .connection import RedisConnection
+from .dashboard.registry import add_heartbeat
 from .exceptions import ConfigError
 from .settings import AppConfig, ConsumerConfig, Settings, TimerConfig
 from .timer import Timer
@@ -90,9 +92,11 @@ class App:
             stream_maxlen=maxlen if maxlen is not None else self.settings.stream_maxlen,
         )
         self.name = name
-        self.dashboard_enabled = dashboard_enabled
-        self.dashboard_host = dashboard_host
-        self.dashboard_port = dashboard_port
+        # The environment (set by `streammachine run --dashboard ...`) beats the code's defaults.
+        s = self.settings
+        self.dashboard_enabled = dashboard_enabled or s.dashboard
+        self.dashboard_host = s.dashboard_host or dashboard_host
+        self.dashboard_port = s.dashboard_port or dashboard_port
         from .storage import check_namespace
 
         self.storage_namespace = check_namespace(
@@ -116,6 +120,11 @@ class App:
         self._tasks = 0
         #: Extra tasks run beside the agents until stop (e.g. the instance heartbeat).
         self.background: list[Callable[[anyio.Event], Coroutine[Any, Any, None]]] = []
+        #: What this process runs (a supervised worker runs a part of the app).
+        self.active_agents: list[Agent] | None = None
+        self.active_timers: list[Timer] | None = None
+        # Every running App registers itself in Redis with a heartbeat (dashboard, `health`).
+        add_heartbeat(self)
         #: Set once groups exist and agents and timers run (the supervisor's readiness signal).
         self.started: anyio.Event | None = None
 
@@ -399,6 +408,7 @@ class App:
         install_signal_handlers: bool = False,
         agents: Collection[str] | None = None,
         timers: bool = True,
+        dashboard: bool | None = None,
     ) -> int:
         """Run in the current event loop until `shutdown()` (or a signal, when handled).
 
@@ -406,11 +416,23 @@ class App:
             install_signal_handlers: stop on SIGINT/SIGTERM (a second one forces).
             agents: run only the agents with these names (the supervisor's workers use it).
             timers: run the timers (the supervisor runs them in one process only).
+            dashboard: serve the dashboard here (default: `dashboard_enabled`; the supervisor
+                serves it once per run instead of once per worker).
 
         Returns 0 after a clean stop and 1 when a second signal forced it.
         """
         chosen = [a for a in self.agents if agents is None or a.name in agents]
         chosen_timers = self.timers if timers else []
+        self.active_agents, self.active_timers = chosen, chosen_timers
+        extras = list(self.background)
+        if self.dashboard_enabled if dashboard is None else dashboard:
+            from .dashboard.server import serve_dashboard
+
+            extras.append(
+                functools.partial(
+                    serve_dashboard, self.redis.url, self.dashboard_host, self.dashboard_port
+                )
+            )
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
         self.started = self.started or anyio.Event()
@@ -430,7 +452,7 @@ class App:
                     tg.start_soon(self._supervised, agent.run, self._stop)
                 for t in chosen_timers:
                     tg.start_soon(self._supervised, t.run, self._stop)
-                for extra in self.background:
+                for extra in extras:
                     tg.start_soon(extra, self._stop)
                 tg.start_soon(self._deadline, tg.cancel_scope)
                 self.started.set()

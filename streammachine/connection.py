@@ -212,7 +212,7 @@ class RedisConnection:
             await self.client.ping()
         except (RedisError, OSError) as exc:
             raise RedisUnavailableError(
-                f"cannot reach Redis at {mask_url(self.url)}: {exc}. "
+                f"cannot reach Redis at {mask_url(self.url)}: {str(exc).rstrip('.')}. "
                 "Start redis-server or set REDIS_URL to a reachable server (memory:// runs in-process)."
             ) from exc
 

@@ -75,6 +75,9 @@ class Settings:
     cluster: bool = False
     redis_down_exit_s: float | None = None
     disable_jit: bool = False
+    dashboard: bool = False
+    dashboard_host: str | None = None
+    dashboard_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -99,6 +102,9 @@ class Settings:
             cluster=_env_bool(e, "STREAMMACHINE_CLUSTER"),
             redis_down_exit_s=_env_float(e, "STREAMMACHINE_REDIS_DOWN_EXIT_S", None),
             disable_jit=_env_bool(e, "STREAMMACHINE_DISABLE_JIT"),
+            dashboard=_env_bool(e, "STREAMMACHINE_DASHBOARD"),
+            dashboard_host=e.get("STREAMMACHINE_DASHBOARD_HOST") or None,
+            dashboard_port=_env_int(e, "STREAMMACHINE_DASHBOARD_PORT", 0, 0) or None,
         )
 
     def resolve_url(self) -> str:

@@ -6,7 +6,7 @@
   in the runner's own process, which is what docker (PID 1) and systemd (`Type=notify`) expect;
 * a supervisor, otherwise. The runner does not run the app itself: it learns the app's agents from
   a throwaway child (which on `--reload` also proves the new code imports before the old workers
-  are stopped) and starts workers as `python -m streammachine.supervisor --worker ...` children
+  are stopped) and starts workers as `python -m streammachine.worker --worker ...` children
   that import the app again from its reference (spawned, never forked from a loaded app):
 
   - `workers` regular workers run every agent without `processes=`; timers run in worker-0 only,
@@ -22,7 +22,6 @@ runner with an error, except under `--reload`, where the runner waits for the ne
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -34,28 +33,25 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import msgspec
 
 from .exceptions import AppImportError, ConfigError, StreamMachineError
+from .worker import IMPORT_FAILED, Layout, Spec, _Probe, notify_systemd, run_loop, serve
 
 if TYPE_CHECKING:
     from anyio.abc import Process, TaskGroup
 
-    from .app import App
 
 __all__ = ["Layout", "notify_systemd", "run_app"]
 
 log = logging.getLogger("streammachine.supervisor")
 
-#: Exit status of a worker that could not import or start its app (restarting will not help).
-BOOT_FAILED = 3
 #: Consecutive failures to start after which the runner gives up on a worker.
 MAX_START_FAILURES = 5
 BACKOFF_MAX_S = 30.0
@@ -64,119 +60,6 @@ STABLE_S = 10.0
 #: Extra time a draining worker gets beyond the app's shutdown timeout before it is killed.
 KILL_GRACE_S = 5.0
 PROBE_TIMEOUT_S = 120.0
-
-
-def notify_systemd(state: str) -> bool:
-    """Send `state` (e.g. ``READY=1``) to systemd's NOTIFY_SOCKET when it is set.
-
-    Example:
-        >>> notify_systemd("READY=1")  # False when not run by systemd
-        False
-    """
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return False
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(path)
-            sock.sendall(state.encode())
-    except OSError as exc:
-        log.warning("cannot notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], exc)
-        return False
-    return True
-
-
-class AgentInfo(msgspec.Struct, frozen=True):
-    """One agent as the supervisor sees it."""
-
-    name: str
-    stream: str
-    group: str
-    processes: int
-
-
-class Layout(msgspec.Struct, frozen=True):
-    """What the supervisor needs to know of an app to place its work in processes.
-
-    Example:
-        >>> Layout("orders", [AgentInfo("bill", "orders", "billing", 0)], ["beat"], 30.0,
-        ...        "redis://localhost:6379/0").specs(2)[1].timers
-        False
-    """
-
-    name: str
-    agents: list[AgentInfo]
-    timers: list[str]
-    shutdown_timeout_s: float
-    redis: str
-
-    @classmethod
-    def of(cls, app: App) -> Layout:
-        """The layout of a loaded app (the Redis URL masked)."""
-        from .connection import mask_url
-
-        agents = [
-            AgentInfo(a.name, a.config.stream, a.config.group, a.config.processes or 0)
-            for a in app.agents
-        ]
-        return cls(
-            app.name,
-            agents,
-            [t.name for t in app.timers],
-            app.config.shutdown_timeout_s,
-            mask_url(app.redis.url),
-        )
-
-    def specs(self, workers: int) -> list[Spec]:
-        """The worker processes for `workers` regular workers plus the dedicated agents."""
-        plain = tuple(a.name for a in self.agents if not a.processes)
-        dedicated = [a for a in self.agents if a.processes]
-        specs = [
-            Spec(f"worker-{i}", plain, timers=i == 0)
-            for i in range(workers)
-            if plain or (i == 0 and (self.timers or not dedicated))
-        ]
-        for a in dedicated:
-            specs += [Spec(f"{a.name}-{j}", (a.name,), timers=False) for j in range(a.processes)]
-        return specs
-
-    def banner(self, workers: str) -> str:
-        """The startup log line: app, agents, timers, workers and (masked) Redis URL."""
-        agents = ", ".join(
-            f"{a.name} ({a.stream}/{a.group}"
-            + (f", {a.processes} processes)" if a.processes else ")")
-            for a in self.agents
-        )
-        timers = ", ".join(self.timers)
-        return (
-            f"starting {self.name}: agents {agents or '-'}; timers {timers or '-'}; "
-            f"{workers}; Redis {self.redis}"
-        )
-
-    def problem(self, processes: int) -> str | None:
-        """Why this layout cannot run in `processes` processes, if it cannot."""
-        if processes > 1 and self.redis.startswith("memory://"):
-            return (
-                "memory:// is a separate in-process Redis in each process: --workers and "
-                "processes= need a real Redis server (set REDIS_URL or --redis-url)"
-            )
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Spec:
-    """One worker process: its label, the agents it runs (None = all) and whether it runs timers."""
-
-    label: str
-    agents: tuple[str, ...] | None
-    timers: bool
-
-
-class _Probe(msgspec.Struct):
-    layout: Layout | None = None
-    error: str | None = None
 
 
 @dataclass(eq=False)
@@ -189,17 +72,6 @@ class _Worker:
     signalled: bool = False
     failures: int = 0
     start_failures: int = 0
-
-
-def error_line(exc: BaseException) -> str:
-    """One line for an exception raised by user code: what, and where (file:line)."""
-    if isinstance(exc, SyntaxError):
-        return f"syntax error in {exc.filename}:{exc.lineno}: {exc.msg}"
-    if isinstance(exc, StreamMachineError):
-        return str(exc)
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
-    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def exit_reason(code: int) -> str:
@@ -268,6 +140,12 @@ class Supervisor:
 
     async def _main(self) -> None:
         layout = self.layout or await self._probe()
+        if layout is not None and layout.dashboard is not None:
+            from .dashboard.server import serve_dashboard
+
+            assert self._tg is not None
+            # One dashboard per run, in the runner; it ends with the task group.
+            self._tg.start_soon(serve_dashboard, *layout.dashboard, anyio.Event())
         while not self.stopping:
             if layout is not None:
                 await self._generation(layout)
@@ -282,13 +160,11 @@ class Supervisor:
         """Import the app in a throwaway child; its layout, or None (the error is reported)."""
         out = self.folder / "layout.json"
         out.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "streammachine.supervisor", "--describe", str(out)]
+        cmd = [sys.executable, "-m", "streammachine.worker", "--describe", str(out)]
         proc = await self._open([*cmd, self.target])
         try:
-            with anyio.fail_after(PROBE_TIMEOUT_S):
-                code = await proc.wait()
-        except TimeoutError:
-            code = -1
+            with anyio.move_on_after(PROBE_TIMEOUT_S):
+                await proc.wait()
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -297,7 +173,10 @@ class Supervisor:
         try:
             result = msgspec.json.decode(out.read_bytes(), type=_Probe)
         except (OSError, msgspec.DecodeError):
-            result = _Probe(error=f"cannot import {self.target}: the import {exit_reason(code)}")
+            why = f"its import {exit_reason(proc.returncode or 0)}"
+            if proc.returncode == -signal.SIGKILL:
+                why = f"importing it took longer than {PROBE_TIMEOUT_S:.0f} s"
+            result = _Probe(error=f"cannot import {self.target}: {why}")
         if result.layout is not None:
             return result.layout
         message = result.error or "unknown error"
@@ -312,9 +191,10 @@ class Supervisor:
         specs = layout.specs(self.n_workers)
         problem = layout.problem(len(specs))
         if problem is not None:
-            if not self.reload:
+            if self.reload:
+                log.error("%s", problem)
+            else:
                 self.error, self.stopping = ConfigError(problem), True
-            log.error("%s", problem)
             return
         n = len(specs)
         log.info("%s", layout.banner(f"{n} worker process{'es' if n > 1 else ''}"))
@@ -331,7 +211,9 @@ class Supervisor:
             proc = await self._spawn(w)
             code = await proc.wait()
             if self.stopping or w.retired:
-                if code != 0:
+                # A worker stopped before it installed its signal handlers dies of the signal.
+                unready_stop = not w.ready and code in (-signal.SIGTERM, -signal.SIGINT)
+                if code != 0 and not unready_stop:
                     log.warning(
                         "%s (pid %d) %s while stopping", w.spec.label, proc.pid, exit_reason(code)
                     )
@@ -340,14 +222,20 @@ class Supervisor:
             why = f"{w.spec.label} (pid {proc.pid}) {exit_reason(code)}"
             if not w.ready:
                 w.start_failures += 1
-                hopeless = code == BOOT_FAILED or w.start_failures >= MAX_START_FAILURES
-                if not self.reload and (hopeless or not self.ever_ready):
-                    log.error("%s before it was ready: it could not start; stopping", why)
+                verdict = None
+                if code == IMPORT_FAILED:
+                    verdict = "its app cannot be imported"
+                elif w.start_failures >= MAX_START_FAILURES:
+                    verdict = f"it failed to start {w.start_failures} times in a row"
+                elif not (self.reload or self.ever_ready):
+                    verdict = "it could not start"
+                if verdict and self.reload:
+                    log.error("%s before it was ready: %s; waiting for a change", why, verdict)
+                    return
+                if verdict:
+                    log.error("%s before it was ready: %s; stopping", why, verdict)
                     self.failed = True
                     self._begin_stop(signal.SIGTERM)
-                    return
-                if hopeless:
-                    log.error("%s: it could not start; fix the code and save to retry", why)
                     return
             elif time.monotonic() - w.ready_at >= STABLE_S:
                 w.failures = 0
@@ -370,7 +258,7 @@ class Supervisor:
 
     async def _spawn(self, w: _Worker) -> Process:
         spec = w.spec
-        cmd = [sys.executable, "-m", "streammachine.supervisor", "--worker", spec.label]
+        cmd = [sys.executable, "-m", "streammachine.worker", "--worker", spec.label]
         cmd += ["--parent", str(os.getpid())]
         if spec.agents is not None:
             cmd += ["--agents", json.dumps(list(spec.agents))]
@@ -452,7 +340,8 @@ class Supervisor:
         if all(x.ready for x in self.workers):
             self.gen_ready = True
             pids = ", ".join(f"{x.spec.label}={x.proc.pid}" for x in self.workers if x.proc)
-            log.info("ready: %d workers (%s)", len(self.workers), pids)
+            n = len(self.workers)
+            log.info("ready: %d worker%s (%s)", n, "s" if n > 1 else "", pids)
             if not self.ever_ready:
                 self.ever_ready = True
                 notify_systemd("READY=1")
@@ -470,61 +359,13 @@ class Supervisor:
             layout = await self._probe()
             if layout is None or self.stopping:
                 continue
-            log.info("reloading: draining %d workers", len(self.workers))
+            log.info("reloading: draining the workers")
             self.pending = layout
             self.wake.set()
             for w in self.workers:
                 w.retired = True
             self._signal(self.workers, signal.SIGTERM)
             self._kill_later(self.workers)
-
-
-async def _serve(
-    app: App,
-    *,
-    agents: Sequence[str] | None = None,
-    timers: bool = True,
-    ready: str = "READY=1",
-    parent_pid: int | None = None,
-) -> int:
-    started = app.started = anyio.Event()
-
-    async def announce() -> None:
-        await started.wait()
-        notify_systemd(ready)
-
-    if parent_pid is not None:
-
-        async def watch_parent(stop: anyio.Event) -> None:
-            while not stop.is_set():
-                with anyio.move_on_after(1.0):
-                    await stop.wait()
-                if os.getppid() != parent_pid and not stop.is_set():
-                    log.warning("the runner (pid %d) is gone: stopping", parent_pid)
-                    app.request_stop()
-
-        app.background.append(watch_parent)
-
-    code, error = 1, None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(announce)
-        try:
-            code = await app.run(install_signal_handlers=True, agents=agents, timers=timers)
-        except Exception as exc:
-            error = exc  # raised below, not wrapped in the task group's ExceptionGroup
-        finally:
-            notify_systemd("STOPPING=1")
-            tg.cancel_scope.cancel()
-    if error is not None:
-        raise error
-    return code
-
-
-def _run_loop(fn: Any, *args: Any) -> int:
-    result: int = anyio.run(
-        fn, *args, backend="asyncio", backend_options={"use_uvloop": os.name != "nt"}
-    )
-    return result
 
 
 def run_app(
@@ -551,7 +392,7 @@ def run_app(
         layout = Layout.of(app)
         if not any(a.processes for a in layout.agents):
             log.info("%s", layout.banner("1 worker in this process"))
-            return _run_loop(_serve, app)
+            return run_loop(serve, app)
         if problem := layout.problem(len(layout.specs(1))):
             raise ConfigError(problem)
     dirs = None
@@ -563,62 +404,3 @@ def run_app(
     supervisor = Supervisor(target, workers=workers, reload_dirs=dirs, layout=layout)
     result: int = anyio.run(supervisor.run, backend="asyncio")
     return result
-
-
-def _worker_main(argv: list[str]) -> int:
-    """A child of the supervisor: run (part of) the app, or `--describe` its layout."""
-    parser = argparse.ArgumentParser(
-        prog="python -m streammachine.supervisor",
-        description="A worker process of `streammachine run` (internal).",
-    )
-    parser.add_argument("target")
-    parser.add_argument("--worker", default="worker")
-    parser.add_argument("--describe", metavar="PATH")
-    parser.add_argument("--agents", help="JSON list of the agent names to run")
-    parser.add_argument("--no-timers", action="store_true")
-    parser.add_argument("--parent", type=int)
-    args = parser.parse_args(argv)
-    from .cli.logs import setup_logging
-    from .importer import import_app
-
-    env = os.environ
-    setup_logging(
-        env.get("STREAMMACHINE_LOG_LEVEL", "info"), env.get("STREAMMACHINE_LOG_FORMAT", "auto")
-    )
-    try:
-        app = import_app(args.target)
-        layout = Layout.of(app)
-    except Exception as exc:
-        message = error_line(exc)
-        if not isinstance(exc, AppImportError):
-            message = f"cannot import {args.target}: {message}"
-        if args.describe:
-            Path(args.describe).write_bytes(msgspec.json.encode(_Probe(error=message)))
-        else:
-            log.error("%s could not start: %s", args.worker, message)
-        return BOOT_FAILED
-    if args.describe:
-        Path(args.describe).write_bytes(msgspec.json.encode(_Probe(layout=layout)))
-        return 0
-    agents = None if args.agents is None else list(json.loads(args.agents))
-    ready = f"READY=1\nWORKER_PID={os.getpid()}"
-    try:
-        return _run_loop(
-            lambda: _serve(
-                app, agents=agents, timers=not args.no_timers, ready=ready, parent_pid=args.parent
-            )
-        )
-    except Exception as exc:
-        inner: BaseException = exc
-        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
-            inner = inner.exceptions[0]
-        if isinstance(inner, StreamMachineError):
-            log.error("%s stopped: %s", args.worker, inner)
-        else:
-            log.exception("%s crashed", args.worker)
-    started = app.started is not None and app.started.is_set()
-    return 1 if started else BOOT_FAILED
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))

@@ -35,6 +35,13 @@ def register(app: typer.Typer) -> None:
                 "--shutdown-timeout", min=0, help="Seconds in-flight handlers get to finish."
             ),
         ] = None,
+        dashboard: Annotated[
+            bool, typer.Option("--dashboard", help="Serve the web dashboard (one per run).")
+        ] = False,
+        dashboard_port: Annotated[
+            int | None,
+            typer.Option("--dashboard-port", min=1, max=65535, help="Dashboard port (8000)."),
+        ] = None,
         redis_url: RedisUrl = None,
         log_level: LogLevel = "info",
         log_format: LogFormat = "auto",
@@ -50,6 +57,10 @@ def register(app: typer.Typer) -> None:
             os.environ["REDIS_URL"] = redis_url
         if shutdown_timeout is not None:
             os.environ["STREAMMACHINE_SHUTDOWN_TIMEOUT_S"] = str(shutdown_timeout)
+        if dashboard or dashboard_port:
+            os.environ["STREAMMACHINE_DASHBOARD"] = "1"
+        if dashboard_port:
+            os.environ["STREAMMACHINE_DASHBOARD_PORT"] = str(dashboard_port)
         from ..supervisor import run_app
 
         try:

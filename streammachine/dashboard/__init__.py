@@ -1,0 +1,48 @@
+"""Observability: the instance registry, the web dashboard, Prometheus metrics and `top`.
+
+`registry` (the heartbeat every App runs) imports no web framework; the Starlette server and
+prometheus-client load only when their names are used.
+
+Example:
+    >>> from streammachine.dashboard import create_dashboard  # doctest: +SKIP
+    >>> asgi_app = create_dashboard("redis://localhost:6379/0")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .registry import INSTANCE_PREFIX, add_heartbeat, heartbeat, list_instances
+
+if TYPE_CHECKING:
+    from .metrics import StatusCollector, render_metrics
+    from .server import create_dashboard, serve_dashboard
+    from .status import collect_status
+
+__all__ = [
+    "INSTANCE_PREFIX",
+    "StatusCollector",
+    "add_heartbeat",
+    "collect_status",
+    "create_dashboard",
+    "heartbeat",
+    "list_instances",
+    "render_metrics",
+    "serve_dashboard",
+]
+
+_LAZY = {
+    "StatusCollector": ".metrics",
+    "render_metrics": ".metrics",
+    "create_dashboard": ".server",
+    "serve_dashboard": ".server",
+    "collect_status": ".status",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)

@@ -1,0 +1,309 @@
+"""The dashboard's Starlette app and its uvicorn server; it reads Redis only.
+
+Routes: `/` (the page), `/static/*` (its script and style), `/api/status` (the snapshot as
+JSON), `/healthz` (liveness), `/readyz` (Redis reachable and no registered instance late),
+`/metrics` (Prometheus text). With a token (argument or `STREAMMACHINE_DASHBOARD_TOKEN`) every
+route but `/healthz` needs `Authorization: Bearer <token>` or `?token=<token>`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hmac
+import html
+import json
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import anyio
+import redis.asyncio as aioredis
+import uvicorn
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..connection import create_client, mask_url
+from .metrics import render_metrics
+from .status import collect_status, unavailable
+
+__all__ = ["TOKEN_ENV", "create_dashboard", "serve_dashboard"]
+
+log = logging.getLogger("streammachine.dashboard")
+
+TOKEN_ENV = "STREAMMACHINE_DASHBOARD_TOKEN"
+#: How long one Redis read may take before the request answers "unavailable".
+READ_TIMEOUT_S = 5.0
+#: How long one snapshot serves every request (pages, API, scrapes).
+SNAPSHOT_MAX_AGE_S = 1.0
+_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        b"frame-ancestors 'none'; form-action 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+_STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
+
+
+class JSON(Response):
+    """JSON with `<`, `>` and `&` escaped, so no byte of data can read as markup anywhere."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        return text.encode("utf-8")
+
+
+class _Guard:
+    """Bearer-token check (all routes but /healthz) and security headers on every response."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *_HEADERS]
+            await send(message)
+
+        if self.token is not None and scope["path"] != "/healthz" and not self._allowed(scope):
+            response = PlainTextResponse(
+                f"401: send Authorization: Bearer <token> (or ?token=) — see {TOKEN_ENV}\n",
+                status_code=401,
+                headers={"www-authenticate": 'Bearer realm="streammachine"'},
+            )
+            await response(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)
+
+    def _allowed(self, scope: Scope) -> bool:
+        assert self.token is not None
+        for name, value in scope["headers"]:
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                return hmac.compare_digest(value[7:].strip(), self.token)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        given = query.get("token", [""])[0].encode()
+        return bool(given) and hmac.compare_digest(given, self.token)
+
+
+class _Backend:
+    """The dashboard's own small Redis pool (created on first use in the serving loop) and the
+    latest snapshot, shared by requests for `SNAPSHOT_MAX_AGE_S`, so many open pages and
+    scrapers cost Redis one snapshot a second, not one each."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.url = redis_url
+        self._client: aioredis.Redis | None = None
+        self._lock: anyio.Lock | None = None
+        self._snapshot: dict[str, Any] | None = None
+        self._taken_at = 0.0
+
+    @property
+    def client(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = create_client(self.url, max_connections=4)
+        return self._client
+
+    async def status(self) -> dict[str, Any]:
+        self._lock = self._lock or anyio.Lock()
+        async with self._lock:
+            now = anyio.current_time()
+            if self._snapshot is None or now - self._taken_at >= SNAPSHOT_MAX_AGE_S:
+                self._snapshot, self._taken_at = await self._read(), now
+            return self._snapshot
+
+    async def _read(self) -> dict[str, Any]:
+        try:
+            with anyio.fail_after(READ_TIMEOUT_S):
+                return await collect_status(self.client)
+        except (RedisError, OSError, TimeoutError) as exc:
+            return unavailable(f"cannot read Redis at {mask_url(self.url)}: {exc or 'timeout'}")
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+
+def _asset(name: str) -> str:
+    return resources.files(__package__).joinpath("static", name).read_text("utf-8")
+
+
+def create_dashboard(redis_url: str, *, token: str | None = None) -> Starlette:
+    """The dashboard as an ASGI app that reads everything from Redis at `redis_url`.
+
+    Args:
+        redis_url: the Redis the apps run on (any URL `RedisConnection` accepts).
+        token: require this bearer token on every route but `/healthz`
+            (default: `STREAMMACHINE_DASHBOARD_TOKEN`; empty = no auth).
+
+    Example:
+        >>> import uvicorn  # doctest: +SKIP
+        >>> uvicorn.run(create_dashboard("redis://localhost:6379/0"), port=8000)  # doctest: +SKIP
+    """
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    backend = _Backend(redis_url)
+    page = _asset("index.html")
+    assets = {name: _asset(name) for name in _STATIC}
+
+    async def index(request: Request) -> Response:
+        # The page holds no data; a token given as ?token= is passed on to its assets.
+        given = request.query_params.get("token", "") if token else ""
+        suffix = html.escape("?token=" + quote(given, safe=""), quote=True) if given else ""
+        return Response(page.replace("__ASSET_QUERY__", suffix), media_type="text/html")
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in assets:
+            return PlainTextResponse("not found\n", status_code=404)
+        return Response(assets[name], media_type=_STATIC[name])
+
+    async def api_status(request: Request) -> Response:
+        status = await backend.status()
+        return JSON(status, status_code=200 if status["redis"]["ok"] else 503)
+
+    async def healthz(request: Request) -> Response:
+        return JSON({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            with anyio.fail_after(READ_TIMEOUT_S):
+                await backend.client.ping()
+                from .registry import list_instances
+
+                instances = await list_instances(backend.client)
+        except (RedisError, OSError, TimeoutError) as exc:
+            reason = f"redis unreachable at {mask_url(redis_url)}: {exc or 'timeout'}"
+            return JSON({"ready": False, "reason": reason}, status_code=503)
+        late = [str(i.get("id")) for i in instances if not i.get("fresh")]
+        if late:
+            reason = f"instance heartbeat late: {', '.join(late)}"
+            return JSON({"ready": False, "reason": reason}, status_code=503)
+        return JSON({"ready": True, "instances": len(instances)})
+
+    async def metrics(request: Request) -> Response:
+        # Redis down is a metric (streammachine_redis_up 0), not a failed scrape.
+        body, content_type = render_metrics(await backend.status(), request.headers.get("accept"))
+        return Response(body, headers={"content-type": content_type})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await backend.aclose()
+
+    app = Starlette(
+        routes=[
+            Route("/", index),
+            Route("/static/{name}", static),
+            Route("/api/status", api_status),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.backend = backend
+    app.state.token = token
+    app.add_middleware(_Guard, token=token)
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the App (or the CLI) owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def run_dashboard_server(
+    redis_url: str, host: str, port: int, stop: anyio.Event, token: str | None = None
+) -> bool:
+    """Serve until `stop` is set; False (and one log line) when the port cannot be bound."""
+    try:
+        # Bound here, not by uvicorn: uvicorn calls sys.exit() when a port is taken.
+        sock = _bind(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            log.error("dashboard port %d is in use; running without the dashboard", port)
+        else:
+            log.error("dashboard cannot listen on %s:%d (%s); running without it", host, port, exc)
+        return False
+    app = create_dashboard(redis_url, token=token)
+    if host not in ("127.0.0.1", "::1", "localhost") and not app.state.token:
+        log.warning("dashboard on %s has no token: set %s to require one", host, TOKEN_ENV)
+    config = uvicorn.Config(
+        app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=2
+    )
+    server = _Server(config)
+    bound_port = sock.getsockname()[1]
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                await stop.wait()
+                server.should_exit = True
+
+            tg.start_soon(watch)
+            log.info("dashboard at http://%s:%d/", host, bound_port)
+            await server.serve(sockets=[sock])
+            tg.cancel_scope.cancel()
+    finally:
+        sock.close()
+        with anyio.CancelScope(shield=True):
+            await app.state.backend.aclose()
+    return True
+
+
+async def serve_dashboard(
+    redis_url: str, host: str, port: int, stop: anyio.Event, token: str | None = None
+) -> None:
+    """Serve the dashboard on `host:port` until `stop` is set (an `App.background` task).
+
+    A taken port is logged once (`dashboard port 8000 is in use; running without the
+    dashboard`) and the call returns, so the app keeps running.
+
+    Example:
+        >>> app.background.append(  # doctest: +SKIP
+        ...     functools.partial(serve_dashboard, "redis://localhost:6379/0", "127.0.0.1", 8000)
+        ... )
+    """
+    try:
+        await run_dashboard_server(redis_url, host, port, stop, token)
+    except Exception:  # the dashboard must never take the app down
+        log.exception("the dashboard failed; the app keeps running without it")

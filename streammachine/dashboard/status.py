@@ -1,0 +1,175 @@
+"""One read-only snapshot of everything the dashboard, `/metrics` and `top` show.
+
+Streams and groups come from `streammachine.inspect` (the queries the CLI and MCP tools use);
+this module adds the instances, each group's oldest-pending age, the dead-letter summary and
+recent candles. A snapshot is a handful of pipelined round trips whatever the number of streams.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..inspect import list_streams
+from .registry import list_instances
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+__all__ = ["CANDLE_FIELDS", "collect_status", "unavailable"]
+
+#: On Redis < 7 lag is counted inside Redis up to this; beyond it a group's lag is None.
+LAG_SCAN_LIMIT = 10_000
+#: Fields that mark an entry as a candle written by the OHLC consumer.
+CANDLE_FIELDS = frozenset({"symbol", "interval_ms", "open", "high", "low", "close"})
+
+
+def _s(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _id_ms(entry_id: str) -> int:
+    try:
+        return int(entry_id.split("-", 1)[0])
+    except ValueError:
+        return 0
+
+
+async def collect_status(
+    client: aioredis.Redis,
+    *,
+    max_streams: int = 500,
+    candle_entries: int = 2000,
+    candles_per_series: int = 60,
+) -> dict[str, Any]:
+    """Instances, streams with their groups, dead letters and recent candles.
+
+    Returns:
+        `{"generated_at_ms", "redis": {"ok", "error"}, "instances", "streams",
+        "streams_truncated", "lag_scan_limit", "dead_letters", "candles"}`. Streams are as
+        `inspect.list_streams` gives them (a group's `lag` is None when above `lag_scan_limit`
+        on Redis < 7), plus `dead_letter` and `candles` flags, and each group gets
+        `oldest_pending_age_s` (the time since its oldest pending entry was written).
+
+    Args:
+        client: a bytes-returning redis-py asyncio client.
+        max_streams: at most this many streams (by name); `streams_truncated` says when more exist.
+        candle_entries: entries read from the end of each candle stream.
+        candles_per_series: candles kept per (stream, symbol, interval).
+
+    Example:
+        >>> status = await collect_status(client)  # doctest: +SKIP
+        >>> [s["stream"] for s in status["streams"]]  # doctest: +SKIP
+        ['orders', 'orders:dead']
+    """
+    secs, micros = await client.time()
+    now_ms = int(secs) * 1000 + int(micros) // 1000
+    instances = await list_instances(client)
+    streams = await list_streams(client, "*", max_streams + 1, lag_scan_limit=LAG_SCAN_LIMIT)
+    truncated = len(streams) > max_streams
+    streams = streams[:max_streams]
+    for s in streams:
+        s["dead_letter"] = s["stream"].endswith(":dead")
+        for g in s["groups"]:
+            g["oldest_pending_age_s"] = _pending_age_s(g, now_ms)
+    candle_streams = await _candle_streams(client, [s["stream"] for s in streams])
+    for s in streams:
+        s["candles"] = s["stream"] in candle_streams
+    return {
+        "generated_at_ms": now_ms,
+        "redis": {"ok": True, "error": None},
+        "instances": instances,
+        "streams": streams,
+        "streams_truncated": truncated,
+        "lag_scan_limit": LAG_SCAN_LIMIT,
+        "dead_letters": [
+            {
+                "stream": s["stream"][: -len(":dead")],
+                "dead_stream": s["stream"],
+                "count": s["length"],
+            }
+            for s in streams
+            if s["dead_letter"]
+        ],
+        "candles": await _candles(client, candle_streams, candle_entries, candles_per_series),
+    }
+
+
+def _pending_age_s(group: dict[str, Any], now_ms: int) -> float | None:
+    """Seconds since the oldest pending entry was written (Redis clock, so no host skew)."""
+    oldest = group.get("oldest_pending_id")
+    if not oldest:
+        return None
+    written_ms = _id_ms(oldest)
+    if written_ms > 10**12:
+        return round(max(0.0, (now_ms - written_ms) / 1000), 3)
+    # An id not made from a clock (e.g. "1-1"): the time since it was last delivered.
+    idle_ms = group.get("oldest_pending_idle_ms")
+    return None if idle_ms is None else round(idle_ms / 1000, 3)
+
+
+async def _candle_streams(client: aioredis.Redis, names: list[str]) -> list[str]:
+    """The streams whose newest entry has the candle fields."""
+    if not names:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.xrevrange(name, count=1)
+    replies = await pipe.execute(raise_on_error=False)
+    found = []
+    for name, reply in zip(names, replies, strict=True):
+        fields = [] if not reply or isinstance(reply, Exception) else reply[0][1]
+        if CANDLE_FIELDS.issubset(_s(k) for k in fields):
+            found.append(name)
+    return found
+
+
+async def _candles(
+    client: aioredis.Redis, names: list[str], entries: int, per_series: int
+) -> list[dict[str, Any]]:
+    """The latest candles of each (stream, symbol, interval), oldest first."""
+    if not names:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.xrevrange(name, count=entries)
+    replies = await pipe.execute(raise_on_error=False)
+    series: dict[tuple[str, str, int], dict[int, dict[str, float]]] = {}
+    for name, reply in zip(names, replies, strict=True):
+        if isinstance(reply, Exception):
+            continue
+        for entry_id, raw in reply:
+            f = {_s(k): _s(v) for k, v in raw.items()}
+            try:
+                interval = int(float(f["interval_ms"]))
+                start = int(float(f.get("candle_start_ms") or _id_ms(_s(entry_id))))
+                candle = {k: float(f[k]) for k in ("open", "high", "low", "close")}
+                candle["volume"] = float(f.get("volume") or 0.0)
+            except (KeyError, ValueError):
+                continue
+            bucket = series.setdefault((name, f["symbol"], interval), {})
+            if start not in bucket and len(bucket) < per_series:
+                bucket[start] = candle  # newest first, so the latest write of a candle wins
+    return [
+        {
+            "stream": name,
+            "symbol": symbol,
+            "interval_ms": interval,
+            "candles": [{"t": t, **bucket[t]} for t in sorted(bucket)],
+        }
+        for (name, symbol, interval), bucket in sorted(series.items())
+    ]
+
+
+def unavailable(error: str) -> dict[str, Any]:
+    """The snapshot's shape when Redis cannot be read."""
+    return {
+        "generated_at_ms": int(time.time() * 1000),
+        "redis": {"ok": False, "error": error},
+        "instances": [],
+        "streams": [],
+        "streams_truncated": False,
+        "lag_scan_limit": LAG_SCAN_LIMIT,
+        "dead_letters": [],
+        "candles": [],
+    }

@@ -1,0 +1,130 @@
+"""The dashboard page in a real headless Chromium (Debian's `chromium`, driven by Playwright).
+
+Needs /usr/bin/chromium (`apt-get install chromium`) and `playwright` from PyPI; Playwright's own
+browser download is never used. Skipped with the reason when either is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+import redis as syncredis
+
+from streammachine import App, Message
+from streammachine.dashboard import add_heartbeat, serve_dashboard
+from streammachine.ohlc import format_candle_for_redis
+from streammachine.testing import TestApp, free_port
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+XSS_STREAM = "<script>alert(1)</script>"
+XSS_SYMBOL = "<img src=x onerror=alert(2)>"
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+)
+
+
+def seed(r: syncredis.Redis) -> None:
+    """A stream named like markup with a group, a dead letter, and candles for two symbols."""
+    r.xadd(XSS_STREAM, {"field": "<b>value</b>"})
+    r.xgroup_create(XSS_STREAM, "<i>readers</i>", "0")
+    r.xadd("orders:dead", {"error": "<svg onload=alert(3)>"})
+    price = 100.0
+    for minute in range(40):
+        step = ((minute * 7919) % 11 - 5) / 2
+        o, c = price, price + step
+        candle = {"candle_start_ms": minute * 60_000, "open": o, "close": c}
+        candle |= {"high": max(o, c) + 1, "low": min(o, c) - 1, "volume": 10, "trade_count": 4}
+        candle["timestamp_ms"] = minute * 60_000 + 59_000
+        r.xadd("candles_1m", format_candle_for_redis(candle, "AAPL", 60_000))
+        if minute % 5 == 0:
+            r.xadd("candles_5m", format_candle_for_redis(candle, XSS_SYMBOL, 300_000))
+        price = c
+
+
+async def test_page_renders_data_as_text_in_chromium(
+    redis_url: str, redis_sync: syncredis.Redis, tmp_path: Path
+) -> None:
+    playwright_api = pytest.importorskip(
+        "playwright.async_api", reason="playwright is not installed (pip install playwright)"
+    )
+    seed(redis_sync)
+    app = App(name="shop", redis_url=redis_url)
+
+    @app.agent("orders", group="billing")
+    async def bill(record: Message) -> None: ...
+
+    port = free_port()
+    add_heartbeat(app, interval_s=0.2)
+    app.background.append(
+        functools.partial(serve_dashboard, redis_url, "127.0.0.1", port, token="tok")
+    )
+    dialogs: list[str] = []
+    errors: list[str] = []
+    async with TestApp(app, url=redis_url) as t, anyio.create_task_group() as tg:
+
+        async def traffic() -> None:
+            n = 0
+            while True:
+                n += 1
+                await t.send("orders", {"n": n})
+                await anyio.sleep(0.01 if n % 400 < 200 else 0.03)
+
+        tg.start_soon(traffic)
+        async with playwright_api.async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1400, "height": 900})
+
+                async def on_dialog(dialog: object) -> None:
+                    dialogs.append(dialog.message)  # type: ignore[attr-defined]
+                    await dialog.dismiss()  # type: ignore[attr-defined]
+
+                page.on("dialog", on_dialog)
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                await page.goto(f"http://127.0.0.1:{port}/?token=tok")
+                cell = page.locator("#streams td", has_text=XSS_STREAM)
+                await cell.wait_for(state="visible", timeout=15_000)
+                assert await cell.inner_text() == XSS_STREAM
+                group = page.locator("#streams td", has_text="<i>readers</i>")
+                assert await group.inner_text() == "<i>readers</i>"
+                caption = page.locator("#candles figcaption", has_text=XSS_SYMBOL)
+                await caption.wait_for(state="visible", timeout=15_000)
+                assert await page.locator("#candles svg").count() == 2
+                assert await page.locator("#candles svg rect").count() > 40
+                # Rates appear from the second heartbeat seen by the page on.
+                rate = page.locator("#agents tbody tr td:nth-child(8)")
+                await page.wait_for_function(
+                    "() => document.querySelector('#agents tbody tr td:nth-child(8)')"
+                    " && !['…', '—'].includes("
+                    "document.querySelector('#agents tbody tr td:nth-child(8)').textContent)",
+                    timeout=15_000,
+                )
+                assert float((await rate.inner_text()).replace(",", "")) >= 0
+                await page.wait_for_timeout(6000)  # a few refreshes, so the sparkline has a shape
+                assert await page.locator("#agents svg polyline").count() == 1
+                # Only the page's own script; nothing from the data became markup.
+                assert await page.locator("script").count() == 1
+                assert await page.locator("img, i, b").count() == 0
+                shot = tmp_path / "dashboard.png"
+                await page.screenshot(path=str(shot), full_page=True)
+                assert shot.stat().st_size > 10_000
+            finally:
+                await browser.close()
+        tg.cancel_scope.cancel()
+    assert dialogs == []
+    assert errors == []
