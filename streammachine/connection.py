@@ -39,7 +39,13 @@ def mask_url(url: str) -> str:
         >>> mask_url("redis://user:secret@db:6379/0")
         'redis://user:***@db:6379/0'
     """
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")  # the last @: a password may contain one
+    user, colon, _password = userinfo.partition(":")
+    if not (sep and at and colon):
+        return url
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
 
 
 def memory_server() -> Any:

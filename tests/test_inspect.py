@@ -110,7 +110,9 @@ async def test_lag_beyond_the_scan_limit_is_none_not_a_wrong_number(
     info = await stream_info(conn, "s", lag_scan_limit=5)
     assert info is not None
     lags = {g["name"]: g["lag"] for g in info["groups"]}
-    assert lags == {"g": None, "new": 20}, "a group that read nothing needs no scan: exact"
+    redis7 = int(redis_sync.info("server")["redis_version"].split(".")[0]) >= 7
+    # Redis 7 reports lag itself; 6.2 needs the scan, and beyond its limit the lag is unknown.
+    assert lags == {"g": 18 if redis7 else None, "new": 20}
     info = await stream_info(conn, "s", lag_scan_limit=18)
     assert info is not None and info["groups"][0]["lag"] == 18
 

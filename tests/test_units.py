@@ -122,6 +122,9 @@ def test_bad_urls_are_config_errors_with_masked_password() -> None:
     with pytest.raises(ConfigError, match="bad port"):
         RedisConnection(url="redis://host:notaport/0")
     assert mask_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+    assert mask_url("redis://u:p@ss@h:1/0") == "redis://u:***@h:1/0"
+    assert mask_url("redis://h:1/0") == "redis://h:1/0"
+    assert mask_url("memory://") == "memory://"
 
 
 async def test_unreachable_server_is_one_clear_error() -> None:
@@ -181,3 +184,8 @@ def test_public_api_imports() -> None:
     for name in ["App", "StreamConsumer", "Message", "AppConfig", "ConsumerConfig", "TimerConfig",
                  "RedisConnection", "decode_dict_bytes_to_utf8", "_has_cython_decode"]:  # fmt: skip
         assert getattr(streammachine, name) is not None
+
+
+@pytest.mark.parametrize("n", [1, 2])
+async def test_parametrized_async_tests_keep_their_parameters(n: int) -> None:
+    assert n in (1, 2)
