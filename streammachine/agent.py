@@ -525,6 +525,9 @@ class Consumer:
                 await self._handle_whole(batch, out, done, failed)
             else:
                 fn, codec, observe = agent.fn, agent.codec, stats.observe
+                tracing = agent.app.tracing
+                if tracing is not None:
+                    fn = tracing.wrap(fn, self.stream, self.cfg.group)
                 skipped = stats.skipped
                 for msg in batch:
                     out.current = msg.key or ""

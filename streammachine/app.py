@@ -25,6 +25,7 @@ from .dashboard.registry import add_heartbeat
 from .exceptions import ConfigError
 from .settings import AppConfig, ConsumerConfig, Settings, TimerConfig
 from .timer import Timer
+from .tracing import Tracing, get_tracing
 
 if TYPE_CHECKING:
     from .storage import Storage
@@ -107,6 +108,8 @@ class App:
         self.startup_hooks: list[Callable[[], Awaitable[Any]]] = []
         self.shutdown_hooks: list[Callable[[], Awaitable[Any]]] = []
         self._packed: dict[str, StructCodec] = {}
+        #: OpenTelemetry spans, when a tracer provider is configured (see `tracing`).
+        self.tracing: Tracing | None = None
         self._partitions: dict[str, tuple[int, itertools.count[int]]] = {}
         self._redis_url = redis_url
         self._redis: RedisConnection | None = None
@@ -333,6 +336,8 @@ class App:
         """
         fields = self._encode(topic, record)
         topic = self.route(topic, key) if self._partitions else topic
+        if self.tracing is not None:
+            self.tracing.inject(topic, fields)
         maxlen = maxlen or self.config.stream_maxlen
         batch = current_batch.get()
         if batch is not None and not batch.closed and not now:
@@ -356,10 +361,13 @@ class App:
             >>> await app.send_batch("events", [{"n": 1}, {"n": 2}])  # doctest: +SKIP
             ['1700000000000-0', '1700000000000-1']
         """
-        encoded = [self._encode(topic, r) for r in records]
         if topic in self._partitions:
             # Per record, so records without a key spread over the partitions.
             return [await self.send(topic, r, now=now, maxlen=maxlen, key=key) for r in records]
+        encoded = [self._encode(topic, r) for r in records]
+        if self.tracing is not None:
+            for fields in encoded:
+                self.tracing.inject(topic, fields)
         maxlen = maxlen or self.config.stream_maxlen
         batch = current_batch.get()
         if batch is not None and not batch.closed and not now:
@@ -422,6 +430,7 @@ class App:
         Returns 0 after a clean stop and 1 when a second signal forced it.
         """
         chosen = [a for a in self.agents if agents is None or a.name in agents]
+        self.tracing = get_tracing()
         chosen_timers = self.timers if timers else []
         self.active_agents, self.active_timers = chosen, chosen_timers
         extras = list(self.background)
