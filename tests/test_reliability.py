@@ -331,3 +331,23 @@ def test_sigstop_past_claim_idle_then_sigcont_keeps_exactly_once(
     assert frozen_pending["pending"] > 0, "the frozen worker held entries"
     assert set(counts) == set(ids)
     assert dups == 0
+
+
+async def test_huge_and_odd_fields_are_handled(redis_url: str, redis_sync: syncredis.Redis) -> None:
+    app = App(name="odd")
+    got: list[dict[str, str]] = []
+
+    @app.agent("s", group="g")
+    async def h(record: Message) -> None:
+        got.append(record.message)
+
+    async with TestApp(app, url=redis_url) as t:
+        redis_sync.xadd("s", {"big": b"x" * 5_000_000})
+        redis_sync.xadd("s", {b"\xff\xfe": b"\x80 not utf-8"})
+        redis_sync.xadd("s", {"": ""})
+        await t.run_until_idle(timeout_s=10)
+    assert len(got) == 3
+    assert len(got[0]["big"]) == 5_000_000
+    assert got[1] == {"\ufffd\ufffd": "\ufffd not utf-8"}
+    assert got[2] == {"": ""}
+    assert redis_sync.xpending("s", "g")["pending"] == 0
