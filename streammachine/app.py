@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 import anyio
 import msgspec
 
-from .agent import Agent, current_batch
+from .agent import Agent
 from .codec import StructCodec, encode_fields
+from .commit import current_batch
 from .connection import RedisConnection
 from .dashboard.registry import add_heartbeat
 from .exceptions import ConfigError
