@@ -322,9 +322,13 @@ class RedisClusterServer(_Throwaway):
         """Start the servers, give each a third of the slots, join them, wait for `ok`."""
         import redis as syncredis
 
-        for s in self.servers:
-            s.extra_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-            s.start()
+        try:
+            for s in self.servers:
+                s.extra_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+                s.start()
+        except BaseException:
+            self.close()  # the ones already started
+            raise
         clients: list[Any] = [syncredis.Redis(host="127.0.0.1", port=s.port) for s in self.servers]
         try:
             share = self.SLOTS // len(clients)
@@ -376,6 +380,24 @@ class RedisSentinelServer(_Throwaway):
         """Start master, replica (in sync) and sentinel (watching the master)."""
         import redis as syncredis
 
+        try:
+            self._start_servers()
+        except BaseException:
+            self.close()  # the ones already started
+            raise
+        client: Any = syncredis.Redis(host="127.0.0.1", port=self.replica.port)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if client.info("replication").get("master_link_status") == "up":
+                    return self
+                time.sleep(0.05)
+        finally:
+            client.close()
+        self.close()
+        raise RedisUnavailableError("the test replica did not sync with its master")
+
+    def _start_servers(self) -> None:
         self.master.start()
         self.replica.extra_args = ["--replicaof", "127.0.0.1", str(self.master.port)]
         self.replica.start()
@@ -388,17 +410,6 @@ class RedisSentinelServer(_Throwaway):
         )
         self.sentinel.command = [self.sentinel.binary, str(conf), "--sentinel"]
         self.sentinel.start()
-        client: Any = syncredis.Redis(host="127.0.0.1", port=self.replica.port)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                if client.info("replication").get("master_link_status") == "up":
-                    return self
-                time.sleep(0.05)
-        finally:
-            client.close()
-        self.close()
-        raise RedisUnavailableError("the test replica did not sync with its master")
 
     def failover(self) -> None:
         """Ask the sentinel to fail over to the replica now."""
