@@ -29,6 +29,7 @@ from .timer import Timer
 from .tracing import Tracing, get_tracing
 
 if TYPE_CHECKING:
+    from .ohlc.consumer import FastOHLCConsumer
     from .storage import Storage
 
 __all__ = ["App"]
@@ -288,6 +289,16 @@ class App:
         return self._thread_pool
 
     # --- sending -----------------------------------------------------------------------------
+
+    def ohlc(self, input_stream: str, **kwargs: Any) -> FastOHLCConsumer:
+        """A `FastOHLCConsumer` of `input_stream` that starts and stops with this app.
+
+        Example:
+            >>> candles = app.ohlc("ticks", intervals=["1m", "5m"])  # doctest: +SKIP
+        """
+        from .ohlc.consumer import FastOHLCConsumer
+
+        return FastOHLCConsumer(input_stream, app=self, **kwargs)
 
     def partitioned(self, stream: str, partitions: int) -> None:
         """Declare that `stream` has `partitions` partition streams, so `send` routes to them

@@ -60,6 +60,8 @@ class Batch:
     outputs: dict[str, list[tuple[str, int, list[Any]]]] = field(default_factory=dict)
     closed: bool = False
     maxlen: int | None = None
+    #: Some field is bytes: Redis' cmsgpack has no bin type, so the commit packs it as str.
+    binary: bool = False
 
     def add(self, topic: str, maxlen: int | None, fields: dict[Any, Any]) -> None:
         """Buffer an output; `maxlen` > 0 trims approximately, < 0 exactly to -maxlen."""
@@ -68,6 +70,8 @@ class Batch:
         for k, v in fields.items():
             flat.append(k)
             flat.append(v)
+            if type(v) is bytes or type(k) is bytes:
+                self.binary = True
         self.outputs.setdefault(self.current, []).append((topic, maxlen or 0, flat))
 
 
@@ -94,7 +98,48 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-pack_batch = msgspec.msgpack.Encoder().encode
+_msgspec_encode = msgspec.msgpack.Encoder().encode
+
+
+def pack_batch(entries: list[Any], binary: bool = False) -> bytes:
+    """The commit's payload as msgpack that Redis' cmsgpack reads. msgspec writes bytes as
+    msgpack bin, which cmsgpack rejects ("Bad data format"), so a batch with bytes is packed here,
+    bytes as msgpack str (Lua strings hold any bytes)."""
+    if not binary:
+        return _msgspec_encode(entries)
+    out: list[bytes] = []
+    _pack_raw(entries, out.append)
+    return b"".join(out)
+
+
+def _pack_raw(obj: Any, add: Any) -> None:
+    t = type(obj)
+    if t is list:
+        n = len(obj)
+        add(
+            bytes((0x90 | n,))
+            if n < 16
+            else b"\xdc" + n.to_bytes(2)
+            if n < 65536
+            else b"\xdd" + n.to_bytes(4)
+        )
+        for item in obj:
+            _pack_raw(item, add)
+    elif t is int:
+        add(_msgspec_encode(obj))
+    else:
+        raw = obj.encode() if t is str else bytes(obj)
+        n = len(raw)
+        add(
+            bytes((0xA0 | n,))
+            if n < 32
+            else b"\xd9" + bytes((n,))
+            if n < 256
+            else b"\xda" + n.to_bytes(2)
+            if n < 65536
+            else b"\xdb" + n.to_bytes(4)
+        )
+        add(raw)
 
 
 def pack(commands: Sequence[Sequence[Any]]) -> bytes:

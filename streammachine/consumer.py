@@ -469,7 +469,7 @@ class Consumer:
                     cmds.append(["XADD", names[idx], *trim, "*", *flat])
             return [*cmds, ["XACK", stream, group, *done], ["EXEC"]]
         lo, hi = min(done, key=id_order), max(done, key=id_order)
-        payload = pack_batch(entries)
+        payload = pack_batch(entries, out.binary)
         return [
             ["EVALSHA", self._script_sha(), len(keys), *keys, group, self.name, lo, hi, payload]
         ]

@@ -348,3 +348,20 @@ async def test_memory_url_runs_an_app_without_a_server() -> None:
         await eventually(lambda: len(got) == 50)
         await eventually(lambda: app.redis.client.xlen("mem-out"), what="outputs")
         assert await app.redis.client.xlen("mem-out") == 50
+
+
+async def test_handler_output_with_bytes_values_commits(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    """Redis' cmsgpack has no bin type: bytes in handler output must still commit."""
+    app = App(name="bytes", redis_url=redis_url)
+
+    @app.agent("in", group="g")
+    async def stage(record: Message) -> None:
+        await app.send("out", {"raw": b"\x00\xff" * 300, "n": record.message["n"]})
+
+    async with running(app):
+        await app.send_batch("in", [{"n": i} for i in range(50)])
+        await eventually(lambda: redis_sync.xlen("out") == 50)
+        await eventually(lambda: redis_sync.xpending("in", "g")["pending"] == 0)
+    assert redis_sync.xrange("out", count=1)[0][1][b"raw"] == b"\x00\xff" * 300

@@ -25,6 +25,7 @@ from .aggregator import (
     parse_interval,
     parse_stream_id_timestamp,
 )
+from .consumer import FastOHLCConsumer
 
 if TYPE_CHECKING:
     _HAS_FAST_OHLC_CYTHON: bool
@@ -33,6 +34,7 @@ __all__ = [
     "_HAS_FAST_OHLC_CYTHON",
     "Candle",
     "FastOHLC",
+    "FastOHLCConsumer",
     "create_ohlc_aggregator",
     "format_candle_for_redis",
     "interval_name",
