@@ -159,6 +159,7 @@ class App:
         maxlen: int | None = None,
         trim: Literal["acked"] | None = None,
         partitions: int | None = None,
+        takeover: bool = False,
         name: str | None = None,
     ) -> Callable[[AsyncFn[P, R]], AsyncFn[P, R]]:
         """Register a consumer of `stream` in consumer group `group`.
@@ -191,6 +192,9 @@ class App:
                 needs, so it cannot grow without bound and never loses unread entries.
             partitions: consume K partition streams `<stream>:p0 … :p{K-1}` (each its own slot
                 on a cluster); `send(stream, record, key=...)` routes by a stable hash of the key.
+            takeover: on start, take over every pending entry of the group and handle them,
+                in order, before new ones (for a single active consumer, e.g. behind a lease,
+                whose handler keeps state that depends on order).
             name: the agent's name (default: the function's name).
 
         Example:
@@ -215,6 +219,7 @@ class App:
             maxlen=maxlen,
             trim=trim,
             partitions=partitions,
+            takeover=takeover,
             name=name or "",
         )
 

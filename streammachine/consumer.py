@@ -130,9 +130,8 @@ class Consumer:
 
     async def _loop(self, stop: anyio.Event) -> None:
         commit: list[list[Any]] | None = None
-        # Entries this consumer already owns (a restart under the same name) come first.
-        batch = await self._exchange([self._read_cmd(False, "0")])
-        batch = [m for m in batch if m._fields is not None]
+        await self._drain_pending(stop)
+        batch: list[Message] = []
         while True:
             while self.redo:
                 await self._flush(self.redo.pop())
@@ -158,6 +157,23 @@ class Consumer:
             batch += await self._due_work()
         await self._flush(commit)
         await self._retire()
+
+    async def _drain_pending(self, stop: anyio.Event) -> None:
+        """Handle the entries this consumer already owns (a restart under the same name), in
+        order, before new ones; with `takeover`, first take every pending entry of the group."""
+        if self.cfg.takeover:
+            replies = await self._call(
+                [["XAUTOCLAIM", self.stream, self.cfg.group, self.name, 0, "0-0", "COUNT", 1_000_000, "JUSTID"]]
+            )  # fmt: skip
+            if not isinstance(replies[0], Exception) and replies[0][1]:
+                log.info("%s: took over %d pending entries", self.name, len(replies[0][1]))
+        after = "0"
+        while not stop.is_set():
+            batch = await self._exchange([self._read_cmd(False, after)])
+            if not batch:
+                return
+            after = batch[-1].key or after
+            await self._flush(await self._handle([m for m in batch if m._fields is not None]))
 
     def _with(self, commit: list[list[Any]] | None, read: list[Any]) -> list[list[Any]]:
         return [*commit, read] if commit else [read]

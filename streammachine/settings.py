@@ -167,6 +167,7 @@ class ConsumerConfig:
     maxlen: int | None = None
     trim: Literal["acked"] | None = None
     partitions: int | None = None
+    takeover: bool = False
     name: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 

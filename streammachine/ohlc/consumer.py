@@ -141,7 +141,10 @@ class FastOHLCConsumer:
             group=self.group,
             batch=True,
             count=self.count,
-            # Only the lease holder consumes, so another consumer's entries are a dead one's.
+            # Only the lease holder consumes, so another consumer's entries are a dead one's:
+            # take them first, in order, so no tick is handled after newer ones completed its
+            # candle (it would count as late).
+            takeover=True,
             claim_idle_ms=self.lease_ms,
             name=f"ohlc_{self.group}",
         )(self._handle)

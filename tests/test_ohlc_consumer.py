@@ -1,0 +1,183 @@
+"""FastOHLCConsumer on a real Redis: candles equal an offline run, late ticks are dropped, the
+lease keeps one consumer active, and SIGKILLs neither lose nor duplicate a candle."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import pytest
+import redis as syncredis
+
+from streammachine import App, FastOHLCConsumer
+from streammachine.ohlc import FastOHLC, format_candle_for_redis
+from streammachine.testing import TestApp
+from tests.util import eventually, wait_sync
+
+pytestmark = pytest.mark.anyio
+APPS = Path(__file__).parent / "apps"
+T0 = 1_700_000_000_000
+
+
+def ticks(n: int, seed: int = 1, step_ms: int = 100) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    return [
+        {
+            "symbol": rng.choice(["AAPL", "MSFT", "NVDA"]),
+            "price": f"{100 + rng.random() * 10:.4f}",
+            "volume": str(rng.randint(1, 9)),
+            "ts": str(T0 + i * step_ms + rng.randint(0, step_ms - 1)),
+        }
+        for i in range(n)
+    ]
+
+
+def offline(rows: list[dict[str, str]], intervals: list[int]) -> dict[tuple[str, str, str], dict]:
+    agg = FastOHLC(intervals)
+    for r in rows:
+        agg.update_tick(r["symbol"], float(r["price"]), float(r["volume"]), int(r["ts"]))
+    return {
+        (s, str(iv), str(c.candle_start_ms)): format_candle_for_redis(c, s, iv)
+        for s, iv, c in agg.flush_completed()
+    }
+
+
+def emitted(r: syncredis.Redis, streams: list[str]) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in f.items()} for s in streams for _, f in r.xrange(s)]
+
+
+def key(c: dict[str, str]) -> tuple[str, str, str]:
+    return (c["symbol"], c["interval_ms"], c["candle_start_ms"])
+
+
+async def test_candles_equal_an_offline_run_and_late_ticks_are_dropped(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    app = App(name="candles")
+    consumer = app.ohlc("ticks", intervals=["1s", "5s"], timestamp_field="ts", lease_ms=500)
+    assert consumer.outputs == {1000: "candles_1s", 5000: "candles_5s"}
+    rows = ticks(2000, step_ms=10)  # 20 s of event time
+    async with TestApp(app, url=redis_url):
+        await app.send_batch("ticks", rows)
+        want = offline(rows, [1000, 5000])
+        await eventually(
+            lambda: len(emitted(redis_sync, ["candles_1s", "candles_5s"])) == len(want), 20
+        )
+        # A tick for a candle already emitted is late: counted and dropped, never re-emitted.
+        await app.send("ticks", {"symbol": "AAPL", "price": "1", "volume": "1", "ts": str(T0)})
+        await eventually(lambda: consumer.aggregator.late_tick_count == 1, 10)
+    got = emitted(redis_sync, ["candles_1s", "candles_5s"])
+    assert {key(c): c for c in got} == want
+    assert len(got) == len(want), "no candle twice"
+    assert redis_sync.xpending("ticks", "ohlc_workers")["pending"] == 0
+    assert redis_sync.xlen("candles:state:ohlc_workers") == 1, "one snapshot, trimmed exactly"
+
+
+async def test_only_the_lease_holder_consumes(redis_url: str, redis_sync: syncredis.Redis) -> None:
+    first = FastOHLCConsumer("ticks", intervals=[1000], timestamp_field="ts", lease_ms=600)
+    second = FastOHLCConsumer("ticks", intervals=[1000], timestamp_field="ts", lease_ms=600)
+    os.environ["REDIS_URL"] = redis_url
+    try:
+        await first.start()
+        await eventually(lambda: first.running, 10)
+        await second.start()
+        redis_sync.xadd("ticks", {"symbol": "A", "price": "1", "volume": "1", "ts": str(T0)})
+        await eventually(lambda: first.aggregator.tick_count == 1, 10)
+        await anyio.sleep(0.3)
+        assert not second.running and second.aggregator.tick_count == 0, "a hot standby"
+        await first.stop()
+        await eventually(lambda: second.running, 10, "the standby takes over")
+        redis_sync.xadd("ticks", {"symbol": "A", "price": "2", "volume": "1", "ts": str(T0 + 5000)})
+        await eventually(
+            lambda: redis_sync.exists("candles_1s") and redis_sync.xlen("candles_1s") == 1, 10
+        )
+        assert second.aggregator.tick_count == 2, "it restored the first one's state"
+    finally:
+        await second.stop()
+        await first.stop()
+        del os.environ["REDIS_URL"]
+
+
+def test_sigkill_loses_and_duplicates_no_candle(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    rows = ticks(30_000, seed=3, step_ms=50)  # 25 minutes of event time
+    pipe = redis_sync.pipeline(transaction=False)
+    for r in rows:
+        pipe.xadd("ticks", r)
+    pipe.execute()
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "PYTHONPATH": str(APPS),
+        "STREAMMACHINE_BLOCK_MS": "200",
+        "OHLC_COUNT": "20",  # small batches, many commits: the kills land mid-stream
+    }
+    cmd = [sys.executable, "-m", "streammachine", "run", "ohlc_app:app", "--log-format", "json"]
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def done() -> int:
+        return sum(
+            redis_sync.xlen(s) for s in ("candles_10s", "candles_1m") if redis_sync.exists(s)
+        )
+
+    want = offline(rows, [10_000, 60_000])
+    rng = random.Random(5)
+    proc, kills = start(), 0
+    try:
+        while done() < len(want) * 0.8 and kills < 4:
+            wait_sync(lambda: done() > 0, 30, "candles flowing")
+            time.sleep(rng.uniform(0.1, 0.4))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            proc = start()
+        wait_sync(lambda: done() >= len(want), 90, "all candles")
+        wait_sync(lambda: redis_sync.xpending("ticks", "ohlc_workers")["pending"] == 0, 30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    got = emitted(redis_sync, ["candles_10s", "candles_1m"])
+    dups = sum(n - 1 for n in Counter(key(c) for c in got).values() if n > 1)
+    print(
+        f"\nticks={len(rows)} candles={len(want)} emitted={len(got)} duplicates={dups} kills={kills}"
+    )
+    assert kills >= 2
+    assert dups == 0, "no candle twice"
+    by_key = {key(c): c for c in got}
+    assert set(by_key) == set(want), "every candle"
+    wrong = [(k, by_key[k], want[k]) for k in want if by_key[k] != want[k]]
+    assert not wrong, f"{len(wrong)} candles differ from the offline run, e.g. {wrong[0]}"
+
+
+def test_ohlc_cli_history_emit_and_errors(redis_url: str, redis_sync: syncredis.Redis) -> None:
+    import json
+
+    rows = ticks(1200, seed=9, step_ms=100)
+    for r in rows:
+        redis_sync.xadd("t", r)
+    env = {**os.environ, "REDIS_URL": redis_url}
+    base = [sys.executable, "-m", "streammachine", "ohlc"]
+    proc = subprocess.run(
+        [*base, "t", "-i", "1m", "--timestamp-field", "ts", "--json", "--emit", "c"],
+        env=env, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()
+    printed = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    want = offline(rows, [60_000])
+    assert {key(c): c for c in printed if key(c) in want} == want
+    assert len(printed) == len(want) + 3, "plus the open candle of each symbol"
+    assert {key(c) for c in emitted(redis_sync, ["c_1m"])} == set(want), "--emit: completed ones"
+    bad = subprocess.run([*base, "t", "-i", "7x"], env=env, capture_output=True, timeout=30)
+    assert bad.returncode == 2 and bad.stderr.decode().count("\n") == 1
+    missing = subprocess.run([*base, "nosuch"], env=env, capture_output=True, timeout=30)
+    assert missing.returncode == 1 and b"no stream named 'nosuch'" in missing.stderr
