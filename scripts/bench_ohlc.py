@@ -247,6 +247,47 @@ def main() -> None:
     print(f"first call, second fresh process (loads from the cache): {first2:.2f} s "
           f"(+ import numba {imp2:.2f} s)")  # fmt: skip
 
+    e2e_n = 100_000 if args.quick else 500_000
+    rate = end_to_end(e2e_n)
+    print(f"\nend to end, Redis stream -> FastOHLCConsumer -> candle streams, one worker: "
+          f"{rate:,.0f} ticks/s ({e2e_n:,} ticks, batches of 1000, atomic commit per batch)")  # fmt: skip
+
+
+def end_to_end(n: int) -> float:
+    """Ticks/s from a prefilled Redis stream through FastOHLCConsumer until every tick is acked."""
+    import anyio
+    import redis
+
+    from streammachine import App
+    from streammachine.testing import RedisServer
+
+    with RedisServer() as server:
+        r = redis.Redis.from_url(server.url)
+        for start in range(0, n, 10_000):
+            pipe = r.pipeline(transaction=False)
+            for i in range(start, min(n, start + 10_000)):
+                pipe.xadd("ticks", {"symbol": f"SYM{i % SYMBOLS:02d}", "price": "101.25",
+                                    "volume": "3", "ts": str(T0 + i)})  # fmt: skip
+            pipe.execute()
+
+        async def run() -> float:
+            app = App(name="bench", redis_url=server.url)
+            consumer = app.ohlc("ticks", intervals=list(INTERVALS), timestamp_field="ts")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(app.run)
+                t0 = time.perf_counter()
+                while consumer.aggregator.tick_count < n:
+                    await anyio.sleep(0.005)
+                while r.xpending("ticks", "ohlc_workers")["pending"]:
+                    await anyio.sleep(0.005)
+                elapsed = time.perf_counter() - t0
+                await app.shutdown()
+            return n / elapsed
+
+        rate: float = anyio.run(run, backend_options={"use_uvloop": True})
+        r.close()
+        return rate
+
 
 if __name__ == "__main__":
     main()

@@ -19,20 +19,30 @@ __all__ = ["COMMIT_SCRIPT", "Batch", "acked_floor", "current_batch", "id_order",
 
 # Writes outputs and acks only for entries this consumer still owns in the group's PEL, so a
 # consumer that stalled while another claimed its entries drops them instead of committing twice.
-# KEYS: [source stream, output streams...]; ARGV: group, consumer, lowest id, highest id, and the
-# batch packed with msgpack: [[id, [[key index, maxlen (0 = none), [k1, v1, ...]], ...]], ...].
+# KEYS: [source stream, output streams...]; ARGV: group, consumer, lowest id, highest id, the
+# batch packed with msgpack: [[done ids], [[id, [[key index, maxlen (0 = none), [k1, v1, ...]],
+# ...]], ...] (the entries with outputs)],
+# how many other entries of this consumer may be pending in that range, then the bytes values
+# lifted out of the batch (a field that is a number n stands for ARGV[6 + n]).
 COMMIT_SCRIPT = """
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
-local entries = cmsgpack.unpack(ARGV[5])
+local batch = cmsgpack.unpack(ARGV[5])
+local done, entries = batch[1], batch[2]
+local binary = #ARGV > 6
 local owned = {}
-for _, e in ipairs(redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], #entries * 4, consumer)) do
+local count = #done + tonumber(ARGV[6])
+for _, e in ipairs(redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], count, consumer)) do
   owned[e[1]] = true
 end
-local acks = {}
 for _, entry in ipairs(entries) do
   if owned[entry[1]] then
     for _, out in ipairs(entry[2]) do
       local maxlen, fields = out[2], out[3]
+      if binary then
+        for i = 1, #fields do
+          if type(fields[i]) == 'number' then fields[i] = ARGV[6 + fields[i]] end
+        end
+      end
       if maxlen > 0 then
         redis.call('XADD', KEYS[out[1]], 'MAXLEN', '~', maxlen, '*', unpack(fields))
       elseif maxlen < 0 then
@@ -41,8 +51,11 @@ for _, entry in ipairs(entries) do
         redis.call('XADD', KEYS[out[1]], '*', unpack(fields))
       end
     end
-    acks[#acks + 1] = entry[1]
   end
+end
+local acks = {}
+for _, id in ipairs(done) do
+  if owned[id] then acks[#acks + 1] = id end
 end
 local acked = 0
 for c = 1, #acks, 1000 do
@@ -98,48 +111,33 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-_msgspec_encode = msgspec.msgpack.Encoder().encode
+pack_msgpack = msgspec.msgpack.Encoder().encode
 
 
-def pack_batch(entries: list[Any], binary: bool = False) -> bytes:
-    """The commit's payload as msgpack that Redis' cmsgpack reads. msgspec writes bytes as
-    msgpack bin, which cmsgpack rejects ("Bad data format"), so a batch with bytes is packed here,
-    bytes as msgpack str (Lua strings hold any bytes)."""
+def pack_batch(entries: list[Any], binary: bool = False) -> tuple[bytes, list[bytes]]:
+    # entries: [done ids, [[id, outputs], ...]]
+    """The commit's payload as msgpack for Redis' cmsgpack, and the bytes values lifted out of it.
+
+    cmsgpack has no bin type ("Bad data format"), and msgspec writes bytes as bin; so each bytes
+    field is replaced by its 1-based index into the returned list, passed as extra ARGV.
+    """
     if not binary:
-        return _msgspec_encode(entries)
-    out: list[bytes] = []
-    _pack_raw(entries, out.append)
-    return b"".join(out)
-
-
-def _pack_raw(obj: Any, add: Any) -> None:
-    t = type(obj)
-    if t is list:
-        n = len(obj)
-        add(
-            bytes((0x90 | n,))
-            if n < 16
-            else b"\xdc" + n.to_bytes(2)
-            if n < 65536
-            else b"\xdd" + n.to_bytes(4)
-        )
-        for item in obj:
-            _pack_raw(item, add)
-    elif t is int:
-        add(_msgspec_encode(obj))
-    else:
-        raw = obj.encode() if t is str else bytes(obj)
-        n = len(raw)
-        add(
-            bytes((0xA0 | n,))
-            if n < 32
-            else b"\xd9" + bytes((n,))
-            if n < 256
-            else b"\xda" + n.to_bytes(2)
-            if n < 65536
-            else b"\xdb" + n.to_bytes(4)
-        )
-        add(raw)
+        return pack_msgpack(entries), []
+    done, with_outputs = entries
+    extra: list[bytes] = []
+    lifted = []
+    for entry_id, outs in with_outputs:
+        new_outs = []
+        for idx, maxlen, flat in outs:
+            fields: list[Any] = []
+            for item in flat:
+                if type(item) is bytes:
+                    extra.append(item)
+                    item = len(extra)
+                fields.append(item)
+            new_outs.append([idx, maxlen, fields])
+        lifted.append([entry_id, new_outs])
+    return pack_msgpack([done, lifted]), extra
 
 
 def pack(commands: Sequence[Sequence[Any]]) -> bytes:

@@ -468,12 +468,13 @@ class Consumer:
         if not out.outputs:
             return [["XACK", stream, group, *done]]
         keys: dict[str, int] = {stream: 1}
-        entries: list[Any] = []
-        for entry_id in done:
-            outs = out.outputs.get(entry_id, ())
-            entries.append(
-                [entry_id, [[keys.setdefault(t, len(keys) + 1), m, f] for t, m, f in outs]]
-            )
+        entries: list[Any] = []  # only the entries that have outputs
+        done_set = set(done)
+        for entry_id, outs in out.outputs.items():
+            if entry_id in done_set:
+                entries.append(
+                    [entry_id, [[keys.setdefault(t, len(keys) + 1), m, f] for t, m, f in outs]]
+                )
         if self.memory:
             # The in-process server has no cmsgpack; nothing else can claim in between.
             names = {v: k for k, v in keys.items()}
@@ -484,11 +485,12 @@ class Consumer:
                     trim = ["MAXLEN", -maxlen] if maxlen < 0 else trim
                     cmds.append(["XADD", names[idx], *trim, "*", *flat])
             return [*cmds, ["XACK", stream, group, *done], ["EXEC"]]
-        lo, hi = min(done, key=id_order), max(done, key=id_order)
-        payload = pack_batch(entries, out.binary)
-        return [
-            ["EVALSHA", self._script_sha(), len(keys), *keys, group, self.name, lo, hi, payload]
-        ]
+        order = [id_order(i) for i in done]
+        lo, hi = done[order.index(min(order))], done[order.index(max(order))]
+        payload, extra = pack_batch([done, entries], out.binary)
+        margin = len(self.retry_at) + 100  # own pending entries in the range besides this batch
+        script = ["EVALSHA", self._script_sha(), len(keys), *keys]
+        return [[*script, group, self.name, lo, hi, payload, margin, *extra]]
 
     def _script_sha(self) -> str:
         if self.sha is None:
