@@ -1,9 +1,9 @@
 """Storage: shared state in Redis, one hash per namespace, seen by every process and host.
 
-Layout: the hash `streammachine:storage:<namespace>` holds one field per key. Ints are stored as
+Layout: the hash `streammachine:storage:{<namespace>}` holds one field per key. Ints are stored as
 decimal text, so `incr` is Redis' own HINCRBY and `redis-cli` shows counters as numbers; every other
 value is msgspec msgpack. A key written with `ttl_s` lives in its own string key
-`streammachine:storage:<namespace>:ttl:<key>` with an expiry instead (per-field TTL needs Redis 7.4),
+`streammachine:storage:{<namespace>}:ttl:<key>` with an expiry instead (per-field TTL needs Redis 7.4),
 and every method looks in both places. A key is in at most one of them: each write moves it
 atomically (a Lua script or MULTI/EXEC). The scripts run on `memory://` too (fakeredis with lupa).
 """
@@ -135,9 +135,7 @@ class LoopClient:
 
     async def close(self) -> None:
         if self._own is not None and self._loop is asyncio.get_running_loop():
-            pool = self._own.client.connection_pool
             await self._own.close()
-            await pool.disconnect()  # aclose() leaves a pool it was given open
         self._own = self._loop = None
 
 
@@ -168,7 +166,9 @@ class Storage:
         self.namespace = check_namespace(namespace or Settings.from_env().storage_namespace)
         self._redis = LoopClient(url, redis)
         self.url = self._redis.url
-        self.hash_key = f"{PREFIX}:{self.namespace}"
+        # The namespace is a hash tag: the hash and its ttl keys share one Redis Cluster slot, so
+        # the scripts and transactions that touch both work on a cluster too.
+        self.hash_key = f"{PREFIX}:{{{self.namespace}}}"
         self._ttl_prefix = f"{self.hash_key}:ttl:"
 
     def __repr__(self) -> str:

@@ -323,10 +323,10 @@ def test_storage_set_get_keys_delete_clear(redis_url: str) -> None:
     one_error_line(refused, 2, "--yes")
     r = syncredis.Redis.from_url(redis_url)
     try:
-        assert sorted(r.hkeys("streammachine:storage:default")) == [b"config", b"count"]
+        assert sorted(r.hkeys("streammachine:storage:{default}")) == [b"config", b"count"]
         assert cli(redis_url, "storage", "clear", "--yes").returncode == 0
-        assert not r.exists("streammachine:storage:default")
-        assert r.hkeys("streammachine:storage:elsewhere") == [b"other"], "other namespaces stay"
+        assert not r.exists("streammachine:storage:{default}")
+        assert r.hkeys("streammachine:storage:{elsewhere}") == [b"other"], "other namespaces stay"
     finally:
         r.close()
 

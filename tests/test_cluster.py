@@ -150,3 +150,38 @@ def test_sigkilled_worker_loses_nothing_on_a_cluster(
         proc.wait(timeout=20)
     srcs = {f[b"src"] for _, f in rc.xrange("out")}
     assert len(srcs) == n, "every input has an output (at-least-once across slots)"
+
+
+async def test_storage_on_a_cluster(cluster: RedisClusterServer, rc: SyncCluster) -> None:
+    from streammachine import Storage
+
+    storage = Storage(namespace="clustered", url=cluster.url)
+    await storage.write("a", {"x": [1, 2]})
+    await storage.write("short", "lived", ttl_s=30)
+    assert await storage.incr("n", 5) == 5
+    assert await storage.update("n", lambda v: v * 2) == 10
+    assert await storage.read("a") == {"x": [1, 2]}
+    assert sorted(await storage.keys()) == ["a", "n", "short"]
+    assert await storage.delete("short") is True
+    await storage.clear()
+    assert await storage.keys() == []
+    await storage.close()
+
+
+def test_cli_streams_and_send_on_a_cluster(cluster: RedisClusterServer, rc: SyncCluster) -> None:
+    import json
+
+    env = {**os.environ, "REDIS_URL": cluster.url}
+    for stream in ("alpha", "beta", "gamma"):
+        sent = subprocess.run(
+            [sys.executable, "-m", "streammachine", "send", stream, "n=1"],
+            env=env, capture_output=True, timeout=30,
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr.decode()
+    listed = subprocess.run(
+        [sys.executable, "-m", "streammachine", "streams", "--json"],
+        env=env, capture_output=True, timeout=30,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr.decode()
+    names = {json.loads(line)["stream"] for line in listed.stdout.decode().splitlines()}
+    assert {"alpha", "beta", "gamma"} <= names, "SCAN covers every node"

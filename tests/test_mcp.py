@@ -409,7 +409,7 @@ async def test_wrong_type_keys_are_error_results(
     redis_url: str, redis_sync: syncredis.Redis, mode: str
 ) -> None:
     redis_sync.set("plain", "text")
-    redis_sync.hset("streammachine:storage:default", "k", "not msgpack \x00")
+    redis_sync.hset("streammachine:storage:{default}", "k", "not msgpack \x00")
     async with connect(create_server(redis_url), mode) as c:
         assert "holds a string, not a stream" in await err(c, "stream_read", {"stream": "plain"})
         assert "holds a string, not a stream" in await err(c, "stream_info", {"stream": "plain"})
@@ -580,7 +580,7 @@ async def test_obj_delete_never_leaves_its_namespace(
         await store.close()
     redis_sync.set("foo", "bar")
     redis_sync.xadd("events", {"a": "1"})
-    redis_sync.hset("streammachine:storage:default", "k", "1")
+    redis_sync.hset("streammachine:storage:{default}", "k", "1")
     async with connect(create_server(redis_url), "legacy") as c:
         assert (await ok(c, "obj_delete", {"pattern": "x*", "confirm": True}))["deleted"] == 1
         assert (await ok(c, "obj_list"))["keys"] == ["y1"]
@@ -588,7 +588,7 @@ async def test_obj_delete_never_leaves_its_namespace(
     left = sorted(k.decode() for k in redis_sync.keys("*"))
     assert left == [
         "events", "foo", "streammachine:obj:other:x1", "streammachine:obj:other:y1",
-        "streammachine:storage:default",
+        "streammachine:storage:{default}",
     ]  # fmt: skip
 
 

@@ -59,7 +59,7 @@ async def test_stdio_round_trip(redis_url: str, redis_sync: syncredis.Redis) -> 
             candles = await call(c, "ohlc_get_candles", {"name": "m", "symbol": "A"})
             assert candles["candles"][0]["close"] == 2.0
     assert redis_sync.xlen("ticks") == 1
-    assert redis_sync.hexists("streammachine:storage:default", "seen")
+    assert redis_sync.hexists("streammachine:storage:{default}", "seen")
 
 
 def _rpc(proc: subprocess.Popen[bytes], message: dict[str, Any]) -> None:

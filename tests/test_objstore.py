@@ -124,7 +124,7 @@ async def test_list_and_delete_stay_inside_the_namespace(
         await store.store_with_pickle(name, name)
         await other.store_with_pickle(name, name)
     redis_sync.set("prefix:a", b"unrelated")
-    redis_sync.hset("streammachine:storage:default", "k", b"1")
+    redis_sync.hset("streammachine:storage:{default}", "k", b"1")
     assert await store.list_keys() == ["other", "prefix:a", "prefix:b"]
     assert await store.list_keys("prefix:*") == ["prefix:a", "prefix:b"]
     assert await store.delete_keys("prefix:*") == 2
@@ -133,7 +133,7 @@ async def test_list_and_delete_stay_inside_the_namespace(
     assert await store.list_keys() == []
     assert await other.list_keys() == ["other", "prefix:a", "prefix:b"]
     assert redis_sync.get("prefix:a") == b"unrelated"
-    assert redis_sync.hget("streammachine:storage:default", "k") == b"1"
+    assert redis_sync.hget("streammachine:storage:{default}", "k") == b"1"
     with pytest.raises(ConfigError, match="namespace"):
         RedisObjectStorage(redis_url, namespace="objects:*")
     await other.close()

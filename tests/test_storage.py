@@ -21,7 +21,7 @@ from streammachine.exceptions import ConfigError, SerializationError
 from streammachine.storage import Storage
 from tests.util import eventually
 
-HASH = "streammachine:storage:test"
+HASH = "streammachine:storage:{test}"
 
 # A child process: waits until all `nproc` children are ready, so they really contend, then runs.
 CHILD = """
@@ -176,7 +176,7 @@ async def test_layout_is_one_hash_with_counters_as_numbers(
     with pytest.raises(SerializationError, match=r"'junk'.*delete it"):
         await storage.read("junk")
     monkeypatch.setenv("STREAMMACHINE_STORAGE_NAMESPACE", "fromenv")
-    assert Storage(url="memory://").hash_key == "streammachine:storage:fromenv"
+    assert Storage(url="memory://").hash_key == "streammachine:storage:{fromenv}"
     with pytest.raises(ConfigError, match="namespace"):
         Storage("a:b", "memory://")
     with pytest.raises(ConfigError, match="ttl_s"):
