@@ -1,6 +1,6 @@
 """OpenTelemetry: a span per handled message and per send, one trace through a pipeline.
 
-The test without a provider comes first: a tracer provider can be set once per process.
+The provider the first test sets is removed again after it (see the `spans` fixture).
 """
 
 from __future__ import annotations
@@ -25,21 +25,24 @@ _EXPORTER = InMemorySpanExporter()
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, otel_sdk.TracerProvider):
-        provider = otel_sdk.TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-        trace.set_tracer_provider(provider)
+    provider = otel_sdk.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+    trace.set_tracer_provider(provider)
     _EXPORTER.clear()
     yield _EXPORTER
     _EXPORTER.clear()
+    # The global provider can be set once per process; undo it (as opentelemetry's own test
+    # utilities do) so the tests after these run without tracing.
+    from opentelemetry.util._once import Once
+
+    trace._TRACER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
 
 
 async def test_no_tracer_provider_means_no_spans_and_no_field(redis_url: str) -> None:
     from streammachine.tracing import get_tracing
 
-    if get_tracing() is not None:
-        pytest.skip("a tracer provider is configured in this process (set by another test)")
+    assert get_tracing() is None
     app = App(name="plain")
 
     @app.agent("s", group="g")
