@@ -181,9 +181,15 @@ def test_importer_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_public_api_imports() -> None:
     import streammachine
 
+    # The reference's whole import block.
     for name in ["App", "StreamConsumer", "Message", "AppConfig", "ConsumerConfig", "TimerConfig",
-                 "RedisConnection", "decode_dict_bytes_to_utf8", "_has_cython_decode"]:  # fmt: skip
+                 "Storage", "RedisConnection", "streams_to_dataframe", "streams_to_dataframe_fast",
+                 "prune_old_dataframe_rows", "TimeSeriesBuffer", "FastOHLC", "FastOHLCConsumer",
+                 "create_ohlc_aggregator", "parse_stream_id_timestamp", "format_candle_for_redis",
+                 "_HAS_FAST_OHLC_CYTHON", "RedisObjectStorage", "decode_dict_bytes_to_utf8",
+                 "_has_cython_decode"]:  # fmt: skip
         assert getattr(streammachine, name) is not None
+    assert all(hasattr(streammachine, n) for n in streammachine.__all__)
 
 
 @pytest.mark.parametrize("n", [1, 2])
