@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test check lint format bench chaos clean
+.PHONY: install run test test-versions check lint format bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+test-versions: $(STAMP)
+	$(BIN)/python scripts/test_versions.py
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -1,7 +1,8 @@
 """One agent: a registered consumer of a stream in a group, its settings and its counters.
 
-The work happens in `consumer.Consumer` (the read → handle → commit loop, `concurrency` of them
-per stream) and `commit` (the atomic commit of acks and handler output).
+The work happens in `consumer.Consumer` (the read → deliver → commit loop, `concurrency` of them
+per stream), `delivery` (the handler call, retries, dead letters) and `commit` (the atomic commit
+of acks and handler output).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import msgspec
 from .codec import Payload, StructCodec
 from .commit import current_batch
 from .consumer import Consumer
+from .delivery import BatchDelivery, Failures, MessageDelivery
 from .settings import ConsumerConfig
+from .wire import Wire
 
 if TYPE_CHECKING:
     from .app import App
@@ -61,6 +64,8 @@ class AgentStats:
     retried: int = 0
     dead: int = 0
     skipped: int = 0
+    #: batches being handled right now
+    running: int = 0
     latency_s_total: float = 0.0
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
 
@@ -103,10 +108,14 @@ class Agent:
         self.codec = StructCodec(schema, payload) if schema is not None else None
         self.batch = batch
         self.stats = AgentStats()
-        self.running = 0
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r}, stream={self.config.stream!r}, group={self.config.group!r})"
+
+    @property
+    def running(self) -> int:
+        """How many of its batches are being handled right now."""
+        return self.stats.running
 
     def consumer_name(self, index: int) -> str:
         """`<host>-<pid>-<agent>-<n>`: stable for the process and readable in XINFO."""
@@ -129,11 +138,44 @@ class Agent:
             if created:
                 log.info("created group %s on %s", self.config.group, stream)
 
+    def consumers(self) -> list[Consumer]:
+        """This process's consumers: `concurrency` per stream, the first of each stream tidying
+        its group."""
+        app, cfg = self.app, self.config
+        kind = BatchDelivery if self.batch else MessageDelivery
+        out: list[Consumer] = []
+        for stream in self.streams:
+            for i in range(cfg.concurrency):
+                name = self.consumer_name(len(out))
+                delivery = kind(
+                    self.fn,
+                    self.codec,
+                    self.stats,
+                    tracing=app.tracing,
+                    stream=stream,
+                    group=cfg.group,
+                )
+                failures = Failures(app.redis, stream, name, cfg, self.stats, self.name)
+                wire = Wire(
+                    app.redis,
+                    stream,
+                    name,
+                    down_exit_s=app.settings.redis_down_exit_s,
+                    on_down=self._down,
+                )
+                out.append(
+                    Consumer(
+                        cfg, stream, name, app.redis, delivery, failures, self.stats, self.prepare,
+                        housekeeper=i == 0, wire=wire,
+                    )
+                )  # fmt: skip
+        return out
+
+    def _down(self, reason: str) -> None:
+        self.app.fail(reason, code=3)
+
     async def run(self, stop: anyio.Event) -> None:
-        """Run `concurrency` consumers per stream until `stop` is set and they have drained."""
+        """Run its consumers until `stop` is set and they have drained."""
         async with anyio.create_task_group() as tg:
-            n = 0
-            for stream in self.streams:
-                for _ in range(self.config.concurrency):
-                    tg.start_soon(Consumer(self, n, stream).run, stop)
-                    n += 1
+            for consumer in self.consumers():
+                tg.start_soon(consumer.run, stop)

@@ -1,13 +1,19 @@
-"""The commit of a batch: its acks and its handler output, written in one step.
+"""Every commit of a batch, and the scripts that guard a consumer's entries.
 
 Sends made inside a handler are buffered in the batch (`current_batch`) and written by one Lua
 script together with the batch's acks, only for the entries the consumer still owns in the group's
 PEL: on one Redis node a stream-to-stream stage is then exactly-once, even when a consumer stalls
-long enough for another to claim its entries.
+long enough for another to claim its entries. `memory://` (fakeredis, which has no cmsgpack) runs
+a twin of the script that takes the batch as flat arguments and gives the same guarantees.
+
+The other scripts make the liveness rules of DESIGN.md atomic: keepalive refreshes only entries the
+consumer still owns, a retry re-takes only entries it still owns, and a dead consumer is deleted
+only in the same step that checks it owns nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -15,13 +21,29 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["COMMIT_SCRIPT", "Batch", "acked_floor", "current_batch", "id_order", "pack"]
+__all__ = [
+    "COMMIT_SCRIPT",
+    "DELCONSUMER_SCRIPT",
+    "MEMORY_COMMIT_SCRIPT",
+    "RECLAIM_SCRIPT",
+    "TOUCH_SCRIPT",
+    "Batch",
+    "acked_floor",
+    "commit_commands",
+    "current_batch",
+    "id_order",
+    "pack",
+    "sha1",
+]
 
 # Writes outputs and acks only for entries this consumer still owns in the group's PEL, so a
 # consumer that stalled while another claimed its entries drops them instead of committing twice.
+# A batch handler's output belongs to the whole batch ("whole" = 1): it is written only if the
+# consumer still owns every entry; otherwise nothing is written or acked and the script returns
+# the ids it still owns, which the consumer handles again (the others are their new owner's).
 # KEYS: [source stream, output streams...]; ARGV: group, consumer, lowest id, highest id, the
 # batch packed with msgpack: [[done ids], [[id, [[key index, maxlen (0 = none), [k1, v1, ...]],
-# ...]], ...] (the entries with outputs)],
+# ...]], ...] (the entries with outputs), whole],
 # how many other entries of this consumer may be pending in that range, then the bytes values
 # lifted out of the batch (a field that is a number n stands for ARGV[6 + n]).
 COMMIT_SCRIPT = """
@@ -33,6 +55,13 @@ local owned = {}
 local count = #done + tonumber(ARGV[6])
 for _, e in ipairs(redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], count, consumer)) do
   owned[e[1]] = true
+end
+if batch[3] == 1 then
+  local kept = {}
+  for _, id in ipairs(done) do
+    if owned[id] then kept[#kept + 1] = id end
+  end
+  if #kept < #done then return kept end
 end
 for _, entry in ipairs(entries) do
   if owned[entry[1]] then
@@ -64,6 +93,92 @@ end
 return acked
 """
 
+# The same commit with the batch as flat arguments (fakeredis has no cmsgpack).
+# ARGV: group, consumer, lowest id, highest id, XPENDING count, whole (0/1), number of done ids,
+# the done ids, then per output: entry id, key index, maxlen, number of field values, the fields.
+MEMORY_COMMIT_SCRIPT = """
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local owned = {}
+for _, e in ipairs(redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], tonumber(ARGV[5]), consumer)) do
+  owned[e[1]] = true
+end
+local n = tonumber(ARGV[7])
+if ARGV[6] == '1' then
+  local kept = {}
+  for j = 8, 7 + n do
+    if owned[ARGV[j]] then kept[#kept + 1] = ARGV[j] end
+  end
+  if #kept < n then return kept end
+end
+local i = 8 + n
+while i <= #ARGV do
+  local id, key, maxlen, width = ARGV[i], KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  if owned[id] then
+    local fields = {}
+    for j = 1, width do fields[j] = ARGV[i + 3 + j] end
+    if maxlen > 0 then
+      redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+    elseif maxlen < 0 then
+      redis.call('XADD', key, 'MAXLEN', -maxlen, '*', unpack(fields))
+    else
+      redis.call('XADD', key, '*', unpack(fields))
+    end
+  end
+  i = i + 4 + width
+end
+local acked = 0
+for j = 8, 7 + n do
+  if owned[ARGV[j]] then acked = acked + redis.call('XACK', stream, group, ARGV[j]) end
+end
+return acked
+"""
+
+# Keepalive: reset the idle time of the entries this consumer still owns (in flight, prefetched,
+# waiting for a retry) once they have been idle `min idle` ms, so nobody claims them while the
+# consumer is alive. JUSTID does not count a delivery. Entries another consumer claimed meanwhile
+# are not in this consumer's PEL and are left alone.
+# KEYS: [stream]; ARGV: group, consumer, min idle ms, max entries.
+TOUCH_SCRIPT = """
+local ids = {}
+for _, e in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', tonumber(ARGV[3]), '-', '+', tonumber(ARGV[4]), ARGV[2])) do
+  ids[#ids + 1] = e[1]
+end
+for c = 1, #ids, 500 do
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids, c, math.min(c + 499, #ids)))
+end
+return #ids
+"""
+
+# A retry: take back (as a new delivery) those of these entries this consumer still owns, and
+# return {their entries with fields, {id, deliveries before this one, ...}}; an entry claimed
+# away by another consumer is that one's now. KEYS: [stream]; ARGV: group, consumer, ids...
+RECLAIM_SCRIPT = """
+local mine, counts = {}, {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #p > 0 then
+    mine[#mine + 1] = ARGV[i]
+    counts[#counts + 1] = ARGV[i]
+    counts[#counts + 1] = p[1][4]
+  end
+end
+if #mine == 0 then return {{}, {}} end
+return {redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(mine)), counts}
+"""
+
+# Delete a consumer only if it owns nothing, in the same step (XGROUP DELCONSUMER drops the
+# entries a consumer owns from the PEL: deleting one that just read or claimed loses them).
+# KEYS: [stream]; ARGV: group, consumer. Returns -1 when it owned something and was kept.
+DELCONSUMER_SCRIPT = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return -1 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+"""
+
+
+def sha1(script: str) -> str:
+    """The SHA1 by which EVALSHA names `script`."""
+    return hashlib.sha1(script.encode()).hexdigest()
+
 
 @dataclass(slots=True)
 class Batch:
@@ -75,6 +190,9 @@ class Batch:
     maxlen: int | None = None
     #: Some field is bytes: Redis' cmsgpack has no bin type, so the commit packs it as str.
     binary: bool = False
+    #: The output belongs to the whole batch (a batch handler's): written only if every entry
+    #: is still owned.
+    whole: bool = False
 
     def add(self, topic: str, maxlen: int | None, fields: dict[Any, Any]) -> None:
         """Buffer an output; `maxlen` > 0 trims approximately, < 0 exactly to -maxlen."""
@@ -90,6 +208,50 @@ class Batch:
 
 #: The batch whose handler is running in this task, so `App.send` can buffer into it.
 current_batch: ContextVar[Batch | None] = ContextVar("streammachine_batch", default=None)
+
+
+def commit_commands(
+    stream: str,
+    group: str,
+    consumer: str,
+    done: list[str],
+    out: Batch,
+    *,
+    memory: bool,
+    margin: int,
+) -> list[list[Any]] | None:
+    """The commands that commit a batch: its acks, and its outputs only where still owned.
+
+    Without outputs it is a plain XACK (an ack of an entry the consumer no longer owns is
+    harmless: the new owner's commit finds it acked and drops its outputs). `margin` is how many
+    other entries of this consumer may be pending between the batch's lowest and highest id.
+    The script's reply is the number acked, or (for a `whole` batch that is no longer all owned)
+    the list of ids still owned, to be handled again.
+    """
+    if not done:
+        return None
+    if not out.outputs:
+        return [["XACK", stream, group, *done]]
+    keys: dict[str, int] = {stream: 1}
+    done_set = set(done)
+    entries: list[Any] = []  # only the entries that have outputs
+    for entry_id, outs in out.outputs.items():
+        if entry_id in done_set:
+            entries.append(
+                [entry_id, [[keys.setdefault(t, len(keys) + 1), m, f] for t, m, f in outs]]
+            )
+    order = [id_order(i) for i in done]
+    lo, hi = done[order.index(min(order))], done[order.index(max(order))]
+    if memory:
+        whole = int(out.whole)
+        args: list[Any] = [group, consumer, lo, hi, len(done) + margin, whole, len(done), *done]
+        for entry_id, outs in entries:
+            for idx, maxlen, flat in outs:
+                args += [entry_id, idx, maxlen, len(flat), *flat]
+        return [["EVALSHA", sha1(MEMORY_COMMIT_SCRIPT), len(keys), *keys, *args]]
+    payload, extra = pack_batch([done, entries, int(out.whole)], out.binary)
+    script = ["EVALSHA", sha1(COMMIT_SCRIPT), len(keys), *keys]
+    return [[*script, group, consumer, lo, hi, payload, margin, *extra]]
 
 
 async def acked_floor(client: Any, stream: str) -> bytes | None:
@@ -115,15 +277,15 @@ pack_msgpack = msgspec.msgpack.Encoder().encode
 
 
 def pack_batch(entries: list[Any], binary: bool = False) -> tuple[bytes, list[bytes]]:
-    # entries: [done ids, [[id, outputs], ...]]
     """The commit's payload as msgpack for Redis' cmsgpack, and the bytes values lifted out of it.
 
-    cmsgpack has no bin type ("Bad data format"), and msgspec writes bytes as bin; so each bytes
-    field is replaced by its 1-based index into the returned list, passed as extra ARGV.
+    `entries` is [done ids, [[id, outputs], ...], whole]. cmsgpack has no bin type ("Bad data
+    format"), and msgspec writes bytes as bin; so each bytes field is replaced by its 1-based
+    index into the returned list, passed as extra ARGV.
     """
     if not binary:
         return pack_msgpack(entries), []
-    done, with_outputs = entries
+    done, with_outputs, whole = entries
     extra: list[bytes] = []
     lifted = []
     for entry_id, outs in with_outputs:
@@ -137,7 +299,7 @@ def pack_batch(entries: list[Any], binary: bool = False) -> tuple[bytes, list[by
                 fields.append(item)
             new_outs.append([idx, maxlen, fields])
         lifted.append([entry_id, new_outs])
-    return pack_msgpack([done, lifted]), extra
+    return pack_msgpack([done, lifted, whole]), extra
 
 
 def pack(commands: Sequence[Sequence[Any]]) -> bytes:
@@ -169,5 +331,6 @@ def pack(commands: Sequence[Sequence[Any]]) -> bytes:
 
 
 def id_order(entry_id: str) -> tuple[int, int]:
+    """An entry id as a sortable (ms, seq) pair."""
     ms, _, seq = entry_id.partition("-")
     return (int(ms), int(seq or 0))

@@ -1,98 +1,113 @@
-"""One consumer of an agent: its own connection, its own read → handle → commit loop.
+"""One consumer's loop: read → deliver → commit, overlapped.
 
-It overlaps I/O with handling: right after a batch arrives it sends [commit of the previous batch,
-XREADGROUP for the next] in one write, then runs the handlers while Redis works, then reads both
-replies. When a read comes back empty it falls back to a blocking read (idle costs no CPU). Around
-that loop: its own pending entries first, retries with backoff, dead letters, XAUTOCLAIM of stalled
-entries, keepalive for long handlers, housekeeping, and riding out Redis outages.
+Right after a batch arrives the consumer sends [commit of the previous batch, XREADGROUP for the
+next] in one write, runs the handlers while Redis works, then reads both replies. When a read
+comes back empty it falls back to a blocking read (idle costs no CPU). Between batches it takes
+the work that is due: its own retries, and entries of *other* consumers idle longer than
+`claim_idle_ms` (never its own: those it still holds, prefetched or waiting for a retry). A
+keepalive task refreshes every entry it owns so nobody claims them while it lives, and the first
+consumer of each stream in a process tidies the group (dead consumers, acked entries).
+
+The connection is `wire.Wire`, the handler call and failures are `delivery`, the commit is
+`commit`; this module is only the loop.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
-import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .codec import encode_fields
-from .commit import COMMIT_SCRIPT, Batch, acked_floor, current_batch, id_order, pack, pack_batch
-from .exceptions import Retry, SerializationError, Skip
-from .message import Message, messages_from_reply
+from .commit import (
+    DELCONSUMER_SCRIPT,
+    RECLAIM_SCRIPT,
+    TOUCH_SCRIPT,
+    Batch,
+    acked_floor,
+    commit_commands,
+    current_batch,
+    sha1,
+)
+from .liveness import is_live, live_prefixes
+from .wire import LOST, Read, Wire, WireLost
 
 if TYPE_CHECKING:
-    from redis.asyncio.connection import AbstractConnection
-
-    from .agent import Agent
+    from .agent import AgentStats
+    from .connection import RedisConnection
+    from .delivery import Delivery, Failures
+    from .message import Message
+    from .settings import ConsumerConfig
 
 __all__ = ["Consumer"]
 
 log = logging.getLogger("streammachine.agent")
 
 
+@dataclass(slots=True)
+class Pending:
+    """A batch's commit not yet confirmed: its commands and the entries it acks."""
+
+    cmds: list[list[Any]]
+    ids: list[str]
+
+
+Commit = Pending | None
+
+
 class Consumer:
-    """One consumer of an agent: its own connection, its own read-handle-commit loop."""
+    """One consumer of an agent on one stream.
 
-    def __init__(self, agent: Agent, index: int, stream: str | None = None) -> None:
-        self.agent = agent
-        self.cfg = agent.config
-        self.stream = stream or agent.config.stream
-        self.name = agent.consumer_name(index)
-        self.redis = agent.app.redis
-        self.memory = self.redis.is_memory
-        self.conn: AbstractConnection | None = None
-        self.client_id: int | None = None
-        self.blocked = False
-        self.sha: str | None = None
-        self.retry_at: dict[str, float] = {}
-        self.next_claim = time.monotonic() + self.cfg.claim_interval_ms / 1000.0
-        self.outage_since: float | None = None
-        self.outage_attempts = 0
-        self.inflight: list[Any] = []
-        self.is_first = index == 0
-        self.redo: list[list[list[Any]]] = []
-        self.read_errors = 0
-        self.moved = False
+    Args:
+        cfg: the agent's configuration.
+        stream: the stream it reads (the agent's, or one of its partitions).
+        name: its consumer name in the group.
+        redis: the app's connection manager.
+        delivery: calls the handler over a batch.
+        failures: retries and dead letters.
+        stats: the agent's counters.
+        prepare: creates the group again (after NOGROUP or a reconnect).
+        housekeeper: whether this consumer tidies the group (one per stream and process).
+        wire: its connection (default: a new `Wire`).
+    """
+
+    def __init__(
+        self,
+        cfg: ConsumerConfig,
+        stream: str,
+        name: str,
+        redis: RedisConnection,
+        delivery: Delivery,
+        failures: Failures,
+        stats: AgentStats,
+        prepare: Callable[[], Awaitable[None]],
+        *,
+        housekeeper: bool = False,
+        wire: Wire | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.stream = stream
+        self.name = name
+        self.redis = redis
+        self.delivery = delivery
+        self.failures = failures
+        self.stats = stats
+        self.prepare = prepare
+        self.housekeeper = housekeeper
+        self.wire = wire or Wire(redis, stream, name)
+        self.memory = redis.is_memory
+        self.next_claim = time.monotonic() + cfg.claim_interval_ms / 1000.0
+        self.next_housekeeping = time.monotonic()
+        self.claim_cursor = "-"
+        self.redo: list[Pending] = []
+        #: the commit sent with the read in flight
+        self.riding: Commit = None
+        self.faults: set[str] = set()
         self.warned_cross_slot = False
-        self.recreate = False
-
-    # --- connection -------------------------------------------------------------------------
-
-    async def _connect(self) -> AbstractConnection:
-        conn = await self.redis.new_connection(self.stream)
-        await conn.connect()  # type: ignore[no-untyped-call]
-        self.conn = conn
-        if not self.memory:
-            await conn.send_command("CLIENT", "ID")
-            self.client_id = int(await conn.read_response())
-        await conn.send_command("SCRIPT", "LOAD", COMMIT_SCRIPT)
-        self.sha = (await conn.read_response()).decode()
-        return conn
-
-    async def _call(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Send commands in one write and read every reply (errors returned, not raised)."""
-        conn = self.conn or await self._connect()
-        await conn.send_packed_command(pack(commands), check_health=False)
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
-
-    async def _unblock(self) -> None:
-        if self.blocked and self.client_id is not None:
-            try:
-                await self.redis.client.execute_command("CLIENT", "UNBLOCK", self.client_id)  # type: ignore[no-untyped-call]
-            except Exception:
-                log.debug("CLIENT UNBLOCK failed", exc_info=True)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -103,6 +118,7 @@ class Consumer:
         return [*cmd, "STREAMS", self.stream, start_id]
 
     async def run(self, stop: anyio.Event) -> None:
+        """Consume until `stop` is set, then drain: finish and commit the batch in hand."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_stop, stop)
             tg.start_soon(self._keepalive)
@@ -115,21 +131,21 @@ class Consumer:
                         # A bug or an unexpected reply must not take the app down: start over on
                         # a fresh connection; unacked entries are still pending and come back.
                         log.exception("%s: consumer loop failed; restarting it", self.name)
-                        await self._close()
+                        await self.wire.close()
                         await anyio.sleep(1.0)
             finally:
                 tg.cancel_scope.cancel()
-                await self._close()
+                await self.wire.close()
 
     async def _watch_stop(self, stop: anyio.Event) -> None:
         await stop.wait()
         # A read may be about to block; unblocking is cheap, so repeat until it has returned.
         while True:
-            await self._unblock()
+            await self.wire.unblock()
             await anyio.sleep(0.05)
 
     async def _loop(self, stop: anyio.Event) -> None:
-        commit: list[list[Any]] | None = None
+        commit: Commit = None
         await self._drain_pending(stop)
         batch: list[Message] = []
         while True:
@@ -138,11 +154,11 @@ class Consumer:
             if not batch:
                 if stop.is_set():
                     break
-                batch = await self._exchange(self._with(commit, self._read_cmd(not stop.is_set())))
+                batch = await self._exchange(self._with(commit, self._read_cmd(True)))
                 commit = None
                 if not batch and self.memory and not stop.is_set():
                     await anyio.sleep(0.005)
-                batch += await self._due_work()
+                batch = await self._with_due_work(batch)
                 continue
             # Overlap: ask for the next batch now, handle this one while Redis works.
             cmds: list[list[Any]] | None = None
@@ -154,7 +170,7 @@ class Consumer:
                     cmds = None
             commit = await self._handle(batch)
             batch = await self._recv(cmds) if cmds else []
-            batch += await self._due_work()
+            batch = await self._with_due_work(batch)
         await self._flush(commit)
         await self._retire()
 
@@ -162,10 +178,9 @@ class Consumer:
         """Handle the entries this consumer already owns (a restart under the same name), in
         order, before new ones; with `takeover`, first take every pending entry of the group."""
         if self.cfg.takeover:
-            replies = await self._call(
-                [["XAUTOCLAIM", self.stream, self.cfg.group, self.name, 0, "0-0", "COUNT", 1_000_000, "JUSTID"]]
-            )  # fmt: skip
-            if not isinstance(replies[0], Exception) and replies[0][1]:
+            cmd = ["XAUTOCLAIM", self.stream, self.cfg.group, self.name, 0, "0-0", "COUNT", 1_000_000, "JUSTID"]  # fmt: skip
+            replies = await self._call([cmd])
+            if replies and not isinstance(replies[0], Exception) and replies[0][1]:
                 log.info("%s: took over %d pending entries", self.name, len(replies[0][1]))
         after = "0"
         while not stop.is_set():
@@ -173,233 +188,256 @@ class Consumer:
             if not batch:
                 return
             after = batch[-1].key or after
-            await self._flush(await self._handle([m for m in batch if m._fields is not None]))
+            batch = [m for m in batch if m._fields is not None]
+            await self._count_deliveries(batch)
+            await self._flush(await self._handle(batch))
 
-    def _with(self, commit: list[list[Any]] | None, read: list[Any]) -> list[list[Any]]:
-        return [*commit, read] if commit else [read]
+    async def _count_deliveries(self, batch: list[Message]) -> None:
+        """Set `deliveries` of re-read own entries from the PEL (one range query)."""
+        if not batch:
+            return
+        lo, hi = batch[0].key or "-", batch[-1].key or "+"
+        replies = await self._call([["XPENDING", self.stream, self.cfg.group, lo, hi, len(batch), self.name]])  # fmt: skip
+        if replies and isinstance(replies[0], list):
+            counts = {_text(e[0]): int(e[3]) for e in replies[0]}
+            for m in batch:
+                m.deliveries = counts.get(m.key or "", 1)
+
+    def _with(self, commit: Commit, read: list[Any]) -> list[list[Any]]:
+        self.riding = commit
+        return [*commit.cmds, read] if commit else [read]
 
     async def _exchange(self, cmds: list[list[Any]]) -> list[Message]:
         """Send `cmds` (the last one a read) and return the read's messages."""
-        self.blocked = "BLOCK" in cmds[-1]
+        self.wire.blocked = "BLOCK" in cmds[-1]
         try:
             if not await self._send(cmds):
                 return []
             return await self._recv(cmds)
         finally:
-            self.blocked = False
+            self.wire.blocked = False
 
     async def _send(self, cmds: list[list[Any]]) -> bool:
         try:
-            conn = self.conn or await self._connect()
-            await conn.send_packed_command(pack(cmds), check_health=False)
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+            await self.wire.send(cmds)
+        except WireLost:
             await self._lost(cmds)
             return False
         return True
 
     async def _recv(self, cmds: list[list[Any]]) -> list[Message]:
-        replies: list[Any] = []
         try:
-            assert self.conn is not None
-            for _ in cmds:
-                try:
-                    replies.append(await self.conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-        except (RedisConnectionError, RedisTimeoutError, OSError, AssertionError):
+            replies = await self.wire.recv(len(cmds))
+        except WireLost:
             await self._lost(cmds)
             return []
-        return self._parse(cmds, replies)
+        riding, self.riding = self.riding, None
+        if riding is not None and self._committed(riding, replies[:-1]):
+            self.redo.append(riding)
+        return self._take(self.wire.read(replies[-1]))
+
+    async def _call(self, cmds: list[list[Any]]) -> list[Any]:
+        """Commands on the consumer's connection; [] when it broke (after the outage backoff)."""
+        try:
+            return await self.wire.call(cmds)
+        except WireLost:
+            await self._outage()
+            return []
+
+    def _take(self, read: Read) -> list[Message]:
+        if read.fault is not None:
+            self.faults.add(read.fault)
+        return read.messages
+
+    def _committed(self, commit: Pending, replies: list[Any]) -> bool:
+        """Act on a commit's replies; True when the scripts must be loaded again (NOSCRIPT)."""
+        for reply in replies:
+            if isinstance(reply, list):
+                # A batch whose entries were partly claimed away: nothing was written; handle
+                # the ones still owned again (the others are their new owner's).
+                for entry_id in reply:
+                    self.failures.later(_text(entry_id))
+            elif isinstance(reply, Exception):
+                if "NOSCRIPT" in str(reply):
+                    return True
+                # E.g. OOM: the entries stay ours (and the keepalive keeps them): retry them.
+                log.error("%s: commit failed (%s); handling its entries again", self.name, reply)
+                for entry_id in commit.ids:
+                    self.failures.later(entry_id, 1.0)
+        return False
 
     async def _lost(self, cmds: list[list[Any]]) -> None:
         # The commit may or may not have been applied; it is idempotent, so send it again.
-        if len(cmds) > 1:
-            self.redo.append(cmds[:-1])
-        await self._on_outage()
+        riding, self.riding = self.riding, None
+        if riding is not None:
+            self.redo.append(riding)
+        await self._outage()
 
-    def _parse(self, cmds: list[list[Any]], replies: list[Any]) -> list[Message]:
-        if self.outage_since is not None:
-            log.warning(
-                "%s: Redis is back after %.1f s", self.name, time.monotonic() - self.outage_since
-            )
-            self.outage_since = None
-        for reply in replies[:-1]:
-            if isinstance(reply, Exception):
-                if "NOSCRIPT" in str(reply):
-                    self.redo.append(cmds[:-1])
-                else:
-                    log.error("%s: commit failed (%s); entries stay pending", self.name, reply)
-                break
-        reply = replies[-1]
-        if isinstance(reply, ResponseError):
-            if str(reply).startswith(("MOVED", "ASK", "READONLY")):
-                # A resharding or a failover: find the node that serves the stream now.
-                log.warning("%s: %s moved (%s); reconnecting", self.name, self.stream, reply)
-                self.moved = True
-            elif "NOGROUP" in str(reply):
-                log.warning("%s: group %s vanished; recreating", self.name, self.cfg.group)
-                self.recreate = True
-            else:
-                log.error("%s: read failed: %s", self.name, reply)
-                self.read_errors += 1
-            return []
-        if not reply:
-            return []
-        if isinstance(reply, dict):
-            reply = list(reply.items())
-        return messages_from_reply(reply, self.name)
-
-    async def _on_outage(self) -> None:
-        if self.conn is not None:
-            await self.conn.disconnect()
-            self.conn = None
-        now = time.monotonic()
-        if self.outage_since is None:
-            self.outage_since = now
-            self.outage_attempts = 0
-            log.error("%s: lost Redis at %s; retrying with backoff", self.name, self.redis)
-        limit_s = self.agent.app.settings.redis_down_exit_s
-        if limit_s is not None and now - self.outage_since > limit_s:
-            self.agent.app.fail(f"Redis unreachable for more than {limit_s:g} s", code=3)
-        self.outage_attempts += 1
-        delay_s = min(2.0, 0.05 * 2**self.outage_attempts)
-        await anyio.sleep(delay_s * (0.5 + random.random() / 2))
+    async def _outage(self) -> None:
+        await self.wire.outage()
         try:
-            if self.redis.is_cluster:
-                await self.redis.client.nodes_manager.initialize()  # type: ignore[attr-defined]
-            await self._connect()
-            await self.agent.prepare()
+            await self.prepare()
         except Exception:
-            log.debug("reconnect failed", exc_info=True)
+            log.debug("recreating the group after reconnecting failed", exc_info=True)
+
+    # --- due work ---------------------------------------------------------------------------
+
+    async def _with_due_work(self, batch: list[Message]) -> list[Message]:
+        """`batch` plus the entries due now (retries, stalled entries of other consumers),
+        each entry once."""
+        due = await self._due_work()
+        if not due:
+            return batch
+        seen = {m.key for m in batch}
+        for m in due:
+            if m.key not in seen:
+                seen.add(m.key)
+                batch.append(m)
+        return batch
+
+    async def _due_work(self) -> list[Message]:
+        faults, self.faults = self.faults, set()
+        if "moved" in faults:
+            await self._outage()
+        if "error" in faults:
+            await anyio.sleep(1.0)
+        if "nogroup" in faults:
+            log.warning("%s: group %s vanished; recreating", self.name, self.cfg.group)
+            try:
+                await self.prepare()
+            except Exception:
+                log.debug("recreating group failed", exc_info=True)
+        out: list[Message] = []
+        retries = self.failures.due()
+        if retries:
+            out += await self._reclaim(retries)
+        now = time.monotonic()
+        if now >= self.next_claim:
+            self.next_claim = now + self.cfg.claim_interval_ms / 1000.0
+            out += await self._claim_stalled()
+            if self.housekeeper and now >= self.next_housekeeping:
+                self.next_housekeeping = now + max(1.0, self.cfg.claim_interval_ms / 1000.0)
+                await self._housekeeping()
+        return out
+
+    async def _reclaim(self, retries: list[str]) -> list[Message]:
+        """Take back, as new deliveries, the due retries this consumer still owns."""
+        cmd = ["EVALSHA", sha1(RECLAIM_SCRIPT), 1, self.stream, self.cfg.group, self.name, *retries]
+        replies = await self._call([cmd])
+        if not replies or isinstance(replies[0], Exception):
+            if replies:
+                log.warning("%s: retry failed: %s", self.name, replies[0])
+            for entry_id in retries:  # still ours: try again soon
+                self.failures.later(entry_id, 1.0)
+            return []
+        entries, counts = replies[0]
+        before = {_text(k): int(v) for k, v in zip(counts[::2], counts[1::2], strict=True)}
+        msgs = self._entries(entries)
+        for m in msgs:
+            m.deliveries = before.get(m.key or "", 0) + 1
+        return msgs
+
+    async def _claim_stalled(self) -> list[Message]:
+        """Claim entries of *other* consumers idle longer than `claim_idle_ms`.
+
+        XPENDING IDLE lists them with their owners (XAUTOCLAIM cannot leave out the consumer's
+        own, which it may still hold in a prefetched batch); XCLAIM then re-checks the idle time,
+        so an entry its owner refreshed meanwhile stays with it.
+        """
+        cfg = self.cfg
+        scan = max(cfg.count * 4, 100)
+        cmd = ["XPENDING", self.stream, cfg.group, "IDLE", cfg.claim_idle_ms, self.claim_cursor, "+", scan]  # fmt: skip
+        replies = await self._call([cmd])
+        if not replies or isinstance(replies[0], Exception):
+            if replies:
+                log.warning("%s: XPENDING failed: %s", self.name, replies[0])
+            return []
+        pending = replies[0]
+        self.claim_cursor = _after(_text(pending[-1][0])) if len(pending) == scan else "-"
+        theirs = {_text(e[0]): int(e[3]) for e in pending if _text(e[1]) != self.name}
+        if not theirs:
+            return []
+        ids = list(theirs)[: cfg.count]
+        replies = await self._call([["XCLAIM", self.stream, cfg.group, self.name, cfg.claim_idle_ms, *ids]])  # fmt: skip
+        if not replies or isinstance(replies[0], Exception):
+            return []
+        gone = [_text(e[0]) for e in replies[0] if e and e[1] is None]
+        if gone:  # deleted from the stream (trimmed) while pending: nothing left to handle
+            await self._call([["XACK", self.stream, cfg.group, *gone]])
+        msgs = self._entries(replies[0])
+        for m in msgs:
+            m.deliveries = theirs.get(m.key or "", 0) + 1
+        if msgs:
+            log.info("%s: claimed %d stalled entries", self.name, len(msgs))
+        return msgs
+
+    def _entries(self, reply: list[Any]) -> list[Message]:
+        entries = [e for e in reply if e and e[1] is not None]
+        return self._take(self.wire.read([(self.stream, entries)] if entries else []))
 
     async def _keepalive(self) -> None:
-        """Keep a long handler's entries from being claimed: refresh their idle time (XCLAIM
-        JUSTID, which does not count a delivery) once they have been idle a quarter of
-        `claim_idle_ms`, well before anyone may claim them."""
+        """Keep every entry this consumer owns (in flight, prefetched, waiting for a retry) from
+        being claimed while it lives: refresh their idle time once they have been idle a quarter
+        of `claim_idle_ms`, well before anyone may claim them. A frozen or dead process stops
+        refreshing, and then its entries are claimed."""
         quarter_ms = max(1, self.cfg.claim_idle_ms // 4)
+        touch = self.redis.client.register_script(TOUCH_SCRIPT)
         while True:
             await anyio.sleep(quarter_ms / 1000.0)
-            ids = self.inflight
-            if not ids:
-                continue
             try:
-                await self.redis.client.xclaim(
-                    self.stream, self.cfg.group, self.name, quarter_ms, ids, justid=True
+                await touch(
+                    keys=[self.stream], args=[self.cfg.group, self.name, quarter_ms, 10_000]
                 )
             except Exception:
-                log.debug("keepalive XCLAIM failed", exc_info=True)
+                log.debug("keepalive failed", exc_info=True)
 
     async def _housekeeping(self) -> None:
         """Delete consumers of dead processes once they own nothing, and trim acked entries."""
         client, cfg = self.redis.client, self.cfg
         try:
-            for c in await client.xinfo_consumers(self.stream, cfg.group):
-                name = c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
-                if name != self.name and not c["pending"] and c["idle"] > cfg.claim_idle_ms:
-                    await client.xgroup_delconsumer(self.stream, cfg.group, name)
-                    log.info("%s: removed idle consumer %s (it owned nothing)", self.name, name)
+            consumers = await client.xinfo_consumers(self.stream, cfg.group)
+            idle = [c for c in consumers if int(c["idle"]) > cfg.claim_idle_ms]
+            if idle:
+                live = await live_prefixes(client)
+                delete = client.register_script(DELCONSUMER_SCRIPT)
+                for c in idle:
+                    name = _text(c["name"])
+                    if is_live(name, live):
+                        continue
+                    dropped = await delete(keys=[self.stream], args=[cfg.group, name])
+                    if int(dropped) > 0:
+                        log.error("%s: deleting %s dropped %s entries", self.name, name, dropped)
+                    elif int(dropped) == 0:
+                        log.info("%s: removed consumer %s of a stopped process", self.name, name)
             if cfg.trim == "acked":
                 floor = await acked_floor(client, self.stream)
                 if floor is not None:
                     await client.xtrim(self.stream, minid=floor, approximate=True)
-        except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
+        except (*LOST, ResponseError) as exc:
             log.debug("%s: housekeeping skipped: %s", self.name, exc)
-
-    async def _due_work(self) -> list[Message]:
-        """Entries due for a retry, and stalled entries of other consumers (XAUTOCLAIM)."""
-        if self.moved:
-            self.moved = False
-            await self._on_outage()
-        if self.read_errors:
-            await anyio.sleep(min(5.0, 0.1 * 2 ** min(self.read_errors, 6)))
-            self.read_errors = 0
-        if self.recreate:
-            self.recreate = False
-            try:
-                await self.agent.prepare()
-            except Exception:
-                log.debug("recreating group failed", exc_info=True)
-        now = time.monotonic()
-        out: list[Message] = []
-        due = [i for i, t in self.retry_at.items() if t <= now]
-        if due:
-            for i in due:
-                del self.retry_at[i]
-            out += await self._claim(["XCLAIM", self.stream, self.cfg.group, self.name, 0, *due])
-        if now >= self.next_claim:
-            self.next_claim = now + self.cfg.claim_interval_ms / 1000.0
-            if self.is_first:
-                await self._housekeeping()
-            out += await self._claim(
-                ["XAUTOCLAIM", self.stream, self.cfg.group, self.name,
-                 self.cfg.claim_idle_ms, "0-0", "COUNT", self.cfg.count]
-            )  # fmt: skip
-        return out
-
-    async def _claim(self, cmd: list[Any]) -> list[Message]:
-        try:
-            (reply,) = await self._call([cmd])
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            await self._on_outage()
-            return []
-        if isinstance(reply, Exception):
-            log.warning("%s: %s failed: %s", self.name, cmd[0], reply)
-            return []
-        entries = reply[1] if cmd[0] == "XAUTOCLAIM" else reply
-        entries = [e for e in entries if e and e[1] is not None]
-        if cmd[0] == "XAUTOCLAIM" and entries:
-            log.info("%s: claimed %d stalled entries", self.name, len(entries))
-        return messages_from_reply([(self.stream, entries)], self.name)
 
     # --- handling ---------------------------------------------------------------------------
 
-    async def _handle(self, batch: list[Message]) -> list[list[Any]] | None:
+    async def _handle(self, batch: list[Message]) -> Commit:
         """Run the handler over `batch`; return the commit command for what succeeded."""
-        agent, stats = self.agent, self.agent.stats
         out = Batch(maxlen=self.cfg.maxlen)
         token = current_batch.set(out)
-        self.inflight = [m.key or "" for m in batch]
-        done: list[str] = []
-        failed: list[tuple[Message, BaseException]] = []
-        agent.running += 1
+        self.stats.running += 1
         try:
-            if agent.batch:
-                await self._handle_whole(batch, out, done, failed)
-            else:
-                fn, codec, observe = agent.fn, agent.codec, stats.observe
-                tracing = agent.app.tracing
-                if tracing is not None:
-                    fn = tracing.wrap(fn, self.stream, self.cfg.group)
-                skipped = stats.skipped
-                for msg in batch:
-                    out.current = msg.key or ""
-                    t0 = time.perf_counter()
-                    try:
-                        if codec is not None:
-                            msg.value = codec.decode(msg._fields)
-                        await fn(msg)
-                    except Skip:
-                        stats.skipped += 1
-                        out.outputs.pop(out.current, None)
-                        done.append(out.current)
-                        continue
-                    except Exception as exc:
-                        out.outputs.pop(out.current, None)
-                        failed.append((msg, exc))
-                        continue
-                    observe(time.perf_counter() - t0)
-                    done.append(out.current)
-                stats.processed += len(done) - (stats.skipped - skipped)
+            done, failed = await self.delivery.run(batch, out)
         finally:
             out.closed = True
-            self.inflight = []
             current_batch.reset(token)
-            agent.running -= 1
+            self.stats.running -= 1
         if failed:
-            await self._on_failures(failed)
+            await self.failures.handle(failed)
         if out.outputs and not self._atomic(out):
             await self._write_outputs(done, out)
-        return self._commit_cmd(done, out)
+        margin = len(self.failures.retry_at) + 100  # own pending entries in the range
+        cmds = commit_commands(
+            self.stream, self.cfg.group, self.name, done, out, memory=self.memory, margin=margin
+        )
+        return Pending(cmds, done) if cmds else None
 
     def _atomic(self, out: Batch) -> bool:
         """Whether outputs and acks can be committed in one script (same node and slot)."""
@@ -421,186 +459,43 @@ class Consumer:
         async with self.redis.client.pipeline(transaction=False) as pipe:
             for entry_id in done:
                 for topic, maxlen, flat in out.outputs.get(entry_id, ()):
-                    fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                    pipe.xadd(topic, fields, maxlen=abs(maxlen) or None, approximate=maxlen > 0)
+                    trim = ["MAXLEN", "~", maxlen] if maxlen > 0 else []
+                    trim = ["MAXLEN", -maxlen] if maxlen < 0 else trim
+                    pipe.execute_command("XADD", topic, *trim, "*", *flat)
             await pipe.execute()
         out.outputs.clear()
 
-    async def _handle_whole(
-        self,
-        batch: list[Message],
-        out: Batch,
-        done: list[str],
-        failed: list[tuple[Message, BaseException]],
-    ) -> None:
-        codec = self.agent.codec
-        if codec is not None:
-            valid = []
-            for msg in batch:
-                try:
-                    msg.value = codec.decode(msg._fields)
-                except SerializationError as exc:
-                    failed.append((msg, exc))
-                    continue
-                valid.append(msg)
-            batch = valid
-            if not batch:
-                return
-        out.current = batch[0].key or ""
-        t0 = time.perf_counter()
-        try:
-            await self.agent.fn(batch)
-        except Skip:
-            pass
-        except Exception as exc:
-            out.outputs.clear()
-            failed.extend((m, exc) for m in batch)
-            return
-        self.agent.stats.observe(time.perf_counter() - t0)
-        self.agent.stats.processed += len(batch)
-        done.extend(m.key or "" for m in batch)
-
-    def _commit_cmd(self, done: list[str], out: Batch) -> list[list[Any]] | None:
-        """The commands that commit a batch: its acks, and its outputs only where still owned."""
-        if not done:
-            return None
-        stream, group = self.stream, self.cfg.group
-        if not out.outputs:
-            return [["XACK", stream, group, *done]]
-        keys: dict[str, int] = {stream: 1}
-        entries: list[Any] = []  # only the entries that have outputs
-        done_set = set(done)
-        for entry_id, outs in out.outputs.items():
-            if entry_id in done_set:
-                entries.append(
-                    [entry_id, [[keys.setdefault(t, len(keys) + 1), m, f] for t, m, f in outs]]
-                )
-        if self.memory:
-            # The in-process server has no cmsgpack; nothing else can claim in between.
-            names = {v: k for k, v in keys.items()}
-            cmds: list[list[Any]] = [["MULTI"]]
-            for _, outs in entries:
-                for idx, maxlen, flat in outs:
-                    trim = ["MAXLEN", "~", maxlen] if maxlen > 0 else []
-                    trim = ["MAXLEN", -maxlen] if maxlen < 0 else trim
-                    cmds.append(["XADD", names[idx], *trim, "*", *flat])
-            return [*cmds, ["XACK", stream, group, *done], ["EXEC"]]
-        order = [id_order(i) for i in done]
-        lo, hi = done[order.index(min(order))], done[order.index(max(order))]
-        payload, extra = pack_batch([done, entries], out.binary)
-        margin = len(self.retry_at) + 100  # own pending entries in the range besides this batch
-        script = ["EVALSHA", self._script_sha(), len(keys), *keys]
-        return [[*script, group, self.name, lo, hi, payload, margin, *extra]]
-
-    def _script_sha(self) -> str:
-        if self.sha is None:
-            import hashlib
-
-            self.sha = hashlib.sha1(COMMIT_SCRIPT.encode()).hexdigest()
-        return self.sha
-
-    async def _flush(self, commit: list[list[Any]] | None) -> None:
+    async def _flush(self, commit: Commit) -> None:
         """Write a pending commit now (at shutdown, or when no read rides with it)."""
         if not commit:
             return
         for _ in range(3):
-            try:
-                replies = await self._call(commit)
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                await self._on_outage()
+            replies = await self._call(commit.cmds)
+            if not replies:
                 continue
-            errors = [r for r in replies if isinstance(r, Exception)]
-            if any("NOSCRIPT" in str(e) for e in errors):
-                await self._call([["SCRIPT", "LOAD", COMMIT_SCRIPT]])
-                continue
-            if errors:
-                log.error("%s: commit failed: %s", self.name, errors[0])
-            return
-
-    async def _on_failures(self, failed: list[tuple[Message, BaseException]]) -> None:
-        """Log each failure; schedule a retry after backoff or dead-letter it."""
-        stats, cfg = self.agent.stats, self.cfg
-        for msg, exc in failed:
-            key = msg.key or ""
-            if isinstance(exc, Retry):
-                stats.retried += 1
-                self.retry_at[key] = time.monotonic() + exc.delay_s
-                continue
-            stats.failed += 1
-            deliveries = await self._deliveries(key)
-            if isinstance(exc, SerializationError) or (
-                cfg.max_deliveries and deliveries >= cfg.max_deliveries
-            ):
-                await self._dead_letter(msg, exc, deliveries)
-                continue
-            log.error(
-                "%s: handler %s failed on %s %s (delivery %d); it stays pending",
-                self.name, self.agent.name, self.stream, key, deliveries,
-                exc_info=(type(exc), exc, exc.__traceback__),
-            )  # fmt: skip
-            backoff_s = min(60.0, cfg.retry_backoff_ms / 1000.0 * 2 ** max(0, deliveries - 1))
-            self.retry_at[key] = time.monotonic() + backoff_s * (0.5 + random.random() / 2)
-            stats.retried += 1
-
-    # Failure handling runs while the next read is in flight on this consumer's connection,
-    # so it talks to Redis through the shared pool.
-
-    async def _deliveries(self, entry_id: str) -> int:
-        try:
-            reply = await self.redis.client.xpending_range(
-                self.stream, self.cfg.group, entry_id, entry_id, 1
-            )
-            return int(reply[0]["times_delivered"]) if reply else 1
-        except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError):
-            return 1
-
-    async def _dead_letter(self, msg: Message, exc: BaseException, deliveries: int) -> None:
-        cfg = self.cfg
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
-        fields = dict(msg.message)
-        fields.update(
-            error=str(exc)[:2000] or type(exc).__name__,
-            error_type=type(exc).__name__,
-            traceback=tb,
-            deliveries=str(deliveries),
-            source_stream=self.stream,
-            source_id=msg.key or "",
-            group=cfg.group,
-            failed_at=f"{time.time():.3f}",
-        )
-        try:
-            dead = cfg.dead_letter or f"{self.stream}:dead"
-            atomic = self.redis.same_slot([self.stream, dead])
-            async with self.redis.client.pipeline(transaction=atomic) as pipe:
-                pipe.xadd(dead, encode_fields(fields))  # type: ignore[arg-type]
-                pipe.xack(self.stream, cfg.group, msg.key or "")
-                await pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as err:
-            log.error(
-                "%s: dead-lettering %s failed (%s); it stays pending", self.name, msg.key, err
-            )
-            return
-        self.agent.stats.dead += 1
-        log.error(
-            "%s: %s %s moved to %s after %d deliveries: %s: %s",
-            self.name, self.stream, msg.key, cfg.dead_letter, deliveries, type(exc).__name__, exc,
-        )  # fmt: skip
+            if not self._committed(commit, replies):
+                return
+            await self.wire.close()  # NOSCRIPT: connecting loads the scripts again
+        for entry_id in commit.ids:  # still ours, unacked: handle them again
+            self.failures.later(entry_id, 1.0)
 
     async def _retire(self) -> None:
-        """On a clean stop, leave the group tidy: delete this consumer if it owns nothing."""
+        """On a clean stop, leave the group tidy: delete this consumer if it owns nothing (in
+        the same step as the check, so an entry it still holds is never dropped)."""
+        if self.failures.retry_at:
+            return
+        cmd = ["EVAL", DELCONSUMER_SCRIPT, 1, self.stream, self.cfg.group, self.name]
         try:
-            (reply,) = await self._call(
-                [["XPENDING", self.stream, self.cfg.group, "-", "+", 1, self.name]]
-            )
-            if not reply and not self.retry_at:
-                await self._call(
-                    [["XGROUP", "DELCONSUMER", self.stream, self.cfg.group, self.name]]
-                )
+            await self.wire.call([cmd])
         except Exception:
             log.debug("retire failed", exc_info=True)
 
-    async def _close(self) -> None:
-        if self.conn is not None:
-            conn, self.conn = self.conn, None
-            with anyio.CancelScope(shield=True):
-                await conn.disconnect()
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _after(entry_id: str) -> str:
+    """The smallest id after `entry_id` (XPENDING ranges are inclusive on Redis 6.2)."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import ResponseError, WatchError
 
 from .connection import RedisConnection
+from .delivery import DEAD_LETTER_FIELDS, split_dead
 from .exceptions import ConfigError, StreamMachineError
+from .liveness import INSTANCE_PREFIX
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -41,19 +43,9 @@ __all__ = [
     "stream_info",
 ]
 
-#: Fields an agent adds to a message when it dead-letters it; replay strips them again.
-DEAD_LETTER_FIELDS = (
-    "error",
-    "error_type",
-    "traceback",
-    "deliveries",
-    "source_stream",
-    "source_id",
-    "group",
-    "failed_at",
-)
 DEAD_SUFFIX = ":dead"
-INSTANCE_PREFIX = "streammachine:instances:"
+# Reads entries raw: redis-py's XRANGE parser folds fields into a dict (duplicates lost).
+_RAW_XRANGE_LUA = "return redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])"
 _HEARTBEAT_FIELDS = ("heartbeat_at", "heartbeat", "ts", "last_seen", "updated_at", "time")
 # Counts the entries after the group's last-delivered id, capped, without sending them back.
 _LAG_LUA = "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])"
@@ -402,20 +394,21 @@ async def _replay_batch(c: Any, dead: str, ids: list[str]) -> int:
                 # changes the dead-letter stream from here on, EXEC fails and we read again.
                 async with c.pipeline(transaction=False) as reader:
                     for entry_id in ids:
-                        reader.xrange(dead, entry_id, entry_id)
+                        reader.eval(_RAW_XRANGE_LUA, 1, dead, entry_id)
                     found = [e for reply in await reader.execute() for e in reply]
                 moves = []
                 for entry_id, raw in found:
-                    d = dead_dict(dead, entry_id, raw)
-                    if d["fields"] and d["source_stream"] and d["source_stream"] != dead:
-                        moves.append(d)
+                    original, meta = split_dead(list(raw))
+                    source = _s(meta.get("source_stream") or b"") or _default_source(dead)
+                    if original and source and source != dead:
+                        moves.append((_s(entry_id), source, original))
                 if not moves:
                     await pipe.reset()
                     return 0
                 pipe.multi()
-                for d in moves:
-                    pipe.xadd(d["source_stream"], d["fields"])
-                pipe.xdel(dead, *[d["id"] for d in moves])
+                for _, source, original in moves:
+                    pipe.execute_command("XADD", source, "*", *original)
+                pipe.xdel(dead, *[entry_id for entry_id, _, _ in moves])
                 await pipe.execute()
                 return len(moves)
             except WatchError:

@@ -6,12 +6,15 @@ beat the defaults. Every bad value raises `ConfigError` naming the variable and 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from .exceptions import ConfigError
+
+log = logging.getLogger("streammachine.settings")
 
 __all__ = ["AppConfig", "ConsumerConfig", "Settings", "TimerConfig"]
 
@@ -200,6 +203,14 @@ class ConsumerConfig:
             raise ConfigError(f"trim must be 'acked' or None, not {self.trim!r}")
         if self.dead_letter is None:
             self.dead_letter = f"{self.stream}:dead"
+        if self.block_ms >= self.claim_idle_ms:
+            # A blocked read holds back this consumer's retries and claims for block_ms.
+            block_ms = max(1, self.claim_idle_ms // 2)
+            log.warning(
+                "%s: block_ms %d is not below claim_idle_ms %d; using block_ms %d",
+                self.stream, self.block_ms, self.claim_idle_ms, block_ms,
+            )  # fmt: skip
+            self.block_ms = block_ms
 
 
 @dataclass(slots=True)

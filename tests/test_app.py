@@ -204,8 +204,8 @@ async def test_commit_skips_entries_claimed_away_by_another_consumer(
     redis_url: str, redis_sync: syncredis.Redis
 ) -> None:
     """A stalled consumer whose entries were claimed must not write their outputs or ack them."""
-    from streammachine.commit import Batch
-    from streammachine.consumer import Consumer
+    from streammachine.commit import Batch, commit_commands
+    from streammachine.consumer import Pending
 
     app = App(name="stall", redis_url=redis_url)
 
@@ -215,7 +215,7 @@ async def test_commit_skips_entries_claimed_away_by_another_consumer(
     await app.redis.connect()
     await app.agents[0].prepare()
     ids = [i.decode() for i in (redis_sync.xadd("in", {"n": str(n)}) for n in range(2))]
-    consumer = Consumer(app.agents[0], 0)
+    consumer = app.agents[0].consumers()[0]
     await consumer._exchange([consumer._read_cmd(False)])
     # Another consumer takes the first entry over, as XAUTOCLAIM would after a stall.
     redis_sync.xclaim("in", "g", "other", 0, [ids[0]])
@@ -223,14 +223,16 @@ async def test_commit_skips_entries_claimed_away_by_another_consumer(
     for i in ids:
         out.current = i
         out.add("out", None, {"from": i})
-    await consumer._flush(consumer._commit_cmd(ids, out))
+    cmds = commit_commands("in", "g", consumer.name, ids, out, memory=False, margin=100)
+    assert cmds is not None
+    await consumer._flush(Pending(cmds, ids))
     assert [f[b"from"].decode() for _, f in redis_sync.xrange("out")] == [ids[1]]
     owners = {
         p["message_id"].decode(): p["consumer"]
         for p in redis_sync.xpending_range("in", "g", "-", "+", 10)
     }
     assert owners == {ids[0]: b"other"}, "the claimed entry stays with its new owner, unacked"
-    await consumer._close()
+    await consumer.wire.close()
     await app.aclose()
 
 

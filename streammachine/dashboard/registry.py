@@ -40,7 +40,7 @@ __all__ = [
 
 log = logging.getLogger("streammachine.dashboard")
 
-INSTANCE_PREFIX = "streammachine:instances:"
+from ..liveness import INSTANCE_PREFIX  # noqa: E402 - one prefix, kept in the core
 
 
 def new_instance_id() -> str:

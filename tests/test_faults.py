@@ -1,0 +1,28 @@
+"""The fault matrix's short form (tests/matrix.py) against the session's real Redis.
+
+CI runs this module once per Redis version in DESIGN.md (`STREAMMACHINE_REDIS_SERVER`); the long
+form with every combination and the default timeouts is `make chaos`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from streammachine.testing import RedisServer
+from tests.matrix import Cell, run_cell, short_form
+
+
+@pytest.mark.parametrize("cell", short_form(), ids=lambda c: c.id)
+def test_fault_cell_loses_and_duplicates_nothing(cell: Cell, redis_url: str) -> None:
+    if cell.fault == "redis_restart":
+        with RedisServer(appendonly=True) as server:
+            result = run_cell(cell, server.url, restartable=server)
+    else:
+        result = run_cell(cell, redis_url)
+    print(f"\n{result.line()}")
+    assert result.lost == 0, result.line()
+    assert result.duplicates == 0, result.line()
+    assert result.bad_bytes == 0, result.line()
+    assert result.bad_dead == 0, result.line()
+    assert result.pending == 0, result.line()
+    assert result.distinct + result.dead == result.sent, result.line()
