@@ -106,6 +106,8 @@ class Consumer:
         self.redo: list[Pending] = []
         #: the commit sent with the read in flight
         self.riding: Commit = None
+        #: read own pending entries again: a read whose reply was lost may have delivered some
+        self.resync = False
         self.faults: set[str] = set()
         self.warned_cross_slot = False
 
@@ -146,11 +148,14 @@ class Consumer:
 
     async def _loop(self, stop: anyio.Event) -> None:
         commit: Commit = None
-        await self._drain_pending(stop)
+        await self._drain_pending(stop, takeover=self.cfg.takeover)
         batch: list[Message] = []
         while True:
             while self.redo:
                 await self._flush(self.redo.pop())
+            if self.resync:
+                self.resync = False
+                await self._drain_pending(stop, skip={m.key or "" for m in batch})
             if not batch:
                 if stop.is_set():
                     break
@@ -174,10 +179,15 @@ class Consumer:
         await self._flush(commit)
         await self._retire()
 
-    async def _drain_pending(self, stop: anyio.Event) -> None:
-        """Handle the entries this consumer already owns (a restart under the same name), in
-        order, before new ones; with `takeover`, first take every pending entry of the group."""
-        if self.cfg.takeover:
+    async def _drain_pending(
+        self, stop: anyio.Event, *, takeover: bool = False, skip: set[str] | None = None
+    ) -> None:
+        """Handle the entries this consumer already owns, in order, before new ones: at start
+        (a restart under the same name), and after a lost connection (the lost reply of a read
+        may have delivered entries this consumer never saw; nobody else may claim them while it
+        lives). `skip`: entries in hand; with `takeover`, first take every pending entry of the
+        group."""
+        if takeover:
             cmd = ["XAUTOCLAIM", self.stream, self.cfg.group, self.name, 0, "0-0", "COUNT", 1_000_000, "JUSTID"]  # fmt: skip
             replies = await self._call([cmd])
             if replies and not isinstance(replies[0], Exception) and replies[0][1]:
@@ -188,7 +198,17 @@ class Consumer:
             if not batch:
                 return
             after = batch[-1].key or after
-            batch = [m for m in batch if m._fields is not None]
+            gone = [m.key for m in batch if m._fields is None]
+            if gone:  # trimmed from the stream while pending: nothing left to handle
+                await self._call([["XACK", self.stream, self.cfg.group, *gone]])
+            held = skip or set()
+            batch = [
+                m
+                for m in batch
+                if m._fields is not None
+                and m.key not in held
+                and m.key not in self.failures.retry_at
+            ]
             await self._count_deliveries(batch)
             await self._flush(await self._handle(batch))
 
@@ -274,6 +294,7 @@ class Consumer:
         await self._outage()
 
     async def _outage(self) -> None:
+        self.resync = True
         await self.wire.outage()
         try:
             await self.prepare()

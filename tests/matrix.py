@@ -105,7 +105,9 @@ def short_form() -> list[Cell]:
         Cell("slow_batch", n=60),
         Cell("frozen_batch", n=60, mode="batch"),
         Cell("redis_restart", concurrency=4, workers=1),
+        Cell("redis_restart", mode="batch"),
         Cell("proxy_cut", mode="batch", concurrency=4),
+        Cell("proxy_cut", workers=1),
         Cell("proxy_stall"),
         Cell("poison", workers=1, n=500),
     ]
@@ -321,15 +323,16 @@ def _apply(run: Run, cell: Cell, expected: dict[str, bytes | None]) -> int:
         return 1
     if fault == "redis_restart":
         assert run.server is not None, "redis_restart needs the server it may restart"
-        run.at_fraction(n, 0.4)
-        run.server.restart()
-        return 1
-    if fault == "proxy_cut":
-        assert run.proxy is not None
         for fraction in (0.3, 0.6):
             run.at_fraction(n, fraction)
-            run.proxy.cut()
+            run.server.restart()
         return 2
+    if fault == "proxy_cut":
+        assert run.proxy is not None
+        for fraction in (0.2, 0.4, 0.6, 0.8):
+            run.at_fraction(n, fraction)
+            run.proxy.cut()
+        return 4
     if fault == "proxy_stall":
         assert run.proxy is not None
         run.at_fraction(n, 0.3)
