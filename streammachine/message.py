@@ -22,6 +22,8 @@ class Message:
         received: when the consumer read it (epoch seconds).
         consumer_id: the consumer that read it.
         value: the decoded Struct when the agent declared ``schema=``, else None.
+        deliveries: how many times this entry has been delivered, 1 the first time (from the
+            group's pending entries list; retries and dead-lettering use the same count).
 
     Example:
         >>> m = Message(topic="orders", key="1700000000000-0", data=("1700000000000-0", {b"a": b"1"}))
@@ -29,7 +31,17 @@ class Message:
         {'a': '1'}
     """
 
-    __slots__ = ("_fields", "_message", "_sent", "consumer_id", "key", "received", "topic", "value")
+    __slots__ = (
+        "_fields",
+        "_message",
+        "_sent",
+        "consumer_id",
+        "deliveries",
+        "key",
+        "received",
+        "topic",
+        "value",
+    )
 
     def __init__(
         self,
@@ -48,10 +60,17 @@ class Message:
         self._fields: Any = data[1] if data is not None else {}
         self._message: dict[str, str] | None = None
         self.value: Any = None
+        self.deliveries = 1
 
     @classmethod
     def _from_entry(
-        cls, topic: str, key: str, fields: Any, received: float, consumer: str | None
+        cls,
+        topic: str,
+        key: str,
+        fields: Any,
+        received: float,
+        consumer: str | None,
+        deliveries: int = 1,
     ) -> Message:
         # The hot path: no __init__ call, nothing decoded until asked for.
         m = cls.__new__(cls)
@@ -63,6 +82,7 @@ class Message:
         m._fields = fields
         m._message = None
         m.value = None
+        m.deliveries = deliveries
         return m
 
     @property
