@@ -294,6 +294,7 @@ class App:
             >>> @app.cron("0 3 * * *", tz="Europe/Paris")  # doctest: +SKIP
             ... async def nightly() -> None: ...
         """
+        Cron.check(expr, tz, scope)  # a bad expression fails here, at import time
 
         def register(fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
             self.crons.append(Cron(fn, expr, tz=tz, scope=scope, name=name))  # type: ignore[arg-type]

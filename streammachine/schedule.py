@@ -686,27 +686,7 @@ class Cron:
         name: str | None = None,
         catch_up_s: float = CRON_CATCH_UP_S,
     ) -> None:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        from croniter import croniter
-
-        if scope not in ("app", "instance"):
-            raise ConfigError(f"scope must be 'app' or 'instance', not {scope!r}")
-        self.fields = len(expr.split())
-        if self.fields not in (5, 6) or not croniter.is_valid(
-            expr, second_at_beginning=self.fields == 6
-        ):
-            raise ConfigError(
-                f"cron {expr!r} is not a cron expression: give five fields "
-                "(minute hour day month weekday, e.g. '*/5 * * * *') or six with a leading "
-                "seconds field (e.g. '*/10 * * * * *')"
-            )
-        try:
-            self.tz = ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(
-                f"tz {tz!r} is not a time zone: use an IANA name such as 'UTC' or 'Europe/Paris'"
-            ) from None
+        self.fields, self.tz = self.check(expr, tz, scope)
         self.fn = fn
         self.expr = expr
         self.scope = scope
@@ -715,6 +695,31 @@ class Cron:
         self.runs = 0
         self.failures = 0
         self.next_run: float | None = None
+        #: The fire time (epoch seconds) of the run in progress, or of the last one.
+        self.last_fire: float | None = None
+
+    @staticmethod
+    def check(expr: str, tz: str = "UTC", scope: str = "app") -> tuple[int, Any]:
+        """Validate the arguments; returns the number of fields and the time zone."""
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        from croniter import croniter
+
+        if scope not in ("app", "instance"):
+            raise ConfigError(f"scope must be 'app' or 'instance', not {scope!r}")
+        fields = len(expr.split()) if isinstance(expr, str) else 0
+        if fields not in (5, 6) or not croniter.is_valid(expr, second_at_beginning=fields == 6):
+            raise ConfigError(
+                f"cron {expr!r} is not a cron expression: give five fields "
+                "(minute hour day month weekday, e.g. '*/5 * * * *') or six with a leading "
+                "seconds field (e.g. '*/10 * * * * *')"
+            )
+        try:
+            return fields, ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"tz {tz!r} is not a time zone: use an IANA name such as 'UTC' or 'Europe/Paris'"
+            ) from None
 
     def __repr__(self) -> str:
         return f"Cron({self.name!r}, {self.expr!r}, scope={self.scope!r})"
@@ -762,6 +767,7 @@ class Cron:
         prev = self.prev_before(time.time())
         if time.time() - prev <= self.catch_up_s and await claim(prev, True):
             log.info("cron %s: firing the missed fire time %.3f late", self.name, prev)
+            self.last_fire = prev
             await self.run_once()
         while not stop.is_set():
             fire = self.next_run = self.next_after(time.time())
@@ -771,6 +777,7 @@ class Cron:
             if stop.is_set():
                 break
             if await claim(fire, False):
+                self.last_fire = fire
                 await self.run_once()
 
 
