@@ -329,3 +329,36 @@ def test_rate_limit_across_two_processes_is_within_20_percent(redis_url: str) ->
     total = sum(counts)
     assert 0.8 * rate * window_s <= total <= 1.2 * rate * window_s, counts
     assert min(counts) > 0, counts
+
+
+async def test_dashboard_status_and_metrics_show_what_waits(redis_url: str) -> None:
+    from streammachine.dashboard.metrics import render_metrics
+    from streammachine.dashboard.status import collect_status
+
+    conn = RedisConnection(url=redis_url)
+    await Scheduler(conn, "default").schedule("s", {"a": "1"}, 2_000_000_000_000)
+    await Scheduler(conn, "other").schedule_many("s", [{"a": "1"}, {"a": "2"}], 1_900_000_000_000)
+    status = await collect_status(conn.client)
+    assert status["scheduled"]["count"] == 3
+    assert status["scheduled"]["oldest_due_ms"] == 1_900_000_000_000
+    assert [n["namespace"] for n in status["scheduled"]["namespaces"]] == ["default", "other"]
+    body, _ = render_metrics(status)
+    text = body.decode()
+    assert 'streammachine_scheduled_entries{namespace="other"} 2.0' in text
+    assert 'streammachine_scheduled_oldest_due_timestamp_seconds{namespace="other"} 1.9e+09' in text
+    await conn.close()
+
+
+async def test_mcp_stream_send_with_delay_s_schedules_the_entry(redis_url: str) -> None:
+    from streammachine.mcp_streams import StreamTools
+    from streammachine.mcp_tools import Tools
+    from streammachine.settings import Settings
+
+    tools = Tools(redis_url, Settings(), read_only=False, timeout_s=10)
+    result = await StreamTools(tools).stream_send("later", {"n": 1}, delay_s=60)
+    assert result.due_ms is not None and result.due_ms > time.time() * 1000 + 50_000
+    (entry,) = await Scheduler(tools.conn, "default").entries()
+    assert entry.id == result.id and entry.fields == [(b"n", b"1")]
+    now = await StreamTools(tools).stream_send("later", {"n": 2})
+    assert now.due_ms is None and "-" in now.id
+    await tools.conn.close()
