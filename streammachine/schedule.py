@@ -592,6 +592,10 @@ async def run_leased_timers(
     process took it, or Redis could not confirm it before it would have expired), a run in
     progress is cancelled so the timers never run in two processes at once; on a clean stop it
     finishes, and the lease is released so another process takes over at once.
+
+    Example:
+        >>> leased = [t for t in app.timers if t.config.scope == "app"]  # doctest: +SKIP
+        >>> await run_leased_timers(app.redis, app.name, leased, stop)  # doctest: +SKIP
     """
     if not timers:
         return
