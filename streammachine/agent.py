@@ -22,6 +22,7 @@ from .codec import Payload, StructCodec
 from .commit import current_batch
 from .consumer import Consumer
 from .delivery import BatchDelivery, Failures, MessageDelivery
+from .schedule import RateLimiter
 from .settings import ConsumerConfig
 from .wire import Wire
 
@@ -143,6 +144,7 @@ class Agent:
         its group."""
         app, cfg = self.app, self.config
         kind = BatchDelivery if self.batch else MessageDelivery
+        limiter = self.limiter()
         out: list[Consumer] = []
         for stream in self.streams:
             for i in range(cfg.concurrency):
@@ -166,10 +168,18 @@ class Agent:
                 out.append(
                     Consumer(
                         cfg, stream, name, app.redis, delivery, failures, self.stats, self.prepare,
-                        housekeeper=i == 0, wire=wire,
+                        housekeeper=i == 0, wire=wire, namespace=app.storage_namespace,
+                        limiter=limiter,
                     )
                 )  # fmt: skip
         return out
+
+    def limiter(self) -> RateLimiter | None:
+        """The agent's `rate_limit`, one per agent shared by every consumer, process and host."""
+        rate = self.config.rate_limit
+        if not rate:
+            return None
+        return RateLimiter(self.app.redis, f"{self.app.name}:{self.name}", rate)
 
     def _down(self, reason: str) -> None:
         self.app.fail(reason, code=3)

@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextvars import ContextVar
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import anyio
@@ -24,6 +25,7 @@ from .commit import current_batch
 from .connection import RedisConnection
 from .dashboard.registry import add_heartbeat
 from .exceptions import ConfigError
+from .schedule import Cron, Scheduler, due_ms, run_leased_timers
 from .settings import AppConfig, ConsumerConfig, Settings, TimerConfig
 from .timer import Timer
 from .tracing import Tracing, get_tracing
@@ -107,6 +109,7 @@ class App:
         )
         self.agents: list[Agent] = []
         self.timers: list[Timer] = []
+        self.crons: list[Cron] = []
         self.startup_hooks: list[Callable[[], Awaitable[Any]]] = []
         self.shutdown_hooks: list[Callable[[], Awaitable[Any]]] = []
         self._packed: dict[str, StructCodec] = {}
@@ -116,6 +119,7 @@ class App:
         self._redis_url = redis_url
         self._redis: RedisConnection | None = None
         self._storage: Storage | None = None
+        self._scheduler: Scheduler | None = None
         self._process_pool: ProcessPoolExecutor | None = None
         self._thread_pool: ThreadPoolExecutor | None = None
         self._stop: anyio.Event | None = None
@@ -161,6 +165,7 @@ class App:
         partitions: int | None = None,
         takeover: bool = False,
         name: str | None = None,
+        rate_limit: str | None = None,
     ) -> Callable[[AsyncFn[P, R]], AsyncFn[P, R]]:
         """Register a consumer of `stream` in consumer group `group`.
 
@@ -196,6 +201,9 @@ class App:
                 in order, before new ones (for a single active consumer, e.g. behind a lease,
                 whose handler keeps state that depends on order).
             name: the agent's name (default: the function's name).
+            rate_limit: at most this many messages handled, e.g. "200/s", "10/m" or "5/h",
+                by all consumers, processes and hosts of this agent together (one limit in
+                Redis, see `streammachine.schedule.RateLimiter`).
 
         Example:
             >>> @app.agent("input_stream", group="workers", concurrency=2)  # doctest: +SKIP
@@ -221,6 +229,7 @@ class App:
             partitions=partitions,
             takeover=takeover,
             name=name or "",
+            rate_limit=rate_limit,
         )
 
         if partitions:
@@ -235,18 +244,60 @@ class App:
         return register
 
     def timer(
-        self, t: float, *, name: str | None = None
+        self,
+        t: float,
+        *,
+        scope: Literal["app", "instance"] = "app",
+        name: str | None = None,
     ) -> Callable[[AsyncFn[P, R]], AsyncFn[P, R]]:
         """Register a task that runs every `t` seconds (no drift, never overlapping itself).
+
+        Args:
+            t: the interval in seconds.
+            scope: "app" (default): once per interval for the whole app — every process and
+                host with this App name on this Redis — run by the holder of a lease in Redis;
+                when it dies another process takes over within `max(3 * t, 5 s)`.
+                "instance": in every process (e.g. per-process housekeeping).
+            name: the timer's name (default: the function's name).
 
         Example:
             >>> @app.timer(5)  # doctest: +SKIP
             ... async def heartbeat() -> None: ...
         """
-        config = TimerConfig(interval=t, name=name or "")
+        config = TimerConfig(interval=t, name=name or "", scope=scope)
 
         def register(fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
             self.timers.append(Timer(fn, config))  # type: ignore[arg-type]
+            return fn
+
+        return register
+
+    def cron(
+        self,
+        expr: str,
+        *,
+        tz: str = "UTC",
+        scope: Literal["app", "instance"] = "app",
+        name: str | None = None,
+    ) -> Callable[[AsyncFn[P, R]], AsyncFn[P, R]]:
+        """Register a task fired at the wall-clock times of a cron expression.
+
+        Args:
+            expr: five fields (`minute hour day month weekday`) or six with a leading seconds
+                field, e.g. "*/5 * * * *" or "*/10 * * * * *".
+            tz: the time zone the expression is read in (an IANA name).
+            scope: "app" (default): each fire time runs once across the app, claimed in Redis,
+                so a failover neither skips nor doubles it; "instance": in every process.
+            name: the cron's name (default: the function's name).
+
+        Example:
+            >>> @app.cron("0 3 * * *", tz="Europe/Paris")  # doctest: +SKIP
+            ... async def nightly() -> None: ...
+        """
+        Cron.check(expr, tz, scope)  # a bad expression fails here, at import time
+
+        def register(fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
+            self.crons.append(Cron(fn, expr, tz=tz, scope=scope, name=name))  # type: ignore[arg-type]
             return fn
 
         return register
@@ -278,6 +329,13 @@ class App:
 
             self._storage = Storage(namespace=self.storage_namespace, redis=self.redis)
         return self._storage
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The delayed entries of this app's storage namespace (see `send(..., delay_s=)`)."""
+        if self._scheduler is None or self._scheduler.redis is not self.redis:
+            self._scheduler = Scheduler(self.redis, self.storage_namespace)
+        return self._scheduler
 
     @property
     def process_pool(self) -> ProcessPoolExecutor:
@@ -337,19 +395,29 @@ class App:
         now: bool = False,
         maxlen: int | None = None,
         key: str | bytes | None = None,
+        delay_s: float | None = None,
+        at: datetime | float | None = None,
     ) -> str | None:
-        """Append `record` to stream `topic`.
+        """Append `record` to stream `topic`, now or later.
 
         Inside a handler the write is buffered and committed atomically with the ack of the
         message being handled, and None is returned; `now=True` writes at once. Elsewhere it
         writes at once and returns the new entry id.
 
+        With `delay_s` (seconds from now) or `at` (a datetime, or epoch seconds) the entry is
+        kept in Redis until it is due, then appended by whichever app of this storage namespace
+        runs (each running app moves due entries, about every 0.2 s); it survives restarts and
+        is appended once, fields exact. The schedule id is returned (None while buffered).
+
         Raises:
             ValueError: the record is empty or has a field name that is not a str.
+            ConfigError: both `delay_s` and `at`, or a negative delay.
 
         Example:
             >>> await app.send("output_stream", {"processed": True})  # doctest: +SKIP
             '1700000000000-0'
+            >>> await app.send("reminders", {"user": 7}, delay_s=3600)  # doctest: +SKIP
+            '1852d1b5a3c4e0f0a1b2c3d4'
         """
         fields = self._encode(topic, record)
         topic = self.route(topic, key) if self._partitions else topic
@@ -357,6 +425,9 @@ class App:
             self.tracing.inject(topic, fields)
         maxlen = maxlen or self.config.stream_maxlen
         batch = current_batch.get()
+        due = due_ms(delay_s, at) if delay_s is not None or at is not None else None
+        if due is not None:
+            return (await self._send_later(topic, [fields], due, maxlen, now))[0]
         if batch is not None and not batch.closed and not now:
             batch.add(topic, maxlen, fields)
             return None
@@ -371,8 +442,13 @@ class App:
         now: bool = False,
         maxlen: int | None = None,
         key: str | bytes | None = None,
+        delay_s: float | None = None,
+        at: datetime | float | None = None,
     ) -> list[str | None]:
         """Append many records in one round trip; returns their ids (None while buffered).
+
+        `delay_s`/`at` keep them in Redis until due, as with `send` (their schedule ids are
+        returned).
 
         Example:
             >>> await app.send_batch("events", [{"n": 1}, {"n": 2}])  # doctest: +SKIP
@@ -380,18 +456,44 @@ class App:
         """
         if topic in self._partitions:
             # Per record, so records without a key spread over the partitions.
-            return [await self.send(topic, r, now=now, maxlen=maxlen, key=key) for r in records]
+            return [
+                await self.send(topic, r, now=now, maxlen=maxlen, key=key, delay_s=delay_s, at=at)
+                for r in records
+            ]
         encoded = [self._encode(topic, r) for r in records]
         if self.tracing is not None:
             for fields in encoded:
                 self.tracing.inject(topic, fields)
         maxlen = maxlen or self.config.stream_maxlen
+        if delay_s is not None or at is not None:
+            due = due_ms(delay_s, at)
+            assert due is not None
+            return await self._send_later(topic, encoded, due, maxlen, now)
         batch = current_batch.get()
         if batch is not None and not batch.closed and not now:
             for fields in encoded:
                 batch.add(topic, maxlen, fields)
             return [None] * len(encoded)
         ids = await self.redis.pipeline_xadd(topic, encoded, maxlen=maxlen)
+        return list(ids)
+
+    async def _send_later(
+        self,
+        topic: str,
+        encoded: list[dict[str | bytes, str | bytes]],
+        due: int,
+        maxlen: int | None,
+        now: bool,
+    ) -> list[str | None]:
+        batch = current_batch.get()
+        if batch is not None and not batch.closed and not now:
+            # Committed with the batch's acks, like any handler output.
+            for fields in encoded:
+                batch.add_delayed(
+                    topic, [x for kv in fields.items() for x in kv], due, maxlen=maxlen
+                )
+            return [None] * len(encoded)
+        ids = await self.scheduler.schedule_many(topic, encoded, due, maxlen)
         return list(ids)
 
     def _encode(self, topic: str, record: Record) -> dict[str | bytes, str | bytes]:
@@ -440,7 +542,8 @@ class App:
         Args:
             install_signal_handlers: stop on SIGINT/SIGTERM (a second one forces).
             agents: run only the agents with these names (the supervisor's workers use it).
-            timers: run the timers (the supervisor runs them in one process only).
+            timers: run the timers and crons ("app"-scoped ones run in the process holding
+                the app's timer lease, "instance"-scoped ones here).
             dashboard: serve the dashboard here (default: `dashboard_enabled`; the supervisor
                 serves it once per run instead of once per worker).
 
@@ -449,8 +552,11 @@ class App:
         chosen = [a for a in self.agents if agents is None or a.name in agents]
         self.tracing = get_tracing()
         chosen_timers = self.timers if timers else []
+        chosen_crons = self.crons if timers else []
         self.active_agents, self.active_timers = chosen, chosen_timers
         extras = list(self.background)
+        # Every running app moves the due delayed entries of its namespace.
+        extras.append(self.scheduler.run_mover)
         if self.dashboard_enabled if dashboard is None else dashboard:
             from .dashboard.server import serve_dashboard
 
@@ -476,8 +582,24 @@ class App:
             async with anyio.create_task_group() as tg:
                 for agent in chosen:
                     tg.start_soon(self._supervised, agent.run, self._stop)
+                # One process of the app (the lease holder) runs the "app" timers.
+                leased = [t for t in chosen_timers if t.config.scope == "app"]
+                if leased:
+                    tg.start_soon(
+                        self._supervised,
+                        functools.partial(run_leased_timers, self.redis, self.name, leased),
+                        self._stop,
+                    )
                 for t in chosen_timers:
-                    tg.start_soon(self._supervised, t.run, self._stop)
+                    if t.config.scope == "instance":
+                        tg.start_soon(self._supervised, t.run, self._stop)
+                for c in chosen_crons:
+                    claim = self.redis if c.scope == "app" else None
+                    tg.start_soon(
+                        self._supervised,
+                        functools.partial(c.run, redis=claim, app_name=self.name),
+                        self._stop,
+                    )
                 for extra in extras:
                     tg.start_soon(extra, self._stop)
                 tg.start_soon(self._deadline, tg.cancel_scope)

@@ -21,6 +21,8 @@ from typing import Any
 
 import msgspec
 
+XADD, ZADD = 0, 1
+
 __all__ = [
     "COMMIT_SCRIPT",
     "DELCONSUMER_SCRIPT",
@@ -42,8 +44,9 @@ __all__ = [
 # consumer still owns every entry; otherwise nothing is written or acked and the script returns
 # the ids it still owns, which the consumer handles again (the others are their new owner's).
 # KEYS: [source stream, output streams...]; ARGV: group, consumer, lowest id, highest id, the
-# batch packed with msgpack: [[done ids], [[id, [[key index, maxlen (0 = none), [k1, v1, ...]],
-# ...]], ...] (the entries with outputs), whole],
+# batch packed with msgpack: [[done ids], [[id, [[key index, maxlen (0 = none), [k1, v1, ...],
+# kind], ...]], ...] (the entries with outputs), whole], kind 0 = XADD, 1 = a delayed send: ZADD
+# of [member] with the due time in the maxlen slot,
 # how many other entries of this consumer may be pending in that range, then the bytes values
 # lifted out of the batch (a field that is a number n stands for ARGV[6 + n]).
 COMMIT_SCRIPT = """
@@ -72,7 +75,9 @@ for _, entry in ipairs(entries) do
           if type(fields[i]) == 'number' then fields[i] = ARGV[6 + fields[i]] end
         end
       end
-      if maxlen > 0 then
+      if out[4] == 1 then
+        redis.call('ZADD', KEYS[out[1]], maxlen, fields[1])
+      elseif maxlen > 0 then
         redis.call('XADD', KEYS[out[1]], 'MAXLEN', '~', maxlen, '*', unpack(fields))
       elseif maxlen < 0 then
         redis.call('XADD', KEYS[out[1]], 'MAXLEN', -maxlen, '*', unpack(fields))
@@ -95,7 +100,8 @@ return acked
 
 # The same commit with the batch as flat arguments (fakeredis has no cmsgpack).
 # ARGV: group, consumer, lowest id, highest id, XPENDING count, whole (0/1), number of done ids,
-# the done ids, then per output: entry id, key index, maxlen, number of field values, the fields.
+# the done ids, then per output: entry id, kind (0 XADD, 1 ZADD), key index, maxlen (or the due
+# time), number of field values, the fields.
 MEMORY_COMMIT_SCRIPT = """
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local owned = {}
@@ -112,11 +118,14 @@ if ARGV[6] == '1' then
 end
 local i = 8 + n
 while i <= #ARGV do
-  local id, key, maxlen, width = ARGV[i], KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local id, kind, key = ARGV[i], ARGV[i + 1], KEYS[tonumber(ARGV[i + 2])]
+  local maxlen, width = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   if owned[id] then
     local fields = {}
-    for j = 1, width do fields[j] = ARGV[i + 3 + j] end
-    if maxlen > 0 then
+    for j = 1, width do fields[j] = ARGV[i + 4 + j] end
+    if kind == '1' then
+      redis.call('ZADD', key, maxlen, fields[1])
+    elseif maxlen > 0 then
       redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields))
     elseif maxlen < 0 then
       redis.call('XADD', key, 'MAXLEN', -maxlen, '*', unpack(fields))
@@ -124,7 +133,7 @@ while i <= #ARGV do
       redis.call('XADD', key, '*', unpack(fields))
     end
   end
-  i = i + 4 + width
+  i = i + 5 + width
 end
 local acked = 0
 for j = 8, 7 + n do
@@ -182,10 +191,11 @@ def sha1(script: str) -> str:
 
 @dataclass(slots=True)
 class Batch:
-    """The handler output of one batch, keyed by the entry that produced it."""
+    """The handler output of one batch, keyed by the entry that produced it: per entry a list of
+    (key, maxlen or due time, flat fields, kind) with kind `XADD` or `ZADD` (a delayed send)."""
 
     current: str = ""
-    outputs: dict[str, list[tuple[str, int, list[Any]]]] = field(default_factory=dict)
+    outputs: dict[str, list[tuple[str, int, list[Any], int]]] = field(default_factory=dict)
     closed: bool = False
     maxlen: int | None = None
     #: Some field is bytes: Redis' cmsgpack has no bin type, so the commit packs it as str.
@@ -193,6 +203,8 @@ class Batch:
     #: The output belongs to the whole batch (a batch handler's): written only if every entry
     #: is still owned.
     whole: bool = False
+    #: The storage namespace whose sorted set keeps delayed sends.
+    namespace: str = "default"
 
     def add(self, topic: str, maxlen: int | None, fields: dict[Any, Any]) -> None:
         """Buffer an output; `maxlen` > 0 trims approximately, < 0 exactly to -maxlen."""
@@ -203,7 +215,19 @@ class Batch:
             flat.append(v)
             if type(v) is bytes or type(k) is bytes:
                 self.binary = True
-        self.outputs.setdefault(self.current, []).append((topic, maxlen or 0, flat))
+        self.outputs.setdefault(self.current, []).append((topic, maxlen or 0, flat, XADD))
+
+    def add_delayed(
+        self, topic: str, fields: list[Any], due_ms: int, *, maxlen: int | None = None
+    ) -> None:
+        """Buffer a delayed send (`send(..., delay_s=)` in a handler): committed with the acks."""
+        from .schedule import schedule_commands
+
+        ((_, key, score, member),) = schedule_commands(
+            self.namespace, topic, fields, due_ms, maxlen or self.maxlen
+        )
+        self.binary = True  # the member is bytes
+        self.outputs.setdefault(self.current, []).append((key, int(score), [member], ZADD))
 
 
 #: The batch whose handler is running in this task, so `App.send` can buffer into it.
@@ -238,7 +262,7 @@ def commit_commands(
     for entry_id, outs in out.outputs.items():
         if entry_id in done_set:
             entries.append(
-                [entry_id, [[keys.setdefault(t, len(keys) + 1), m, f] for t, m, f in outs]]
+                [entry_id, [[keys.setdefault(t, len(keys) + 1), m, f, k] for t, m, f, k in outs]]
             )
     order = [id_order(i) for i in done]
     lo, hi = done[order.index(min(order))], done[order.index(max(order))]
@@ -246,8 +270,8 @@ def commit_commands(
         whole = int(out.whole)
         args: list[Any] = [group, consumer, lo, hi, len(done) + margin, whole, len(done), *done]
         for entry_id, outs in entries:
-            for idx, maxlen, flat in outs:
-                args += [entry_id, idx, maxlen, len(flat), *flat]
+            for idx, maxlen, flat, kind in outs:
+                args += [entry_id, kind, idx, maxlen, len(flat), *flat]
         return [["EVALSHA", sha1(MEMORY_COMMIT_SCRIPT), len(keys), *keys, *args]]
     payload, extra = pack_batch([done, entries, int(out.whole)], out.binary)
     script = ["EVALSHA", sha1(COMMIT_SCRIPT), len(keys), *keys]
@@ -290,14 +314,14 @@ def pack_batch(entries: list[Any], binary: bool = False) -> tuple[bytes, list[by
     lifted = []
     for entry_id, outs in with_outputs:
         new_outs = []
-        for idx, maxlen, flat in outs:
+        for idx, maxlen, flat, kind in outs:
             fields: list[Any] = []
             for item in flat:
                 if type(item) is bytes:
                     extra.append(item)
                     item = len(extra)
                 fields.append(item)
-            new_outs.append([idx, maxlen, fields])
+            new_outs.append([idx, maxlen, fields, kind])
         lifted.append([entry_id, new_outs])
     return pack_msgpack([done, lifted, whole]), extra
 

@@ -27,6 +27,7 @@ from .commit import (
     DELCONSUMER_SCRIPT,
     RECLAIM_SCRIPT,
     TOUCH_SCRIPT,
+    ZADD,
     Batch,
     acked_floor,
     commit_commands,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from .connection import RedisConnection
     from .delivery import Delivery, Failures
     from .message import Message
+    from .schedule import RateLimiter
     from .settings import ConsumerConfig
 
 __all__ = ["Consumer"]
@@ -73,6 +75,8 @@ class Consumer:
         prepare: creates the group again (after NOGROUP or a reconnect).
         housekeeper: whether this consumer tidies the group (one per stream and process).
         wire: its connection (default: a new `Wire`).
+        namespace: the storage namespace of delayed sends made in the handler.
+        limiter: the agent's rate limit, taken per batch before it is handled.
     """
 
     def __init__(
@@ -88,6 +92,8 @@ class Consumer:
         *,
         housekeeper: bool = False,
         wire: Wire | None = None,
+        namespace: str = "default",
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.cfg = cfg
         self.stream = stream
@@ -99,6 +105,8 @@ class Consumer:
         self.prepare = prepare
         self.housekeeper = housekeeper
         self.wire = wire or Wire(redis, stream, name)
+        self.namespace = namespace
+        self.limiter = limiter
         self.memory = redis.is_memory
         self.next_claim = time.monotonic() + cfg.claim_interval_ms / 1000.0
         self.next_housekeeping = time.monotonic()
@@ -441,7 +449,10 @@ class Consumer:
 
     async def _handle(self, batch: list[Message]) -> Commit:
         """Run the handler over `batch`; return the commit command for what succeeded."""
-        out = Batch(maxlen=self.cfg.maxlen)
+        if self.limiter is not None:
+            # Sleeping here costs no CPU, and the keepalive keeps the batch from being claimed.
+            await self.limiter.acquire(len(batch))
+        out = Batch(maxlen=self.cfg.maxlen, namespace=self.namespace)
         token = current_batch.set(out)
         self.stats.running += 1
         try:
@@ -462,7 +473,7 @@ class Consumer:
 
     def _atomic(self, out: Batch) -> bool:
         """Whether outputs and acks can be committed in one script (same node and slot)."""
-        topics = {t for outs in out.outputs.values() for t, _, _ in outs}
+        topics = {t for outs in out.outputs.values() for t, _, _, _ in outs}
         if self.redis.same_slot([self.stream, *topics]):
             return True
         if not self.warned_cross_slot:
@@ -479,10 +490,13 @@ class Consumer:
         """The at-least-once fallback: write the outputs now; the commit then only acks."""
         async with self.redis.client.pipeline(transaction=False) as pipe:
             for entry_id in done:
-                for topic, maxlen, flat in out.outputs.get(entry_id, ()):
+                for key, maxlen, flat, kind in out.outputs.get(entry_id, ()):
+                    if kind == ZADD:
+                        pipe.execute_command("ZADD", key, maxlen, *flat)
+                        continue
                     trim = ["MAXLEN", "~", maxlen] if maxlen > 0 else []
                     trim = ["MAXLEN", -maxlen] if maxlen < 0 else trim
-                    pipe.execute_command("XADD", topic, *trim, "*", *flat)
+                    pipe.execute_command("XADD", key, *trim, "*", *flat)
             await pipe.execute()
         out.outputs.clear()
 

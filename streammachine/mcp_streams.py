@@ -31,7 +31,10 @@ MaxLen = Annotated[int | None, Field(ge=1, description="Trim to about this many.
 
 class SendResult(BaseModel):
     stream: str
-    id: str
+    id: str = Field(description="The entry id, or the schedule id of a delayed send.")
+    due_ms: int | None = Field(
+        default=None, description="A delayed send's due time (epoch ms); null when sent now."
+    )
 
 
 class BatchResult(BaseModel):
@@ -160,11 +163,30 @@ class StreamTools:
         stream: StreamName,
         message: Annotated[dict[str, Any], Field(description="Fields; non-text values as JSON.")],
         maxlen: MaxLen = None,
+        delay_s: Annotated[
+            float | None,
+            Field(
+                ge=0,
+                le=366 * 86400,
+                description="Append it this many seconds from now instead (kept in Redis).",
+            ),
+        ] = None,
     ) -> SendResult:
         """Append one message to a Redis stream; returns its id. Field values: strings, numbers
         and booleans are written as text, anything else as JSON. Agents consuming the stream
-        receive it (at-least-once)."""
+        receive it (at-least-once). With delay_s it waits in Redis until due and a running app
+        of the storage namespace appends it (then the schedule id is returned)."""
         maxlen = maxlen or self.tools.settings.stream_maxlen
+        if delay_s is not None:
+            from .codec import encode_fields
+            from .schedule import Scheduler, due_ms
+
+            await sm_inspect.check_stream(self.tools.conn, stream)
+            due = due_ms(delay_s=delay_s)
+            assert due is not None
+            sched = Scheduler(self.tools.conn, self.tools.settings.storage_namespace)
+            entry_id = await sched.schedule(stream, encode_fields(message), due, maxlen)
+            return SendResult(stream=stream, id=entry_id, due_ms=due)
         entry_id = await self.tools.conn.xadd(stream, message, maxlen=maxlen)
         return SendResult(stream=stream, id=entry_id)
 

@@ -23,7 +23,7 @@ class Message:
         consumer_id: the consumer that read it.
         value: the decoded Struct when the agent declared ``schema=``, else None.
         deliveries: how many times this entry has been delivered, 1 the first time (from the
-            group's PEL; retries and dead-lettering count the same way).
+            group's pending entries list; retries and dead-lettering use the same count).
 
     Example:
         >>> m = Message(topic="orders", key="1700000000000-0", data=("1700000000000-0", {b"a": b"1"}))
@@ -64,7 +64,13 @@ class Message:
 
     @classmethod
     def _from_entry(
-        cls, topic: str, key: str, fields: Any, received: float, consumer: str | None
+        cls,
+        topic: str,
+        key: str,
+        fields: Any,
+        received: float,
+        consumer: str | None,
+        deliveries: int = 1,
     ) -> Message:
         # The hot path: no __init__ call, nothing decoded until asked for.
         m = cls.__new__(cls)
@@ -76,7 +82,7 @@ class Message:
         m._fields = fields
         m._message = None
         m.value = None
-        m.deliveries = 1
+        m.deliveries = deliveries
         return m
 
     @property

@@ -172,6 +172,8 @@ class ConsumerConfig:
     partitions: int | None = None
     takeover: bool = False
     name: str = ""
+    #: One limit shared by every consumer, process and host of the agent, e.g. "200/s".
+    rate_limit: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -201,6 +203,10 @@ class ConsumerConfig:
             raise ConfigError("partitions must be >= 1")
         if self.trim not in (None, "acked"):
             raise ConfigError(f"trim must be 'acked' or None, not {self.trim!r}")
+        if self.rate_limit is not None:
+            from .schedule import parse_rate
+
+            parse_rate(self.rate_limit)
         if self.dead_letter is None:
             self.dead_letter = f"{self.stream}:dead"
         if self.block_ms >= self.claim_idle_ms:
@@ -224,8 +230,13 @@ class TimerConfig:
 
     interval: float
     name: str = ""
+    #: "app": one run per interval across every process and host of the app (a lease in Redis
+    #: picks the runner); "instance": every process runs it.
+    scope: Literal["app", "instance"] = "app"
 
     def __post_init__(self) -> None:
+        if self.scope not in ("app", "instance"):
+            raise ConfigError(f"scope must be 'app' or 'instance', not {self.scope!r}")
         if isinstance(self.interval, bool) or not isinstance(self.interval, int | float):
             raise ConfigError("interval must be a number of seconds")
         if self.interval <= 0:

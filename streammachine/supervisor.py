@@ -9,8 +9,10 @@
   are stopped) and starts workers as `python -m streammachine.worker --worker ...` children
   that import the app again from its reference (spawned, never forked from a loaded app):
 
-  - `workers` regular workers run every agent without `processes=`; timers run in worker-0 only,
-    so a timer fires once per period however many workers there are;
+  - `workers` regular workers run every agent without `processes=`; every worker runs the timers,
+    and a lease in Redis picks the one process of the app (across workers and hosts) that runs
+    the `scope="app"` ones, so a timer fires once per period however many workers and hosts
+    there are (`scope="instance"` timers run in every worker);
   - an agent with `processes=P` runs in P dedicated children, and in no regular worker.
 
 Children report readiness to the runner with the sd_notify protocol on a private unix socket (the

@@ -2,7 +2,8 @@
 
 The supervisor starts workers as `python -m streammachine.worker --worker LABEL TARGET ...`; each
 imports the app from its reference (spawned, never forked from a loaded app), runs the agents it
-was given (and the timers, in worker-0 only), reports readiness with the sd_notify protocol and
+was given and the timers (the "app"-scoped ones run only in the process holding the app's timer
+lease in Redis, whichever worker or host that is), reports readiness with the sd_notify protocol and
 stops when its runner is gone. `--describe PATH` only imports the app and writes its `Layout`,
 which is how the supervisor learns an app's agents without importing user code itself.
 """
@@ -74,7 +75,7 @@ class Layout(msgspec.Struct, frozen=True):
     Example:
         >>> Layout("orders", [AgentInfo("bill", "orders", "billing", 0)], ["beat"], 30.0,
         ...        "redis://localhost:6379/0").specs(2)[1].timers
-        False
+        True
     """
 
     name: str
@@ -97,7 +98,7 @@ class Layout(msgspec.Struct, frozen=True):
         return cls(
             app.name,
             agents,
-            [t.name for t in app.timers],
+            [t.name for t in app.timers] + [c.name for c in app.crons],
             app.config.shutdown_timeout_s,
             mask_url(app.redis.url),
             (app.redis.url, app.dashboard_host, app.dashboard_port)
@@ -109,13 +110,15 @@ class Layout(msgspec.Struct, frozen=True):
         """The worker processes for `workers` regular workers plus the dedicated agents."""
         plain = tuple(a.name for a in self.agents if not a.processes)
         dedicated = [a for a in self.agents if a.processes]
+        # Every worker runs the timers: a lease in Redis picks the one process of the app (across
+        # workers and hosts) that runs the "app"-scoped ones; "instance"-scoped ones run in each.
         specs = [
-            Spec(f"worker-{i}", plain, timers=i == 0)
+            Spec(f"worker-{i}", plain, timers=True)
             for i in range(workers)
             if plain or (i == 0 and (self.timers or not dedicated))
         ]
         for a in dedicated:
-            specs += [Spec(f"{a.name}-{j}", (a.name,), timers=False) for j in range(a.processes)]
+            specs += [Spec(f"{a.name}-{j}", (a.name,), timers=True) for j in range(a.processes)]
         return specs
 
     def banner(self, where: str) -> str:

@@ -200,7 +200,7 @@ def test_processes_agent_gets_its_own_processes_and_timers_run_once(
     assert proc.pid not in heavy | light
     wait_sync(lambda: int(redis_sync.get("beats") or 0) >= 5, what="timer ticks")
     timer_pids = {int(pid) for pid in redis_sync.smembers("timer_pids")}
-    assert len(timer_pids) == 1 and timer_pids <= light, "timers run in worker-0 only"
+    assert len(timer_pids) == 1, "the timer lease picks one process to run the app's timers"
     assert stop(proc) == 0, err.text
 
 
@@ -384,7 +384,7 @@ def test_help_does_not_import_heavy_modules(tmp_path: Path) -> None:
     assert not loaded & {"pandas", "numba", "mcp", "starlette", "uvicorn", "numpy"}
 
 
-def test_layout_places_timers_in_worker_0_and_dedicated_agents_apart() -> None:
+def test_layout_runs_timers_in_every_worker_and_dedicated_agents_apart() -> None:
     layout = Layout(
         "app",
         [AgentInfo("a", "s", "g", 0), AgentInfo("b", "s2", "g", 2)],
@@ -395,10 +395,10 @@ def test_layout_places_timers_in_worker_0_and_dedicated_agents_apart() -> None:
     specs = layout.specs(3)
     assert [(s.label, s.agents, s.timers) for s in specs] == [
         ("worker-0", ("a",), True),
-        ("worker-1", ("a",), False),
-        ("worker-2", ("a",), False),
-        ("b-0", ("b",), False),
-        ("b-1", ("b",), False),
+        ("worker-1", ("a",), True),
+        ("worker-2", ("a",), True),
+        ("b-0", ("b",), True),
+        ("b-1", ("b",), True),
     ]
     only_dedicated = Layout("app", [AgentInfo("b", "s", "g", 1)], [], 30.0, "redis://h/0")
     assert [s.label for s in only_dedicated.specs(2)] == ["b-0"], "no idle regular workers"

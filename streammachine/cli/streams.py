@@ -356,16 +356,38 @@ def register(app: typer.Typer) -> None:
             typer.Option("--file", metavar="PATH|-", help="One entry per JSON line (- = stdin)."),
         ] = None,
         count: Annotated[int, typer.Option("--count", min=1, help="Send the entry N times.")] = 1,
+        delay: Annotated[
+            str | None,
+            typer.Option("--delay", metavar="DURATION", help="Append it later, e.g. 30s, 5m, 2h."),
+        ] = None,
+        at: Annotated[
+            str | None,
+            typer.Option("--at", metavar="ISO8601", help="Append it at this time."),
+        ] = None,
+        namespace: Annotated[
+            str | None,
+            typer.Option(
+                "--namespace",
+                envvar="STREAMMACHINE_STORAGE_NAMESPACE",
+                help="With --delay/--at: the namespace whose apps move it (default 'default').",
+            ),
+        ] = None,
         redis_url: RedisUrl = None,
         log_level: LogLevel = "warning",
         log_format: LogFormat = "auto",
     ) -> None:
         """Append entries to a stream and print each new id.
 
+        With --delay or --at the entries wait in Redis until due (a running app of the
+        namespace appends them) and their schedule ids are printed; see `scheduled`.
+
         Examples: `send orders id=7 total=9.5`, `send orders --json '{"id": 7}'`,
-        `send orders --file orders.jsonl`.
+        `send orders --file orders.jsonl`, `send reminders user=7 --delay 30m`.
         """
         setup(log_level, log_format)
+        from .schedule import due_from_flags, send_later
+
+        due = due_from_flags(delay, at)
         if file is not None and (pairs or json_obj is not None):
             fail("give FIELD=VALUE pairs and/or --json, or --file, not both", 2)
         if file is not None:
@@ -374,7 +396,11 @@ def register(app: typer.Typer) -> None:
             records = [_records_from_args(pairs or [], json_obj)]
         else:
             fail("nothing to send: give FIELD=VALUE pairs, --json OBJECT or --file PATH", 2)
-        if records:
+        if records and due is not None:
+            with_redis(
+                redis_url, lambda conn: send_later(conn, stream, records, count, due, namespace)
+            )
+        elif records:
             with_redis(redis_url, lambda conn: _send_all(conn, stream, records, count))
 
     @app.command("tail")

@@ -55,6 +55,25 @@ class StatusCollector(Collector):
         yield up
         yield from self._instances(st["instances"])
         yield from self._streams(st["streams"])
+        yield from self._scheduled(st.get("scheduled") or {})
+
+    def _scheduled(self, scheduled: dict[str, Any]) -> Iterator[Metric]:
+        count = GaugeMetricFamily(
+            "streammachine_scheduled_entries",
+            "Delayed entries waiting in Redis until due.",
+            labels=["namespace"],
+        )
+        oldest = GaugeMetricFamily(
+            "streammachine_scheduled_oldest_due_timestamp_seconds",
+            "Due time of the soonest delayed entry (epoch seconds; absent when none waits).",
+            labels=["namespace"],
+        )
+        for ns in scheduled.get("namespaces") or []:
+            count.add_metric([str(ns["namespace"])], _num(ns.get("count")))
+            if ns.get("oldest_due_ms") is not None:
+                oldest.add_metric([str(ns["namespace"])], _num(ns["oldest_due_ms"]) / 1000)
+        yield count
+        yield oldest
 
     def _instances(self, instances: list[dict[str, Any]]) -> Iterator[Metric]:
         up = GaugeMetricFamily(

@@ -1,8 +1,8 @@
 """One read-only snapshot of everything the dashboard, `/metrics` and `top` show.
 
 Streams and groups come from `streammachine.inspect` (the queries the CLI and MCP tools use);
-this module adds the instances, each group's oldest-pending age, the dead-letter summary and
-recent candles. A snapshot is a handful of pipelined round trips whatever the number of streams.
+this module adds the instances, each group's oldest-pending age, the dead-letter summary, the
+delayed entries waiting per namespace and recent candles. A snapshot is a handful of pipelined round trips whatever the number of streams.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ async def collect_status(
 
     Returns:
         `{"generated_at_ms", "redis": {"ok", "error"}, "instances", "streams",
-        "streams_truncated", "lag_scan_limit", "dead_letters", "candles"}`. Streams are as
+        "streams_truncated", "lag_scan_limit", "dead_letters", "scheduled", "candles"}`.
+        `scheduled` is `{"count", "oldest_due_ms", "namespaces": [{"namespace", "count",
+        "oldest_due_ms"}]}` (oldest = the soonest due time). Streams are as
         `inspect.list_streams` gives them (a group's `lag` is None when above `lag_scan_limit`
         on Redis < 7), plus `dead_letter` and `candles` flags, and each group gets
         `oldest_pending_age_s` (the time since its oldest pending entry was written).
@@ -91,7 +93,28 @@ async def collect_status(
             for s in streams
             if s["dead_letter"]
         ],
+        "scheduled": await _scheduled(client),
         "candles": await _candles(client, candle_streams, candle_entries, candles_per_series),
+    }
+
+
+async def _scheduled(client: aioredis.Redis) -> dict[str, Any]:
+    """The delayed entries waiting in each namespace (one sorted set per namespace)."""
+    from ..schedule import scheduled_summary
+
+    keys = sorted(
+        {
+            _s(k)
+            async for k in client.scan_iter(match="streammachine:sched:{*}", _type="zset")
+            if _s(k).endswith("}")
+        }
+    )
+    namespaces = [await scheduled_summary(client, k) for k in keys]
+    dues = [n["oldest_due_ms"] for n in namespaces if n["oldest_due_ms"] is not None]
+    return {
+        "count": sum(n["count"] for n in namespaces),
+        "oldest_due_ms": min(dues) if dues else None,
+        "namespaces": namespaces,
     }
 
 
@@ -171,5 +194,6 @@ def unavailable(error: str) -> dict[str, Any]:
         "streams_truncated": False,
         "lag_scan_limit": LAG_SCAN_LIMIT,
         "dead_letters": [],
+        "scheduled": {"count": 0, "oldest_due_ms": None, "namespaces": []},
         "candles": [],
     }
