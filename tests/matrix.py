@@ -54,12 +54,16 @@ class Cell:
     n: int = 2000
     claim_idle_ms: int | None = 1000  # None: the defaults (60 s)
     binary: bool = True
+    delayed: bool = False  # outputs are delayed sends (committed into the schedule)
 
     @property
     def id(self) -> str:
         idle = "defaults" if self.claim_idle_ms is None else f"idle{self.claim_idle_ms}"
         parts = f"-p{self.partitions}" if self.partitions else ""
-        return f"{self.fault}-{self.mode}-c{self.concurrency}-w{self.workers}{parts}-{idle}"
+        delayed = "-delayed" if self.delayed else ""
+        return (
+            f"{self.fault}-{self.mode}-c{self.concurrency}-w{self.workers}{parts}{delayed}-{idle}"
+        )
 
 
 @dataclass
@@ -98,6 +102,7 @@ def short_form() -> list[Cell]:
         Cell("sigkill"),
         Cell("sigkill", mode="batch", concurrency=4),
         Cell("sigkill", partitions=2, concurrency=2, workers=1),
+        Cell("sigkill", delayed=True),
         Cell("sigstop", concurrency=4),
         Cell("sigstop", mode="batch"),
         Cell("quiet_burst", concurrency=4),
@@ -126,6 +131,7 @@ def long_form(n: int = 20_000) -> list[Cell]:
                     size = 300 if fault in ("slow_batch", "frozen_batch") else n
                     cells.append(Cell(fault, mode, concurrency, workers, n=size))
         cells.append(Cell(fault, partitions=4, concurrency=2, n=n))
+        cells.append(Cell(fault, concurrency=4, n=n, delayed=True))
     for fault in ("sigkill", "sigstop", "quiet_burst", "slow_batch"):
         size = 300 if fault == "slow_batch" else n // 4
         cells.append(Cell(fault, concurrency=4, n=size, claim_idle_ms=None))
@@ -156,6 +162,7 @@ class Run:
             "MATRIX_CONCURRENCY": str(c.concurrency),
             "MATRIX_PARTITIONS": str(c.partitions),
             "MATRIX_COUNT": "10" if c.fault in ("slow_batch", "frozen_batch") else "50",
+            "MATRIX_DELAYED_S": "0.05" if c.delayed else "0",
         }
         for k in ("STREAMMACHINE_CLAIM_IDLE_MS", "STREAMMACHINE_BLOCK_MS"):
             env.pop(k, None)

@@ -3,7 +3,7 @@
 Configured by the environment so one module serves every cell:
 MATRIX_MODE (message | batch), MATRIX_CONCURRENCY, MATRIX_PARTITIONS (0 = none), MATRIX_COUNT,
 MATRIX_DELAY_S (per message), MATRIX_BLOCKING (1: the delay blocks the event loop, like CPU work or
-a GC pause; else it awaits). An input with a `poison` field always fails. The output copies the
+a GC pause; else it awaits), MATRIX_DELAYED_S (outputs are delayed sends due this much later). An input with a `poison` field always fails. The output copies the
 input's raw `data` bytes, so binary payloads are checked end to end.
 """
 
@@ -18,6 +18,8 @@ app = App(name="matrix")
 MODE = os.environ.get("MATRIX_MODE", "message")
 DELAY_S = float(os.environ.get("MATRIX_DELAY_S", "0"))
 BLOCKING = os.environ.get("MATRIX_BLOCKING") == "1"
+# Outputs as delayed sends: committed with the ack into the schedule, moved to `out` when due.
+DELAYED_S = float(os.environ.get("MATRIX_DELAYED_S", "0")) or None
 PARTITIONS = int(os.environ.get("MATRIX_PARTITIONS", "0")) or None
 OPTIONS = {
     "group": "stage",
