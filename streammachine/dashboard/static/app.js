@@ -287,14 +287,15 @@
     const first = all.length ? Math.min(...all.map((p) => p[0])) : end;
     const span = Math.min(histWindowMs, Math.max(60000, end - first));
     const start = end - span;
-    const max = Math.max(1e-9, ...all.map((p) => p[1]));
+    const highest = Math.max(0, ...all.map((p) => p[1]));
+    const max = highest > 0 ? highest : 1; // all zero: an axis from 0 to 1, not 0 to 0
     const x = (t) => left + ((t - start) / span) * (w - left - 4);
     const y = (v) => top + (h - top - bottom) * (1 - v / max);
     for (const frac of [0, 0.5, 1]) {
       const yy = y(max * frac);
       chart.appendChild(svg("line", { x1: left, x2: w - 4, y1: yy, y2: yy, class: "grid" }));
       const label = svg("text", { x: left - 4, y: yy + 4, "text-anchor": "end", class: "axis" });
-      label.textContent = num(max * frac < 1e-6 ? 0 : max * frac);
+      label.textContent = num(max * frac);
       chart.appendChild(label);
     }
     const ago = span >= 120000 ? `-${Math.round(span / 60000)} min` : `-${Math.round(span / 1000)} s`;
