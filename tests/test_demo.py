@@ -20,8 +20,8 @@ from tests.util import Lines, wait_sync
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _demo(port: int, **kw: object) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "REDIS_URL": "memory://", "COLUMNS": "120"}
+def _demo(port: int, env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[bytes]:
+    env = {**(env or os.environ), "REDIS_URL": "memory://", "COLUMNS": "120"}
     env.pop("STREAMMACHINE_DASHBOARD", None)
     cmd = [sys.executable, "-m", "streammachine", "run", "examples/demo.py:app", "--dashboard"]
     return subprocess.Popen(
@@ -89,3 +89,22 @@ def test_demo_on_a_terminal_draws_a_live_panel() -> None:
         code = proc.wait(30)
         os.close(master)
     assert code == 0, seen.decode("utf-8", "replace")[-2000:]
+
+
+def test_demo_runs_without_the_dashboard_extra(tmp_path: Path) -> None:
+    """With nothing but the project installed (no starlette/uvicorn), `--dashboard` is dropped
+    with a note, and the demo runs."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['starlette'] = None\nsys.modules['uvicorn'] = None\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    port = free_port()
+    proc = _demo(port, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    out = Lines(proc.stdout)
+    try:
+        out.wait_for("shipped", timeout_s=60)
+        assert out.lines[0].startswith("no dashboard: pip install 'streammachine[dashboard]'")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+    assert code == 0, out.text
