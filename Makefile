@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	REDIS_URL=memory:// $(BIN)/streammachine run examples/demo.py:app
+	REDIS_URL=memory:// $(BIN)/streammachine run examples/demo.py:app --dashboard
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -113,6 +113,8 @@ class App:
         self.startup_hooks: list[Callable[[], Awaitable[Any]]] = []
         self.shutdown_hooks: list[Callable[[], Awaitable[Any]]] = []
         self._packed: dict[str, StructCodec] = {}
+        #: Streams this app declares it writes to (`produces`), with their schema or None.
+        self.produced: dict[str, type[msgspec.Struct] | None] = {}
         #: OpenTelemetry spans, when a tracer provider is configured (see `tracing`).
         self.tracing: Tracing | None = None
         self._partitions: dict[str, tuple[int, itertools.count[int]]] = {}
@@ -301,6 +303,16 @@ class App:
             return fn
 
         return register
+
+    def produces(self, stream: str, schema: type[msgspec.Struct] | None = None) -> None:
+        """Declare that this app writes to `stream` (records of `schema`, or field maps), so its
+        AsyncAPI document (`streammachine asyncapi`) has a `send` operation for it. Sending
+        works without it; this only describes the app.
+
+        Example:
+            >>> app.produces("invoices", schema=Invoice)  # doctest: +SKIP
+        """
+        self.produced[stream] = schema
 
     def on_startup(self, fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
         """Register a coroutine function run before agents and timers start."""
@@ -562,7 +574,11 @@ class App:
 
             extras.append(
                 functools.partial(
-                    serve_dashboard, self.redis.url, self.dashboard_host, self.dashboard_port
+                    serve_dashboard,
+                    self.redis.url,
+                    self.dashboard_host,
+                    self.dashboard_port,
+                    app=self,  # so it serves this app's /asyncapi.json
                 )
             )
         self._stop = anyio.Event()

@@ -128,3 +128,101 @@ async def test_page_renders_data_as_text_in_chromium(
         tg.cancel_scope.cancel()
     assert dialogs == []
     assert errors == []
+
+
+async def test_charts_have_data_on_first_load(redis_url: str, tmp_path: Path) -> None:
+    """After the app has run a while, the page's first paint already draws a throughput chart
+    per agent and a lag chart per group from the dashboard's history."""
+    playwright_api = pytest.importorskip(
+        "playwright.async_api", reason="playwright is not installed (pip install playwright)"
+    )
+    import httpx2
+
+    from tests.util import eventually
+
+    app = App(name="shop", redis_url=redis_url)
+
+    @app.agent("orders", group="billing", concurrency=2)
+    async def bill(record: Message) -> None:
+        await app.send("invoices", {"order": record.message["n"]})
+
+    @app.agent("invoices", group="mailing")
+    async def mail(record: Message) -> None:
+        if int(record.message["order"]) % 50 == 0:
+            raise ValueError("no address")
+
+    port = free_port()
+    add_heartbeat(app, interval_s=0.2)
+    app.background.append(
+        functools.partial(
+            serve_dashboard, redis_url, "127.0.0.1", port, app=app, history_interval_s=0.25
+        )
+    )
+    errors: list[str] = []
+    base = f"http://127.0.0.1:{port}"
+    async with (
+        TestApp(app, url=redis_url) as t,
+        anyio.create_task_group() as tg,
+        httpx2.AsyncClient(base_url=base) as client,
+    ):
+
+        async def traffic() -> None:
+            n = 0
+            while True:
+                n += 1
+                await t.send("orders", {"n": n})
+                await anyio.sleep(0.005 if n % 300 < 150 else 0.02)
+
+        tg.start_soon(traffic)
+
+        async def history_ready() -> bool:
+            try:
+                data = (await client.get("/api/history")).json()
+            except httpx2.TransportError:
+                return False
+            agents = [a for a in data["agents"] if len(a["points"]) >= 8]
+            groups = [g for g in data["groups"] if len(g["points"]) >= 8]
+            return len(agents) == 2 and len(groups) == 2
+
+        await eventually(history_ready, 60, "the dashboard to record a history")
+        async with playwright_api.async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1400, "height": 900})
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+                await page.goto(base + "/")
+                await page.wait_for_function(
+                    "() => Number(document.body.dataset.historyLoads || 0) >= 1", timeout=15_000
+                )
+                first = await page.evaluate("() => ({...document.body.dataset})")
+                assert int(first["firstAgentPoints"]) >= 8, first
+                assert int(first["firstGroupPoints"]) >= 8, first
+                charts = page.locator("#throughput figure.throughput")
+                assert await charts.count() == 2
+                captions = await page.locator("#throughput figcaption").all_inner_texts()
+                assert any("bill" in c for c in captions) and any("mail" in c for c in captions)
+                lag = page.locator("#lag figure.lag")
+                assert await lag.count() == 2
+                assert await page.locator("#lag polyline[data-series=pending]").count() == 2
+                points = await page.locator("#throughput polyline").first.get_attribute("points")
+                assert points is not None and len(points.split()) >= 8
+                # The agent table's rate comes from the history too: no "…" on the first paint.
+                rate = page.locator("#agents tbody tr td:nth-child(8)").first
+                await rate.wait_for(state="visible", timeout=15_000)
+                assert (await rate.inner_text()) not in ("…", "—")
+                # And the charts keep moving: a later poll adds points.
+                await page.wait_for_function(
+                    "() => Number(document.body.dataset.historyLoads) >= 3", timeout=15_000
+                )
+                later = await page.locator("#throughput polyline").first.get_attribute("points")
+                assert later is not None and len(later.split()) > len(points.split())
+                await page.wait_for_function(
+                    "() => !document.getElementById('dead-history').hidden", timeout=15_000
+                )
+                shot = os.environ.get("STREAMMACHINE_SCREENSHOT") or str(tmp_path / "charts.png")
+                assert len(await page.screenshot(path=shot, full_page=True)) > 10_000
+            finally:
+                await browser.close()
+        tg.cancel_scope.cancel()
+    assert errors == []

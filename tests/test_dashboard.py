@@ -575,7 +575,122 @@ def test_run_dashboard_flag_serves_one_dashboard_per_run(
             lambda: len(list(redis_sync.scan_iter(f"{INSTANCE_PREFIX}*"))) == int(workers), 20
         )
         assert not err.has("in use"), "only one process tried to bind the port"
+        # In the app's own process the dashboard knows the app; the supervisor's does not.
+        doc = httpx2.get(f"http://127.0.0.1:{port}/asyncapi.json", timeout=5)
+        if workers == "1":
+            assert doc.status_code == 200 and doc.json()["channels"]["jobs"]["address"] == "jobs"
+        else:
+            assert doc.status_code == 404 and "streammachine asyncapi" in doc.json()["error"]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert proc.returncode == 0, err.text
+
+
+# --- history and the AsyncAPI document --------------------------------------------------------
+
+
+async def test_history_has_points_per_agent_group_and_dead_letters_after_traffic(
+    redis_url: str,
+) -> None:
+    app = make_shop(redis_url)
+    port = free_port()
+    app.background.append(
+        functools.partial(
+            serve_dashboard, redis_url, "127.0.0.1", port, app=app, history_interval_s=0.1
+        )
+    )
+    base = f"http://127.0.0.1:{port}"
+    async with (
+        TestApp(app, url=redis_url) as t,
+        httpx2.AsyncClient(base_url=base) as client,
+        anyio.create_task_group() as tg,
+    ):
+
+        async def traffic() -> None:
+            n = 0
+            while True:
+                n += 1
+                await t.send("orders", {"n": n, **({"bad": "1"} if n == 5 else {})})
+                await anyio.sleep(0.01)
+
+        tg.start_soon(traffic)
+
+        async def enough() -> dict[str, Any] | None:
+            with contextlib.suppress(httpx2.TransportError):
+                data: dict[str, Any] = (await client.get("/api/history")).json()
+                agents = {(a["app"], a["agent"]): a for a in data["agents"]}
+                groups = {(g["stream"], g["group"]): g for g in data["groups"]}
+                bill = agents.get(("shop", "bill"))
+                billing = groups.get(("orders", "billing"))
+                if (
+                    bill and len(bill["points"]) >= 3
+                    and billing and len(billing["points"]) >= 3
+                    and data["dead_letters"]
+                ):  # fmt: skip
+                    return data
+            return None
+
+        data = await eventually(enough, 30, "3 points per agent and group, and a dead letter")
+        tg.cancel_scope.cancel()
+    bill = next(a for a in data["agents"] if a["agent"] == "bill")
+    assert (bill["stream"], bill["group"]) == ("orders", "billing")
+    times = [p[0] for p in bill["points"]]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    assert all(p[1] >= 0 for p in bill["points"]) and max(p[1] for p in bill["points"]) > 0
+    assert bill["points"][-1][2] >= bill["points"][0][2]  # processed only grows
+    group = next(g for g in data["groups"] if g["group"] == "billing")
+    assert all(len(p) == 3 and p[2] >= 0 for p in group["points"])
+    assert data["dead_letters"][0]["dead_stream"] == "orders:dead"
+    assert data["interval_s"] == 0.1 and data["window_s"] == 900.0
+    assert any(r["agent"] == "bill" for r in data["instance_rates"])
+
+
+async def test_history_since_returns_only_newer_points(redis_url: str) -> None:
+    app = make_shop(redis_url)
+    dash = create_dashboard(redis_url)
+    backend = dash.state.backend
+    transport = httpx2.ASGITransport(app=dash)
+    try:
+        async with (
+            TestApp(app, url=redis_url) as t,
+            httpx2.AsyncClient(transport=transport, base_url="http://dash") as client,
+        ):
+            await t.send("orders", {"n": 1})
+
+            async def recorded() -> bool:
+                # What the poll task does once per interval (ASGITransport runs no lifespan).
+                backend.history.record(await backend.status(0))
+                groups = backend.history.groups.values()
+                return bool(groups) and all(len(g.points) >= 2 for g in groups)
+
+            await eventually(recorded, what="two snapshots recorded")
+            full = (await client.get("/api/history")).json()
+            first_t = full["groups"][0]["points"][0][0]
+            newer = (await client.get(f"/api/history?since={first_t}")).json()
+            assert all(p[0] > first_t for g in newer["groups"] for p in g["points"])
+            assert len(newer["groups"][0]["points"]) == len(full["groups"][0]["points"]) - 1
+            bad = await client.get("/api/history?since=yesterday")
+            assert bad.status_code == 400 and "since" in bad.json()["error"]
+    finally:
+        await backend.aclose()
+
+
+async def test_asyncapi_json_from_the_app_and_404_standalone(redis_url: str) -> None:
+    async with dashboard(redis_url) as client:
+        response = await client.get("/asyncapi.json")
+        assert response.status_code == 404
+        assert "streammachine asyncapi APP" in response.json()["error"]
+    app = make_shop(redis_url)
+    app.produces("invoices")
+    dash = create_dashboard(redis_url, app=app)
+    transport = httpx2.ASGITransport(app=dash)
+    try:
+        async with httpx2.AsyncClient(transport=transport, base_url="http://dash") as client:
+            doc = (await client.get("/asyncapi.json")).json()
+    finally:
+        await dash.state.backend.aclose()
+    assert doc["asyncapi"] == "3.0.0" and doc["info"]["title"] == "shop"
+    assert doc["channels"]["orders"]["address"] == "orders"
+    assert doc["operations"]["bill"]["x-streammachine"]["group"] == "billing"
+    assert doc["operations"]["send.invoices"]["action"] == "send"

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from . import dashboard, mcp, ohlc, ops, schedule, streams
+from . import asyncapi, dashboard, mcp, ohlc, ops, schedule, streams
 from . import run as run_cmd
 from .common import fail
 
@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for module in (run_cmd, streams, schedule, ops, ohlc, mcp, dashboard):
+for module in (run_cmd, streams, schedule, ops, ohlc, mcp, dashboard, asyncapi):
     module.register(app)
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .common import JsonOut, LogFormat, LogLevel, RedisUrl, dumps, fail, out, setup, with_redis
+from .progress import MIN_ENTRIES, interactive, progress_bar
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
@@ -109,14 +110,20 @@ def register(app: typer.Typer) -> None:
             if not await check_stream(conn, stream) and not follow:
                 fail(f"no stream named {stream!r} (see: streammachine streams)")
             start, last = ("-" if from_id in ("0", "-") else from_id), from_id
-            while True:
-                entries: Any = await conn.client.xrange(stream, min=start, count=CHUNK)
-                if entries:
-                    agg.process_stream_batch([(stream, entries)], **fields)
-                    last = entries[-1][0].decode()
-                    start = "(" + last
-                if len(entries) < CHUNK:
-                    return last
+            length = int(await conn.client.xlen(stream))
+            # The whole stream when read from its start; from an id, how much is left is unknown.
+            total = length if start == "-" else None
+            show = interactive(json_out) and length >= MIN_ENTRIES
+            with progress_bar(f"reading {stream}", total, enabled=show) as advance:
+                while True:
+                    entries: Any = await conn.client.xrange(stream, min=start, count=CHUNK)
+                    if entries:
+                        agg.process_stream_batch([(stream, entries)], **fields)
+                        last = entries[-1][0].decode()
+                        start = "(" + last
+                        advance(len(entries))
+                    if len(entries) < CHUNK:
+                        return last
 
         def show(rows: list[dict[str, str]], title: str) -> None:
             if json_out or not sys.stdout.isatty():

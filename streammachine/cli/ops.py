@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from .common import JsonOut, LogFormat, LogLevel, RedisUrl, dumps, fail, out, setup, with_redis
+from .progress import MIN_ENTRIES, interactive, progress_bar
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
@@ -277,6 +278,33 @@ def _print_dead(stream: str, total: int, items: list[dict[str, Any]], json_out: 
     Console().print(table)
 
 
+async def _replay_all_with_progress(conn: RedisConnection, stream: str) -> int:
+    """`replay_dead(conn, stream)` page by page, so a terminal sees a progress bar: like it,
+    it stops at the newest entry present at the start (re-failing messages cannot loop)."""
+    from ..inspect import dead_letter_stream, replay_dead
+
+    dead, page = dead_letter_stream(stream), 500
+    total = int(await conn.client.xlen(dead))
+    newest = await conn.client.xrevrange(dead, "+", "-", count=1)
+    if not newest:
+        return 0
+    last, cursor, replayed = _text(newest[0][0]), "-", 0
+    with progress_bar(f"replaying {dead}", total, enabled=total >= MIN_ENTRIES) as advance:
+        while True:
+            batch = await conn.client.xrange(dead, cursor, last, count=page)
+            ids = [_text(i) for i, _ in batch or []]
+            if ids:
+                replayed += await replay_dead(conn, stream, ids)
+                advance(len(ids))
+            if len(ids) < page:
+                return replayed
+            cursor = "(" + ids[-1]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _register_dead(app: typer.Typer) -> None:
     dead = typer.Typer(
         name="dead",
@@ -317,7 +345,10 @@ def _register_dead(app: typer.Typer) -> None:
         setup(log_level, log_format)
         if bool(ids) == all_:
             fail("say which dead letters to replay: --id ID (repeatable) or --all", 2)
-        n = with_redis(redis_url, lambda c: replay_dead(c, stream, ids))
+        if all_ and interactive():
+            n = with_redis(redis_url, lambda c: _replay_all_with_progress(c, stream))
+        else:
+            n = with_redis(redis_url, lambda c: replay_dead(c, stream, ids))
         out(f"replayed {_n(n, 'dead letter')} from {dead_letter_stream(stream)}")
         if ids and n < len(set(ids)):
             fail(f"{len(set(ids)) - n} of the given ids were not in {dead_letter_stream(stream)}")

@@ -1,7 +1,9 @@
 """The dashboard's Starlette app and its uvicorn server; it reads Redis only.
 
 Routes: `/` (the page), `/static/*` (its script and style), `/api/status` (the snapshot as
-JSON), `/healthz` (liveness), `/readyz` (Redis reachable and no registered instance late),
+JSON), `/api/history` (the last minutes of throughput, lag, pending and dead letters),
+`/asyncapi.json` (the app's AsyncAPI document, when the dashboard runs inside an app),
+`/healthz` (liveness), `/readyz` (Redis reachable and no registered instance late),
 `/metrics` (Prometheus text). With a token (argument or `STREAMMACHINE_DASHBOARD_TOKEN`) every
 route but `/healthz` needs `Authorization: Bearer <token>` or `?token=<token>`.
 """
@@ -18,7 +20,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
 
 import anyio
@@ -32,8 +34,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..connection import create_client, mask_url
+from .history import History
 from .metrics import render_metrics
 from .status import collect_status, unavailable
+
+if TYPE_CHECKING:
+    from ..app import App
 
 __all__ = ["TOKEN_ENV", "create_dashboard", "serve_dashboard"]
 
@@ -44,6 +50,9 @@ TOKEN_ENV = "STREAMMACHINE_DASHBOARD_TOKEN"
 READ_TIMEOUT_S = 5.0
 #: How long one snapshot serves every request (pages, API, scrapes).
 SNAPSHOT_MAX_AGE_S = 1.0
+#: How often the dashboard records a snapshot into its history, and how much it keeps.
+HISTORY_INTERVAL_S = 2.0
+HISTORY_WINDOW_S = 900.0
 _HEADERS = [
     (
         b"content-security-policy",
@@ -111,8 +120,9 @@ class _Backend:
     latest snapshot, shared by requests for `SNAPSHOT_MAX_AGE_S`, so many open pages and
     scrapers cost Redis one snapshot a second, not one each."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, history: History) -> None:
         self.url = redis_url
+        self.history = history
         self._client: aioredis.Redis | None = None
         self._lock: anyio.Lock | None = None
         self._snapshot: dict[str, Any] | None = None
@@ -124,13 +134,24 @@ class _Backend:
             self._client = create_client(self.url, max_connections=4)
         return self._client
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, max_age_s: float = SNAPSHOT_MAX_AGE_S) -> dict[str, Any]:
         self._lock = self._lock or anyio.Lock()
         async with self._lock:
             now = anyio.current_time()
-            if self._snapshot is None or now - self._taken_at >= SNAPSHOT_MAX_AGE_S:
+            if self._snapshot is None or now - self._taken_at >= max_age_s:
                 self._snapshot, self._taken_at = await self._read(), now
             return self._snapshot
+
+    async def poll(self) -> None:
+        """Record a snapshot into the history every interval, page open or not (forever:
+        cancel it). The snapshot is the one requests share, so this adds no Redis load."""
+        interval = self.history.interval_s
+        while True:
+            try:
+                self.history.record(await self.status(min(SNAPSHOT_MAX_AGE_S, interval / 2)))
+            except Exception:  # a bad record must not end the history
+                log.exception("dashboard history: could not record a snapshot")
+            await anyio.sleep(interval)
 
     async def _read(self) -> dict[str, Any]:
         try:
@@ -150,20 +171,34 @@ def _asset(name: str) -> str:
     return resources.files(__package__).joinpath("static", name).read_text("utf-8")
 
 
-def create_dashboard(redis_url: str, *, token: str | None = None) -> Starlette:
+def create_dashboard(
+    redis_url: str,
+    *,
+    token: str | None = None,
+    app: App | None = None,
+    history_interval_s: float = HISTORY_INTERVAL_S,
+    history_window_s: float = HISTORY_WINDOW_S,
+) -> Starlette:
     """The dashboard as an ASGI app that reads everything from Redis at `redis_url`.
+
+    Its history (`/api/history`) is recorded by a task that the ASGI lifespan starts (or
+    `run_dashboard_server`, which runs uvicorn without a lifespan).
 
     Args:
         redis_url: the Redis the apps run on (any URL `RedisConnection` accepts).
         token: require this bearer token on every route but `/healthz`
             (default: `STREAMMACHINE_DASHBOARD_TOKEN`; empty = no auth).
+        app: the App this dashboard runs in, for `/asyncapi.json` (404 without one).
+        history_interval_s: seconds between the snapshots kept for the charts.
+        history_window_s: how many seconds of them are kept.
 
     Example:
         >>> import uvicorn  # doctest: +SKIP
         >>> uvicorn.run(create_dashboard("redis://localhost:6379/0"), port=8000)  # doctest: +SKIP
     """
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-    backend = _Backend(redis_url)
+    backend = _Backend(redis_url, History(history_interval_s, history_window_s))
+    asyncapi: list[dict[str, Any]] = []  # built on first request: agents are registered by then
     page = _asset("index.html")
     assets = {name: _asset(name) for name in _STATIC}
 
@@ -182,6 +217,31 @@ def create_dashboard(redis_url: str, *, token: str | None = None) -> Starlette:
     async def api_status(request: Request) -> Response:
         status = await backend.status()
         return JSON(status, status_code=200 if status["redis"]["ok"] else 503)
+
+    async def api_history(request: Request) -> Response:
+        raw = request.query_params.get("since")
+        try:
+            since = int(raw) if raw else None
+        except ValueError:
+            return JSON({"error": "since must be a time in ms, e.g. since=1700000000000"}, 400)
+        return JSON(backend.history.as_dict(since))
+
+    async def asyncapi_json(request: Request) -> Response:
+        if app is None:
+            return JSON(
+                {
+                    "error": "this dashboard runs without an app (standalone `streammachine "
+                    "dashboard`), so it has no AsyncAPI document: run `streammachine asyncapi "
+                    "APP`, or serve the dashboard from the app (`streammachine run APP "
+                    "--dashboard`)"
+                },
+                status_code=404,
+            )
+        if not asyncapi:
+            from ..asyncapi import asyncapi_document
+
+            asyncapi.append(asyncapi_document(app))
+        return JSON(asyncapi[0])
 
     async def healthz(request: Request) -> Response:
         return JSON({"status": "ok"})
@@ -208,25 +268,30 @@ def create_dashboard(redis_url: str, *, token: str | None = None) -> Starlette:
         return Response(body, headers={"content-type": content_type})
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(backend.poll)
+            yield
+            tg.cancel_scope.cancel()
         await backend.aclose()
 
-    app = Starlette(
+    asgi = Starlette(
         routes=[
             Route("/", index),
             Route("/static/{name}", static),
             Route("/api/status", api_status),
+            Route("/api/history", api_history),
+            Route("/asyncapi.json", asyncapi_json),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
         ],
         lifespan=lifespan,
     )
-    app.state.backend = backend
-    app.state.token = token
-    app.add_middleware(_Guard, token=token)
-    return app
+    asgi.state.backend = backend
+    asgi.state.token = token
+    asgi.add_middleware(_Guard, token=token)
+    return asgi
 
 
 class _Server(uvicorn.Server):
@@ -252,7 +317,14 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 async def run_dashboard_server(
-    redis_url: str, host: str, port: int, stop: anyio.Event, token: str | None = None
+    redis_url: str,
+    host: str,
+    port: int,
+    stop: anyio.Event,
+    token: str | None = None,
+    *,
+    app: App | None = None,
+    history_interval_s: float = HISTORY_INTERVAL_S,
 ) -> bool:
     """Serve until `stop` is set; False (and one log line) when the port cannot be bound."""
     try:
@@ -264,11 +336,11 @@ async def run_dashboard_server(
         else:
             log.error("dashboard cannot listen on %s:%d (%s); running without it", host, port, exc)
         return False
-    app = create_dashboard(redis_url, token=token)
-    if host not in ("127.0.0.1", "::1", "localhost") and not app.state.token:
+    asgi = create_dashboard(redis_url, token=token, app=app, history_interval_s=history_interval_s)
+    if host not in ("127.0.0.1", "::1", "localhost") and not asgi.state.token:
         log.warning("dashboard on %s has no token: set %s to require one", host, TOKEN_ENV)
     config = uvicorn.Config(
-        app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=2
+        asgi, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=2
     )
     server = _Server(config)
     bound_port = sock.getsockname()[1]
@@ -280,20 +352,31 @@ async def run_dashboard_server(
                 server.should_exit = True
 
             tg.start_soon(watch)
+            tg.start_soon(asgi.state.backend.poll)  # no lifespan here, so it starts it
             log.info("dashboard at http://%s:%d/", host, bound_port)
             await server.serve(sockets=[sock])
             tg.cancel_scope.cancel()
     finally:
         sock.close()
         with anyio.CancelScope(shield=True):
-            await app.state.backend.aclose()
+            await asgi.state.backend.aclose()
     return True
 
 
 async def serve_dashboard(
-    redis_url: str, host: str, port: int, stop: anyio.Event, token: str | None = None
+    redis_url: str,
+    host: str,
+    port: int,
+    stop: anyio.Event,
+    token: str | None = None,
+    *,
+    app: App | None = None,
+    history_interval_s: float = HISTORY_INTERVAL_S,
 ) -> None:
     """Serve the dashboard on `host:port` until `stop` is set (an `App.background` task).
+
+    With `app` (as `App.run` passes itself) it also serves that app's `/asyncapi.json`;
+    `history_interval_s` is how often it records the snapshot its charts are drawn from.
 
     A taken port is logged once (`dashboard port 8000 is in use; running without the
     dashboard`) and the call returns, so the app keeps running.
@@ -304,6 +387,8 @@ async def serve_dashboard(
         ... )
     """
     try:
-        await run_dashboard_server(redis_url, host, port, stop, token)
+        await run_dashboard_server(
+            redis_url, host, port, stop, token, app=app, history_interval_s=history_interval_s
+        )
     except Exception:  # the dashboard must never take the app down
         log.exception("the dashboard failed; the app keeps running without it")

@@ -1,4 +1,6 @@
-// StreamMachine dashboard: polls api/status and redraws the page.
+// StreamMachine dashboard: polls api/status and api/history and redraws the page.
+// The charts start from the dashboard's own history (the last minutes it recorded), so they
+// have data at the first paint; later polls fetch only the points added since.
 // Every value from the server is put in the page with textContent or as a computed number in
 // an SVG attribute; never as HTML.
 "use strict";
@@ -11,6 +13,13 @@
   const headers = token ? { Authorization: "Bearer " + token } : {};
   const last = new Map(); // agent key -> {processed, at, rate}
   const history = new Map(); // agent key -> [rate, ...]
+  const COLORS = { rate: "#2f7de1", lag: "#2f7de1", pending: "#d9822b", dead: "#cf222e" };
+  // The server's history: kind -> Map(series key -> {meta, points}), and where it got to.
+  const hist = { agents: new Map(), groups: new Map(), dead_letters: new Map() };
+  const serverRates = new Map(); // instance + agent -> messages/s from the server's history
+  let histSince = null;
+  let histWindowMs = 900000;
+  let historyLoads = 0;
 
   function el(tag, text, cls) {
     const e = document.createElement(tag);
@@ -88,16 +97,18 @@
     return s;
   }
 
-  // Rates come from successive heartbeats of one instance (its own clock), not from polls.
+  // Rates come from successive heartbeats of one instance (its own clock), not from polls;
+  // until the page has seen two, the rate the server's history computed stands in.
   function rateOf(inst, agent) {
     const key = inst.id + "\u0000" + agent.name;
     const processed = (agent.stats && agent.stats.processed) || 0;
     const at = inst.heartbeat_at;
     const seen = last.get(key);
     if (!seen) {
-      last.set(key, { processed, at, rate: null });
-      history.set(key, []);
-      return { rate: null, series: [] };
+      const known = serverRates.has(key) ? serverRates.get(key) : null;
+      last.set(key, { processed, at, rate: known });
+      history.set(key, known === null ? [] : [known]);
+      return { rate: known, series: history.get(key) };
     }
     if (at > seen.at) {
       seen.rate = Math.max(0, (processed - seen.processed) / (at - seen.at));
@@ -227,6 +238,140 @@
     box.replaceChildren(...figures);
   }
 
+
+  // --- charts from the history -------------------------------------------------------------
+
+  function seriesKey(kind, meta) {
+    if (kind === "agents") return meta.app + "\u0000" + meta.agent;
+    if (kind === "groups") return meta.stream + "\u0000" + meta.group;
+    return meta.dead_stream;
+  }
+
+  function mergeHistory(data) {
+    histWindowMs = (data.window_s || 900) * 1000;
+    for (const kind of ["agents", "groups", "dead_letters"]) {
+      for (const s of data[kind] || []) {
+        const key = seriesKey(kind, s);
+        let entry = hist[kind].get(key);
+        if (!entry) {
+          entry = { meta: s, points: [] };
+          hist[kind].set(key, entry);
+        }
+        const lastT = entry.points.length ? entry.points[entry.points.length - 1][0] : -1;
+        for (const p of s.points) if (p[0] > lastT) entry.points.push(p);
+      }
+    }
+    if (data.generated_at_ms !== null && data.generated_at_ms !== undefined) {
+      histSince = data.generated_at_ms;
+    }
+    const oldest = (histSince || 0) - histWindowMs;
+    for (const kind of Object.keys(hist)) {
+      for (const [key, entry] of hist[kind]) {
+        while (entry.points.length && entry.points[0][0] < oldest) entry.points.shift();
+        if (!entry.points.length) hist[kind].delete(key);
+      }
+    }
+    serverRates.clear();
+    for (const r of data.instance_rates || []) serverRates.set(r.instance + "\u0000" + r.agent, r.rate);
+    historyLoads += 1;
+  }
+
+  // A line chart of one or more series over the history window; values drawn from 0 up.
+  function lineChart(lines, unit) {
+    const w = 360, h = 120, left = 44, bottom = 16, top = 6;
+    const chart = svg("svg", { viewBox: `0 0 ${w} ${h}`, width: w, height: h, class: "line", role: "img" });
+    chart.appendChild(svg("rect", { x: left, y: top, width: w - left - 4, height: h - top - bottom, fill: "#fafbfc" }));
+    const all = lines.flatMap((l) => l.points.filter((p) => p[1] !== null && p[1] !== undefined));
+    const end = histSince || (all.length ? Math.max(...all.map((p) => p[0])) : Date.now());
+    // The x axis spans the data kept (at least a minute), up to the whole window.
+    const first = all.length ? Math.min(...all.map((p) => p[0])) : end;
+    const span = Math.min(histWindowMs, Math.max(60000, end - first));
+    const start = end - span;
+    const highest = Math.max(0, ...all.map((p) => p[1]));
+    const max = highest > 0 ? highest : 1; // all zero: an axis from 0 to 1, not 0 to 0
+    const x = (t) => left + ((t - start) / span) * (w - left - 4);
+    const y = (v) => top + (h - top - bottom) * (1 - v / max);
+    for (const frac of [0, 0.5, 1]) {
+      const yy = y(max * frac);
+      chart.appendChild(svg("line", { x1: left, x2: w - 4, y1: yy, y2: yy, class: "grid" }));
+      const label = svg("text", { x: left - 4, y: yy + 4, "text-anchor": "end", class: "axis" });
+      label.textContent = num(max * frac);
+      chart.appendChild(label);
+    }
+    const ago = span >= 120000 ? `-${Math.round(span / 60000)} min` : `-${Math.round(span / 1000)} s`;
+    for (const [t, text, anchor] of [[start, ago, "start"], [end, "now", "end"]]) {
+      const label = svg("text", { x: x(t), y: h - 3, "text-anchor": anchor, class: "axis" });
+      label.textContent = text;
+      chart.appendChild(label);
+    }
+    for (const l of lines) {
+      const pts = l.points.filter((p) => p[1] !== null && p[1] !== undefined)
+        .map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`);
+      if (pts.length === 1) pts.push(`${(x(end)).toFixed(1)},${pts[0].split(",")[1]}`);
+      if (!pts.length) continue;
+      chart.appendChild(svg("polyline", {
+        points: pts.join(" "), fill: "none", stroke: l.color, "stroke-width": 1.5, "data-series": l.name,
+      }));
+    }
+    chart.setAttribute("aria-label", unit);
+    return chart;
+  }
+
+  function figure(kind, caption, chart, points) {
+    const fig = el("figure", null, "chart small " + kind);
+    fig.appendChild(caption);
+    fig.appendChild(chart);
+    fig.dataset.points = String(points);
+    return fig;
+  }
+
+  function lastValue(points, i) {
+    for (let n = points.length - 1; n >= 0; n--) if (points[n][i] !== null) return points[n][i];
+    return null;
+  }
+
+  function renderCharts() {
+    const minutes = Math.round(histWindowMs / 60000);
+    document.getElementById("window").textContent = `(messages/s; up to the last ${minutes} min)`;
+    const tp = [...hist.agents.values()].map(({ meta, points }) => {
+      const cap = el("figcaption", `${meta.app} · ${meta.agent} · ${meta.stream}/${meta.group} · ${num(lastValue(points, 1))}/s`);
+      const line = points.map((p) => [p[0], p[1]]);
+      return figure("throughput", cap, lineChart([{ name: "rate", color: COLORS.rate, points: line }], "messages/s"), points.length);
+    });
+    if (!tp.length) tp.push(el("p", "No agent has reported a rate yet.", "muted"));
+    document.getElementById("throughput").replaceChildren(...tp);
+
+    const lag = [...hist.groups.values()].map(({ meta, points }) => {
+      const cap = el("figcaption", `${meta.stream} · ${meta.group} `);
+      const legend = el("span", null, "legend");
+      const l1 = el("span", `lag ${num(lastValue(points, 1))}`, "lag");
+      const l2 = el("span", ` pending ${num(lastValue(points, 2))}`, "pending");
+      legend.append(l1, l2);
+      cap.appendChild(legend);
+      const chart = lineChart([
+        { name: "lag", color: COLORS.lag, points: points.map((p) => [p[0], p[1]]) },
+        { name: "pending", color: COLORS.pending, points: points.map((p) => [p[0], p[2]]) },
+      ], "entries");
+      return figure("lag", cap, chart, points.length);
+    });
+    if (!lag.length) lag.push(el("p", "No consumer groups.", "muted"));
+    document.getElementById("lag").replaceChildren(...lag);
+
+    const dead = [...hist.dead_letters.values()].map(({ meta, points }) => {
+      const cap = el("figcaption", `${meta.dead_stream} · ${num(lastValue(points, 1))} entries`);
+      return figure("dead", cap, lineChart([{ name: "dead", color: COLORS.dead, points }], "entries"), points.length);
+    });
+    document.getElementById("dead-history").hidden = !dead.length;
+    document.getElementById("dead-charts").replaceChildren(...dead);
+    document.body.dataset.historyLoads = String(historyLoads);
+    if (historyLoads === 1) {
+      // What the first paint had (the browser test reads it; nothing else does).
+      const fewest = (m) => (m.size ? Math.min(...[...m.values()].map((s) => s.points.length)) : 0);
+      document.body.dataset.firstAgentPoints = String(fewest(hist.agents));
+      document.body.dataset.firstGroupPoints = String(fewest(hist.groups));
+    }
+  }
+
   function showError(text) {
     const box = document.getElementById("error");
     box.textContent = text || "";
@@ -252,9 +397,20 @@
 
   async function poll() {
     try {
-      const response = await fetch("api/status", { headers, cache: "no-store" });
+      const since = histSince === null ? "" : "?since=" + histSince;
+      const [response, past] = await Promise.all([
+        fetch("api/status", { headers, cache: "no-store" }),
+        fetch("api/history" + since, { headers, cache: "no-store" }),
+      ]);
       if (response.status === 401) showError("401: this dashboard needs ?token=… in its address.");
-      else render(await response.json());
+      else {
+        // History first: the agent table's first rates come from it.
+        if (past.ok) {
+          mergeHistory(await past.json());
+          renderCharts();
+        }
+        render(await response.json());
+      }
     } catch (err) {
       showError("cannot reach the dashboard server: " + err);
     } finally {
