@@ -170,3 +170,35 @@ def test_delayed_entries_wait_survive_sigkill_and_are_delivered_once(
     assert redis_sync.zcard(scheduled_key("default")) == 0
     empty = _cli(redis_url, "scheduled")
     assert "nothing scheduled" in empty.stdout
+
+
+def test_rate_limit_holds_across_two_processes(redis_url: str) -> None:
+    """Two `run` processes of an agent with rate_limit="40/s" together handle about 40 a second
+    (the limit is one GCRA key in Redis, taken per batch)."""
+    r = syncredis.Redis.from_url(redis_url)
+    pipe = r.pipeline(transaction=False)
+    for i in range(300):
+        pipe.xadd("jobs", {"n": str(i)})
+    pipe.execute()
+    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(APPS), "RATED_LIMIT": "40/s"}
+    cmd = [sys.executable, "-m", "streammachine", "run", "rated_app:app", "--log-format", "json"]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(2)
+    ]
+    try:
+        wait_sync(lambda: r.xlen("done") >= 260, 60, "260 handled")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=20)
+    done = r.xrange("done")
+    stamps = sorted(float(f[b"t"]) for _, f in done)
+    pids = Counter(f[b"pid"] for _, f in done)
+    # The rate in steady state: from the 40th to the 240th (start-up and burst left out).
+    rate = 200 / (stamps[240] - stamps[40])
+    print(f"\nrate {rate:.1f}/s for a 40/s limit; per process {dict(pids)}")
+    assert len(pids) == 2, "both processes handled entries"
+    assert 32 <= rate <= 48, f"{rate:.1f}/s is not within 20 % of 40/s"
+    r.close()
