@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -262,3 +264,14 @@ def test_run_of_a_module_that_raises_leads_with_one_line(redis_url: str, tmp_pat
     syntax = tmp_path / "syntaxapp.py"
     syntax.write_text("app = (\n")
     one_error_line(cli(redis_url, "run", f"{syntax}:app"), 1, f"syntax error in {syntax}:1")
+
+
+def test_mcp_start_up_log_masks_a_query_string_password(redis_url: str) -> None:
+    url = redis_url + "?password=mcp-log-pw"
+    proc = subprocess.run(
+        [sys.executable, "-m", "streammachine", "mcp", "--redis-url", url, "--log-format", "json"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    started = [json.loads(line) for line in proc.stderr.splitlines() if "MCP server" in line]
+    assert started and started[0]["msg"].endswith("?password=*** on stdio"), proc.stderr
+    assert "mcp-log-pw" not in proc.stderr + proc.stdout
