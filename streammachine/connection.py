@@ -13,7 +13,7 @@ import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
@@ -24,7 +24,7 @@ from .exceptions import ConfigError, RedisUnavailableError
 from .message import Message, messages_from_reply
 from .settings import Settings
 
-__all__ = ["RedisConnection", "mask_url"]
+__all__ = ["RedisConnection", "mask_url", "url_secrets", "validate_url"]
 
 log = logging.getLogger("streammachine.connection")
 
@@ -32,20 +32,64 @@ _SCHEMES = ("redis", "rediss", "unix", "memory", "redis+cluster", "redis+sentine
 _memory_server: Any = None
 
 
+# Query parameters redis-py hands to the connection that may carry a credential (`password=`,
+# `username=`, `ssl_password=`, `sentinel_password=`, ...); certificate paths stay visible.
+_SECRET_PARAM = re.compile(r"pass|user|secret|token|auth|credential", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """Return `url` with its password replaced by `***`, for logs and error messages.
+    """Return `url` with every credential replaced by `***`, for logs, errors and results.
+
+    Masked: the password of the userinfo (`user:***@`), a userinfo without `:` (redis-py reads
+    it as a user name, but people put passwords there), and the value of every query parameter
+    that can carry a credential (`password=`, `username=`, `ssl_password=`, ...). Certificate
+    paths (`ssl_certfile=`, `ssl_ca_certs=`, ...) and everything else stay as they are.
 
     Example:
         >>> mask_url("redis://user:secret@db:6379/0")
         'redis://user:***@db:6379/0'
+        >>> mask_url("rediss://db/0?password=pw&ssl_ca_certs=/etc/ca.pem")
+        'rediss://db/0?password=***&ssl_ca_certs=/etc/ca.pem'
     """
     scheme, sep, rest = url.partition("://")
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, host = netloc.rpartition("@")  # the last @: a password may contain one
-    user, colon, _password = userinfo.partition(":")
-    if not (sep and at and colon):
+    if not sep:
         return url
-    return f"{scheme}://{user}:***@{host}{slash}{path}"
+    head, q, query = rest.partition("?")
+    # The last @ before the query: a password may hold an @ or a / (redis-py needs them
+    # percent-encoded, but a mistyped URL must not leak either).
+    userinfo, at, host_path = head.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        head = f"{user}:***@{host_path}" if colon else f"***@{host_path}"
+    if q:
+        params = []
+        for param in query.split("&"):
+            name, eq, value = param.partition("=")
+            params.append(f"{name}=***" if eq and value and _SECRET_PARAM.search(name) else param)
+        query = "&".join(params)
+    return f"{scheme}://{head}{q}{query}"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials in `url` (userinfo and query parameters, raw and percent-decoded), so a
+    message that quotes one (e.g. a server's error) can be scrubbed by `str.replace`.
+
+    Example:
+        >>> url_secrets("redis://u:p%40ss@db/0?ssl_password=k")
+        ['p%40ss', 'p@ss', 'k']
+    """
+    _scheme, _, rest = url.partition("://")
+    head, _, query = rest.partition("?")
+    userinfo, at, _ = head.rpartition("@")
+    found: list[str] = []
+    if at:
+        user, colon, password = userinfo.partition(":")
+        secret = password if colon else user
+        found += [secret, unquote(secret)]
+    for name, value in parse_qsl(query):
+        if _SECRET_PARAM.search(name) and "user" not in name.lower():
+            found.append(value)
+    return list(dict.fromkeys(s for s in found if s))
 
 
 def memory_server() -> Any:
@@ -60,6 +104,11 @@ def memory_server() -> Any:
 
 def validate_url(url: str) -> str:
     """Check a Redis URL's scheme and shape; raise `ConfigError` with the valid forms."""
+    if not url.strip():
+        raise ConfigError(
+            "the Redis URL is empty: give one such as redis://localhost:6379/0, "
+            "or leave the option out to use REDIS_URL (else REDIS_HOST/REDIS_PORT/REDIS_DB)"
+        )
     scheme = urlsplit(url).scheme.lower()
     if scheme not in _SCHEMES:
         raise ConfigError(
@@ -80,7 +129,35 @@ def validate_url(url: str) -> str:
             urlsplit(url).port  # noqa: B018 - parsing the port validates it
         except ValueError:
             raise ConfigError(f"bad port in Redis URL {mask_url(url)!r}") from None
+        db = unquote(urlsplit(url).path).strip("/")
+        if db and not (db.isascii() and db.isdigit()):
+            # redis-py would silently use DB 0 for anything after the host that is not a number.
+            raise ConfigError(
+                f"bad database {db!r} in Redis URL {mask_url(url)!r}: the path is the database "
+                "number, e.g. redis://localhost:6379/0"
+            )
+    if scheme in ("redis", "rediss", "unix"):
+        _check_query(url)
     return url
+
+
+def _check_query(url: str) -> None:
+    """Parse the query parameters redis-py converts (db=, socket_timeout=, ...) here, so a bad
+    one is a `ConfigError` at start, not a ValueError from inside the pool."""
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+
+    parsers: dict[str, Any] = URL_QUERY_ARGUMENT_PARSERS
+    for name, value in parse_qsl(urlsplit(url).query):
+        parser = parsers.get(name)
+        if parser is None or name == "retry_on_error":
+            continue
+        try:
+            parser(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"bad value for {name!r} in Redis URL {mask_url(url)!r}: see "
+                "https://redis.readthedocs.io/en/stable/connections.html for the URL parameters"
+            ) from None
 
 
 def _nodes(url: str) -> list[tuple[str, int]]:

@@ -5,13 +5,34 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 
 from .app import App
 from .exceptions import AppImportError
 
-__all__ = ["app_dir", "import_app"]
+__all__ = ["AppModuleError", "app_dir", "import_app"]
+
+
+class AppModuleError(AppImportError):
+    """The app's own module raised while it was imported; `__cause__` is what it raised (the CLI
+    prints this one line, then that exception's traceback)."""
+
+
+def _import(name: str, shown: str) -> ModuleType:
+    """Import `name`; an error raised by the module's own code becomes `AppModuleError` saying
+    where (a SyntaxError stays itself: its one line already says where)."""
+    try:
+        return importlib.import_module(name)
+    except (SyntaxError, AppImportError):
+        raise
+    except Exception as exc:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename[:1] != "<"]
+        where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        raise AppModuleError(
+            f"the app module {shown!r} failed to import: {type(exc).__name__}{where}: {exc}"
+        ) from exc
 
 
 def _split(ref: str) -> tuple[str, str | None]:
@@ -31,13 +52,15 @@ def _load_module(module: str) -> ModuleType:
         folder = str(path.parent)
         if folder not in sys.path:
             sys.path.insert(0, folder)
-        return importlib.import_module(path.stem)
+        return _import(path.stem, module)
     if "" not in sys.path and "." not in sys.path:
         sys.path.insert(0, "")
     try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+        return _import(module, module)
+    except AppModuleError as exc:
+        missing = getattr(exc.__cause__, "name", None) or "\0"
+        its_own = module == missing or module.startswith(missing + ".")
+        if isinstance(exc.__cause__, ModuleNotFoundError) and its_own:
             raise AppImportError(
                 f"cannot import module {module!r}: run from the folder that contains it, "
                 "or pass path/to/file.py:app"
@@ -50,6 +73,7 @@ def import_app(ref: str) -> App:
 
     Raises:
         AppImportError: the module or attribute is missing, or it is not an App.
+        AppModuleError: the module's own code raised while it was imported (`__cause__`).
         SyntaxError: the module has a syntax error (shown as it is).
 
     Example:

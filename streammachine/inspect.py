@@ -60,6 +60,12 @@ def _s(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _name(value: Any) -> str:
+    """A key or group name as text; bytes that are not UTF-8 are shown escaped (`\\xff`), so
+    such a name is listed, and distinguishable from its neighbours, instead of left out."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+
+
 def _id(entry_id: Any) -> tuple[int, int]:
     ms, _, seq = _s(entry_id).partition("-")
     return (int(ms), int(seq or 0))
@@ -110,21 +116,28 @@ async def check_stream(client: aioredis.Redis | RedisConnection, stream: str) ->
     return True
 
 
-async def _describe(c: Any, names: Sequence[str], lag_scan_limit: int) -> list[dict[str, Any]]:
-    """Describe streams in three pipelined round trips; keys that are not streams are left out."""
+async def _describe(
+    c: Any, keys: Sequence[str | bytes], lag_scan_limit: int
+) -> list[dict[str, Any]]:
+    """Describe streams in three pipelined round trips; keys that are not streams are left out.
+
+    `keys` are the names as Redis has them (bytes from SCAN): every query uses them, so a name
+    that is not UTF-8 is described too, under its escaped text (see `_name`)."""
     async with c.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.type(name)
-            pipe.xinfo_stream(name)
+        for key in keys:
+            pipe.type(key)
+            pipe.xinfo_stream(key)
         replies = await pipe.execute(raise_on_error=False)
     infos: list[dict[str, Any]] = []
-    for name, kind, info in zip(names, replies[::2], replies[1::2], strict=True):
+    raw_keys: list[str | bytes] = []
+    for key, kind, info in zip(keys, replies[::2], replies[1::2], strict=True):
         if _s(kind) != "stream" or isinstance(info, Exception):
             continue
         first, last = info.get("first-entry"), info.get("last-entry")
+        raw_keys.append(key)
         infos.append(
             {
-                "stream": name,
+                "stream": _name(key),
                 "length": int(info["length"]),
                 "first_id": _s(first[0]) if first else None,
                 "last_id": _s(last[0]) if last else None,
@@ -133,26 +146,24 @@ async def _describe(c: Any, names: Sequence[str], lag_scan_limit: int) -> list[d
                 "_groups": int(info.get("groups", 0)),
             }
         )
-    with_groups = [i for i in infos if i.pop("_groups")]
+    with_groups = [(i, k) for i, k in zip(infos, raw_keys, strict=True) if i.pop("_groups")]
     if not with_groups:
         return infos
     async with c.pipeline(transaction=False) as pipe:
-        for i in with_groups:
-            pipe.xinfo_groups(i["stream"])
+        for _, key in with_groups:
+            pipe.xinfo_groups(key)
         all_groups = await pipe.execute(raise_on_error=False)
     todo: list[tuple[dict[str, Any], str]] = []  # (group dict, what the next reply is for)
     async with c.pipeline(transaction=False) as pipe:
-        for info, groups in zip(with_groups, all_groups, strict=True):
+        for (info, key), groups in zip(with_groups, all_groups, strict=True):
             for g in [] if isinstance(groups, Exception) else groups:
                 group = _group(info, g)
                 info["groups"].append(group)
                 if group["pending"]:
-                    pipe.xpending_range(info["stream"], group["name"], "-", "+", 1)
+                    pipe.xpending_range(key, g["name"], "-", "+", 1)
                     todo.append((group, "oldest"))
                 if group["lag"] is None:
-                    pipe.eval(
-                        _LAG_LUA, 1, info["stream"], group["last_delivered_id"], lag_scan_limit + 1
-                    )
+                    pipe.eval(_LAG_LUA, 1, key, group["last_delivered_id"], lag_scan_limit + 1)
                     todo.append((group, "lag"))
         replies = await pipe.execute(raise_on_error=False) if todo else []
     for (group, what), reply in zip(todo, replies, strict=True):
@@ -170,7 +181,7 @@ def _group(info: dict[str, Any], g: dict[str, Any]) -> dict[str, Any]:
     last_delivered = _s(g.get("last-delivered-id", "0-0"))
     lag = g.get("lag")  # Redis >= 7; None there when it cannot tell
     group: dict[str, Any] = {
-        "name": _s(g["name"]),
+        "name": _name(g["name"]),
         "consumers": int(g.get("consumers", 0)),
         "pending": int(g.get("pending", 0)),
         "last_delivered_id": last_delivered,
@@ -229,12 +240,12 @@ async def list_streams(
         ['orders', 'orders:dead']
     """
     c = _c(client)
-    names: set[str] = set()
+    names: dict[str, str | bytes] = {}  # shown name -> the key as Redis has it
     async for key in c.scan_iter(match=pattern, count=1000, _type="stream"):
-        names.add(_s(key))
+        names[_name(key)] = key
         if len(names) >= limit:
             break
-    ordered = sorted(names)
+    ordered = [names[n] for n in sorted(names)]
     out: list[dict[str, Any]] = []
     for start in range(0, len(ordered), 200):
         out += await _describe(c, ordered[start : start + 200], lag_scan_limit)
@@ -305,7 +316,7 @@ def dead_dict(dead: str, entry_id: Any, raw: Any) -> dict[str, Any]:
         "group": f.get("group"),
         "error": f.get("error"),
         "error_type": f.get("error_type"),
-        "deliveries": int(deliveries) if deliveries.isdigit() else None,
+        "deliveries": int(deliveries) if deliveries.isdecimal() else None,
         "failed_at": _float(failed_at),
         "traceback": f.get("traceback"),
         "fields": {k: v for k, v in f.items() if k not in DEAD_LETTER_FIELDS},
@@ -422,7 +433,8 @@ async def list_instances(
     client: aioredis.Redis | RedisConnection, limit: int = 1000
 ) -> list[dict[str, Any]]:
     """Registered app instances (keys `streammachine:instances:*`, a hash or a JSON string), read
-    leniently: `{"key", "app", "host", "pid", "age_s", "data"}`. `age_s` is the time since the
+    leniently: `{"key", "app", "host", "pid", "age_s", "format", "data"}`, `format` being "json" (a
+    JSON object), "hash" or None (anything else, kept as `data["value"]`). `age_s` is the time since the
     last heartbeat: from the key's remaining TTL when the record has `ttl_s` (the registry of
     `streammachine.dashboard`), else from a timestamp field such as `heartbeat_at`.
 
@@ -466,14 +478,17 @@ async def list_instances(
 
 def _instance(key: str, raw: Any, pttl_ms: Any, now: float) -> dict[str, Any]:
     data: dict[str, Any] = {}
+    fmt: str | None = None
     if isinstance(raw, dict):
-        data = _fields(raw)
+        data, fmt = _fields(raw), "hash"
     elif isinstance(raw, bytes | str):
         try:
             parsed = json.loads(raw)
-            data = parsed if isinstance(parsed, dict) else {"value": parsed}
-        except ValueError:
+        except (ValueError, RecursionError):
             data = {"value": _s(raw)}
+        else:
+            fmt = "json" if isinstance(parsed, dict) else None
+            data = parsed if isinstance(parsed, dict) else {"value": parsed}
     beat = next((data[k] for k in _HEARTBEAT_FIELDS if k in data), None)
     ts = _float(str(beat)) if beat is not None else None
     if ts is not None and ts > 1e11:  # milliseconds
@@ -488,7 +503,8 @@ def _instance(key: str, raw: Any, pttl_ms: Any, now: float) -> dict[str, Any]:
         "key": key,
         "app": data.get("app") or data.get("name"),
         "host": data.get("host") or data.get("hostname"),
-        "pid": int(str(pid)) if str(pid).isdigit() else None,
+        "pid": int(str(pid)) if str(pid).isdecimal() else None,
         "age_s": None if age_s is None else round(age_s, 3),
+        "format": fmt,
         "data": data,
     }

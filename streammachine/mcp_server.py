@@ -33,10 +33,12 @@ import anyio
 from mcp.server import MCPServer
 from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, ToolAnnotations
 from mcp.types.version import is_version_at_least
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import mcp_prompts
 from .connection import validate_url
@@ -212,6 +214,20 @@ def _confirmed_tools(store: StorageTools, ohlc: OhlcTools) -> dict[str, ToolFn]:
 # -- errors ---------------------------------------------------------------------------------------
 
 
+def _strict(tool: Tool) -> Tool:
+    """`tool` validating its arguments strictly against its input schema: `"10"` is not an
+    integer, and an argument the schema does not name is refused (`additionalProperties: false`)
+    rather than ignored, so a client's mistake is reported instead of half-obeyed."""
+    base = tool.fn_metadata.arg_model
+    config = ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=True)
+    strict: type[ArgModelBase] = type(
+        base.__name__, (base,), {"model_config": config, "__module__": base.__module__}
+    )
+    tool.fn_metadata.arg_model = strict
+    tool.parameters = strict.model_json_schema(by_alias=True)
+    return tool
+
+
 def _guard(tools: Tools, name: str, fn: ToolFn) -> ToolFn:
     """`fn` with a time limit, and every failure turned into an error result that says why."""
 
@@ -241,7 +257,10 @@ def tidy_validation_error(text: str) -> str:
     for loc, msg in zip(lines[::2], lines[1::2], strict=False):
         detail = _DETAIL.search(msg)
         got = f" (got {detail.group(1)})" if detail and detail.group(1) else ""
-        problems.append(f"argument {loc.strip()!r}: {_DETAIL.sub('', msg).strip()}{got}")
+        text = _DETAIL.sub("", msg).strip()
+        if text == "Extra inputs are not permitted":
+            text, got = "this tool has no such argument (see its input schema)", ""
+        problems.append(f"argument {loc.strip()!r}: {text}{got}")
     return m.group(1) + "; ".join(problems) if problems else text
 
 
@@ -257,7 +276,25 @@ async def _tidy_errors(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> 
 # -- the server -----------------------------------------------------------------------------------
 
 
-def _register_prompts(server: MCPServer[Any], read_only: bool) -> None:
+def _prompt_names_checked(prompts: list[str]) -> Any:
+    """A middleware answering `prompts/get` of an unknown name with the names there are (the
+    SDK's own answer is "Internal server error")."""
+
+    async def check(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+        if ctx.method == "prompts/get":
+            name = (ctx.params or {}).get("name")
+            if name not in prompts:
+                raise MCPError(
+                    INVALID_PARAMS,
+                    f"no prompt named {name!r}: this server's prompts are {', '.join(prompts)}",
+                )
+        return await call_next(ctx)
+
+    return check
+
+
+def _register_prompts(server: MCPServer[Any], read_only: bool) -> list[str]:
+    """Register the prompts; returns their names."""
     names = ", ".join(mcp_prompts.PATTERNS)
 
     @server.prompt(
@@ -278,6 +315,8 @@ def _register_prompts(server: MCPServer[Any], read_only: bool) -> None:
             return mcp_prompts.patterns(pattern)
         except ValueError as exc:
             raise MCPError(INVALID_PARAMS, str(exc)) from None
+
+    return ["streammachine-guide", "stream-processing-patterns"]
 
 
 def create_server(
@@ -313,6 +352,27 @@ def create_server(
     tools = Tools(url, settings, read_only, timeout_s, names)
     store, ohlc = StorageTools(tools), OhlcTools(tools)
     confirmed = _confirmed_tools(store, ohlc)
+    providers = (tools, StreamTools(tools), store, ohlc)
+    registered = []
+    for name in names:
+        title, ro, destructive, idempotent = TOOLS[name]
+        hints = ToolAnnotations(
+            title=title,
+            read_only_hint=ro,
+            destructive_hint=destructive,
+            idempotent_hint=idempotent,
+            open_world_hint=False,
+        )
+        operation = next(getattr(p, name) for p in providers if hasattr(p, name))
+        tool = Tool.from_function(
+            _guard(tools, name, confirmed.get(name, operation)),
+            name=name,
+            title=title,
+            description=" ".join((operation.__doc__ or "").split()),
+            annotations=hints,
+            structured_output=True,
+        )
+        registered.append(_strict(tool))
     # MCPServer() calls logging.basicConfig(); a library must not configure logging, so while it
     # runs the root logger has a handler and that call does nothing.
     root, placeholder = logging.getLogger(), logging.NullHandler()
@@ -324,28 +384,10 @@ def create_server(
             version=__version__,
             instructions=mcp_prompts.instructions(read_only),
             lifespan=tools.lifespan,
+            tools=registered,
         )
     finally:
         root.removeHandler(placeholder)
-    providers = (tools, StreamTools(tools), store, ohlc)
-    for name in names:
-        title, ro, destructive, idempotent = TOOLS[name]
-        hints = ToolAnnotations(
-            title=title,
-            read_only_hint=ro,
-            destructive_hint=destructive,
-            idempotent_hint=idempotent,
-            open_world_hint=False,
-        )
-        operation = next(getattr(p, name) for p in providers if hasattr(p, name))
-        server.add_tool(
-            _guard(tools, name, confirmed.get(name, operation)),
-            name=name,
-            title=title,
-            description=" ".join((operation.__doc__ or "").split()),
-            annotations=hints,
-            structured_output=True,
-        )
     server.resource(
         "streammachine://config", name="config", title="StreamMachine configuration",
         description="Settings and environment (secrets masked), tools and limits.",
@@ -356,8 +398,9 @@ def create_server(
         description="Redis health and version, streams, app instances, storage, OHLC.",
         mime_type="application/json",
     )(tools.status)  # fmt: skip
-    _register_prompts(server, read_only)
+    prompts = _register_prompts(server, read_only)
     server.middleware.append(_tidy_errors)
+    server.middleware.append(_prompt_names_checked(prompts))
     return server
 
 

@@ -27,14 +27,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import anyio
 from pydantic import BaseModel, Field, StrictBool
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from . import inspect as sm_inspect
-from .connection import RedisConnection, mask_url
+from .connection import RedisConnection, mask_url, url_secrets
 from .exceptions import RedisUnavailableError, StreamMachineError
 from .settings import Settings
 from .storage import Storage
@@ -210,8 +209,10 @@ class Tools:
         self._conn: RedisConnection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._users = 0
-        pw = urlsplit(url).password
-        self._secrets = [s for s in (pw, unquote(pw) if pw else None, settings.secret_key) if s]
+        # Every credential of the URL (userinfo and query forms), and those of REDIS_URL when
+        # the server was given another URL: a server error may quote one back.
+        found = url_secrets(url) + url_secrets(settings.redis_url or "")
+        self._secrets = [s for s in (*found, settings.secret_key) if s]
 
     # -- plumbing
 
@@ -448,7 +449,7 @@ def _instance(r: Mapping[str, Any]) -> Instance:
     pid = r.get("pid")
     return Instance(
         id=as_text(r.get("id", "")), app=r.get("app"), host=r.get("host"),
-        pid=int(str(pid)) if str(pid).isdigit() else None,
+        pid=int(str(pid)) if str(pid).isdecimal() else None,
         version=r.get("version"), started_at=num(r.get("started_at")),
         heartbeat_age_s=num(r.get("heartbeat_age_s")), fresh=bool(r.get("fresh")),
         agents=jsonable(agents), timers=jsonable(list(r.get("timers") or [])[:50]),

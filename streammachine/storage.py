@@ -32,6 +32,7 @@ __all__ = ["Storage"]
 PREFIX = "streammachine:storage"
 _NAMESPACE_RE = re.compile(r"[\w.-]+")
 _INT64 = 2**63
+MAX_TTL_S = 3_155_760_000.0  # 100 years
 # Scripts, so each write or incr is one atomic command that also keeps the invariant: a key's hash
 # field and its ttl key never both exist (see the module docstring). INCRBY keeps the key's TTL.
 _WRITE_LUA = """
@@ -62,6 +63,17 @@ def check_namespace(namespace: str) -> str:
             "(no ':' or glob characters), e.g. 'orders' or 'my-app'"
         )
     return namespace
+
+
+def check_key(key: Any) -> str:
+    """Return `key` if it is a str; else raise `ConfigError` saying so (Redis would take an int
+    as its text, but the key's TTL and listing would then disagree with it)."""
+    if not isinstance(key, str):
+        raise ConfigError(
+            f"storage keys are str, not {type(key).__name__} ({key!r}): use str(key), e.g. "
+            f"storage.write({str(key)!r}, value)"
+        )
+    return key
 
 
 def encode_value(key: str, value: Any) -> bytes:
@@ -220,6 +232,7 @@ class Storage:
         Example:
             >>> await storage.write("session", {"user": 1}, ttl_s=60)  # doctest: +SKIP
         """
+        check_key(key)
         data = encode_value(key, value)
         px = "" if ttl_s is None else ttl_ms(ttl_s)
         script = self._redis.script(_WRITE_LUA)
@@ -233,6 +246,7 @@ class Storage:
         Example:
             >>> count = await storage.read("counter", default=0)  # doctest: +SKIP
         """
+        check_key(key)
         client = self._redis.client
         raw: Any = await client.hget(self.hash_key, key)
         if raw is None:  # maybe a TTL key; read both at once in case a write moves it meanwhile
@@ -245,6 +259,7 @@ class Storage:
 
     async def exists(self, key: str) -> bool:
         """True when `key` has a value (None counts as a value)."""
+        check_key(key)
         client = self._redis.client
         if await client.hexists(self.hash_key, key):
             return True
@@ -256,6 +271,7 @@ class Storage:
 
     async def delete(self, key: str) -> bool:
         """Delete `key`; True when it existed."""
+        check_key(key)
         async with self._redis.client.pipeline(transaction=True) as pipe:
             pipe.hdel(self.hash_key, key)
             pipe.delete(self._ttl_key(key))
@@ -264,6 +280,8 @@ class Storage:
 
     async def keys(self, pattern: str | None = None) -> list[str]:
         """The keys (sorted), all or those matching a glob `pattern` such as `"user:*"`."""
+        if pattern is not None and not isinstance(pattern, str):
+            raise ConfigError(f"pattern must be a str glob, not {type(pattern).__name__}")
         client = self._redis.client
         found = {f async for f, _ in client.hscan_iter(self.hash_key, match=pattern, count=1000)}
         ttl_match = self._ttl_prefix + (pattern or "*")
@@ -297,6 +315,7 @@ class Storage:
             >>> await storage.incr("page_views")  # doctest: +SKIP
             1
         """
+        check_key(key)
         if isinstance(by, bool) or not isinstance(by, int | float):
             raise TypeError(f"incr({key!r}, by={by!r}): by must be an int or a float")
         if isinstance(by, int) and -_INT64 <= by < _INT64:
@@ -324,6 +343,7 @@ class Storage:
             >>> await storage.update("seen", lambda s: sorted({*s, "bob"}), default=[])  # doctest: +SKIP
             ['bob']
         """
+        check_key(key)
         ttl_key = self._ttl_key(key)
         async with self._redis.client.pipeline(transaction=True) as pipe:
             for attempt in itertools.count():
@@ -355,7 +375,7 @@ class Storage:
             >>> await storage.read_many(["a", "b"])  # doctest: +SKIP
             {'a': 1}
         """
-        names = list(keys)
+        names = [check_key(k) for k in keys]
         if not names:
             return {}
         async with self._redis.client.pipeline(transaction=True) as pipe:
@@ -375,7 +395,7 @@ class Storage:
         Example:
             >>> await storage.write_many({"a": 1, "b": [2, 3]})  # doctest: +SKIP
         """
-        encoded = {k: encode_value(k, v) for k, v in mapping.items()}
+        encoded = {check_key(k): encode_value(k, v) for k, v in mapping.items()}
         if not encoded:
             return
         async with self._redis.client.pipeline(transaction=True) as pipe:
@@ -385,9 +405,12 @@ class Storage:
 
 
 def ttl_ms(ttl_s: float) -> int:
-    """`ttl_s` in whole milliseconds (at least 1); `ConfigError` unless it is a number > 0."""
+    """`ttl_s` in whole milliseconds (at least 1); `ConfigError` unless it is a number > 0 and at
+    most `MAX_TTL_S` (past that Redis refuses the expiry time)."""
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not ttl_s > 0:
         raise ConfigError(f"ttl_s={ttl_s!r}: give a number of seconds > 0, or None for no expiry")
+    if not ttl_s <= MAX_TTL_S:
+        raise ConfigError(f"ttl_s={ttl_s!r} is more than 100 years ({MAX_TTL_S:.0f} s): use None")
     return max(1, math.ceil(ttl_s * 1000))
 
 

@@ -694,3 +694,99 @@ async def test_asyncapi_json_from_the_app_and_404_standalone(redis_url: str) -> 
     assert doc["channels"]["orders"]["address"] == "orders"
     assert doc["operations"]["bill"]["x-streammachine"]["group"] == "billing"
     assert doc["operations"]["send.invoices"]["action"] == "send"
+
+
+# --- malformed heartbeats (issue 19) -------------------------------------------------------------
+
+#: Records under the instance prefix that are not valid heartbeats: each must be skipped and
+#: counted, never break a scrape, never count as an "up" instance.
+BAD_HEARTBEATS: dict[str, bytes] = {
+    "buckets": json.dumps({"id": "b1", "latency_buckets_s": ["x"], "agents": []}).encode(),
+    "agent-int": json.dumps({"id": "b2", "agents": [1]}).encode(),
+    "timers-null": json.dumps({"id": "b3", "agents": {}, "timers": [None]}).encode(),
+    "stats-list": json.dumps({"id": "b4", "agents": [{"name": "a", "stats": [1]}]}).encode(),
+    "not-json": b"\xff not json",
+    "not-object": b"[1, 2, 3]",
+    "number": b"42",
+}
+
+
+def _seed_bad_heartbeats(redis_sync: syncredis.Redis) -> None:
+    for name, raw in BAD_HEARTBEATS.items():
+        redis_sync.set(INSTANCE_PREFIX + name, raw, px=15_000)
+    good = {"id": "h-1-good", "app": "shop", "host": "h", "pid": 1, "ttl_s": 15.0}
+    good |= {"interval_s": 2.0, "agents": [], "timers": []}
+    redis_sync.set(INSTANCE_PREFIX + "h-1-good", json.dumps(good), px=15_000)
+
+
+async def test_malformed_heartbeats_are_skipped_counted_and_logged_once(
+    redis_url: str, redis_sync: syncredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    _seed_bad_heartbeats(redis_sync)
+    caplog.set_level(logging.WARNING, logger="streammachine.dashboard")
+    async with dashboard(redis_url) as client:
+        for _ in range(2):
+            response = await client.get("/metrics")
+            assert response.status_code == 200, response.text
+            assert metric(response.text, "streammachine_bad_heartbeats") == len(BAD_HEARTBEATS)
+            assert metric(response.text, "streammachine_instance_up", instance="h-1-good") == 1
+            ups = [s for f in text_string_to_metric_families(response.text) for s in f.samples]
+            assert [s.labels["instance"] for s in ups if s.name == "streammachine_instance_up"] == [
+                "h-1-good"
+            ], "a bad record is not an instance"
+        ready = await client.get("/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"ready": True, "instances": 1})
+        status = (await client.get("/api/status")).json()
+        assert [i["id"] for i in status["instances"]] == ["h-1-good"]
+        assert status["bad_heartbeats"] == len(BAD_HEARTBEATS)
+    for name in BAD_HEARTBEATS:
+        logged = [r for r in caplog.records if INSTANCE_PREFIX + name in r.getMessage()]
+        assert len(logged) == 1, (name, [r.getMessage() for r in logged])
+
+
+async def test_only_malformed_heartbeats_mean_no_instances_for_readyz(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    redis_sync.set(INSTANCE_PREFIX + "junk", b"not json", px=15_000)
+    redis_sync.set(INSTANCE_PREFIX + "list", b"[1]", px=15_000)
+    async with dashboard(redis_url) as client:
+        ready = await client.get("/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"ready": True, "instances": 0})
+        assert await scrape(client, "streammachine_instance_up") is None
+
+
+def test_top_once_with_malformed_heartbeats(redis_url: str, redis_sync: syncredis.Redis) -> None:
+    _seed_bad_heartbeats(redis_sync)
+    env = {**os.environ, "COLUMNS": "200"}
+    for extra in (["--json"], []):
+        r = subprocess.run(
+            [sys.executable, "-m", "streammachine", "top", "--once", "--redis-url", redis_url,
+             "--log-format", "json", *extra],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        if extra:
+            status = json.loads(r.stdout)
+            assert [i["id"] for i in status["instances"]] == ["h-1-good"]
+            assert status["bad_heartbeats"] == len(BAD_HEARTBEATS)
+        else:
+            assert "h-1-good" in r.stdout
+        warnings = [json.loads(line) for line in r.stderr.splitlines()]
+        assert len(warnings) == len(BAD_HEARTBEATS), "one log line per bad record"
+        assert all(w["level"] == "warning" for w in warnings)
+
+
+async def test_non_utf8_stream_names_are_shown_escaped(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    redis_sync.xadd(b"tick\xffs", {"n": "1"})
+    redis_sync.xgroup_create(b"tick\xffs", b"g\xfe", "0")
+    redis_sync.xadd("orders", {"n": "1"})
+    async with dashboard(redis_url) as client:
+        status = (await client.get("/api/status")).json()
+        (odd,) = [s for s in status["streams"] if s["stream"] != "orders"]
+        assert odd["stream"] == "tick\\xffs" and odd["length"] == 1
+        assert [g["name"] for g in odd["groups"]] == ["g\\xfe"]
+        assert odd["groups"][0]["lag"] == 1
+        text = (await client.get("/metrics")).text
+        assert metric(text, "streammachine_stream_length", stream="tick\\xffs") == 1

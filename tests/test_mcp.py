@@ -739,3 +739,96 @@ async def test_prompts_are_accurate(redis_url: str) -> None:
         for group in imports:
             for name in filter(None, (n.strip() for n in group.split(","))):
                 assert getattr(streammachine, name) is not None, name
+
+
+# -- hardening (issue 19) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+async def test_arguments_are_checked_strictly_against_the_schema(
+    redis_url: str, redis_sync: syncredis.Redis, mode: str
+) -> None:
+    redis_sync.xadd("s", {"a": "1"})
+    async with connect(create_server(redis_url), mode) as c:
+        for tool in (await c.list_tools()).tools:
+            assert tool.input_schema.get("additionalProperties") is False, tool.name
+        message = await err(c, "stream_read", {"stream": "s", "count": "10"})
+        assert "argument 'count': Input should be a valid integer (got '10')" in message
+        message = await err(c, "stream_read", {"stream": "s", "cuont": 10})
+        assert "argument 'cuont': this tool has no such argument" in message
+        assert "a valid boolean" in await err(c, "storage_clear", {"confirm": "true"})
+        assert "a valid string" in await err(c, "storage_read", {"key": 5})
+        assert "a valid string" in await err(c, "storage_write", {"key": ["k"], "value": 1})
+        assert "a valid number" in await err(
+            c, "storage_write", {"key": "k", "value": 1, "ttl_s": "60"}
+        )
+        assert "more than 100 years" in await err(
+            c, "storage_write", {"key": "k", "value": 1, "ttl_s": 1e20}
+        )
+        # What the schema allows still works: an int where a number is wanted, defaults.
+        await ok(c, "storage_write", {"key": "k", "value": 1, "ttl_s": 60})
+        assert len((await ok(c, "stream_read", {"stream": "s", "count": 10}))["entries"]) == 1
+    assert redis_sync.xlen("s") == 1
+
+
+@pytest.mark.parametrize("mode", IN_PROCESS)
+async def test_an_unknown_prompt_names_the_prompts(redis_url: str, mode: str) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    async with connect(create_server(redis_url), mode) as c:
+        with pytest.raises(MCPError) as caught:
+            await c.get_prompt("no-such-prompt")
+        text = str(caught.value)
+        assert "no prompt named 'no-such-prompt'" in text, text
+        assert "streammachine-guide" in text and "stream-processing-patterns" in text
+        assert "Internal" not in text
+        assert await prompt(c, "streammachine-guide")  # the server is fine
+
+
+async def test_a_password_in_the_query_string_is_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streammachine.testing import RedisServer
+    from tests.util import start_or_skip
+
+    server = start_or_skip(RedisServer())  # its own: a password would lock out other tests
+    try:
+        admin = syncredis.Redis.from_url(server.url)
+        admin.config_set("requirepass", "qs-secret-pw")
+        admin.close()
+        url = f"redis://127.0.0.1:{server.port}/0?password=qs-secret-pw"
+        monkeypatch.setenv("REDIS_URL", url)
+        async with connect(create_server(url), "modern") as c:
+            health = await ok(c, "health_check")
+            assert health["healthy"] and health["redis_url"].endswith("?password=***")
+            config = await resource(c, "streammachine://config")
+            status = await resource(c, "streammachine://status")
+            assert json.loads(status)["redis"]["healthy"] is True
+            for text in (json.dumps(health), config, status):
+                assert "qs-secret-pw" not in text
+            assert json.loads(config)["environment"]["REDIS_URL"].endswith("?password=***")
+    finally:
+        server.close()
+
+
+async def test_stream_list_shows_non_utf8_names_escaped(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    redis_sync.xadd(b"tick\xffs", {"n": "1"})
+    redis_sync.xgroup_create(b"tick\xffs", b"g\xfe", "0")
+    async with connect(create_server(redis_url), "modern") as c:
+        (found,) = (await ok(c, "stream_list"))["streams"]
+        assert found["stream"] == "tick\\xffs" and found["length"] == 1
+        assert [g["name"] for g in found["groups"]] == ["g\\xfe"]
+
+
+async def test_app_instances_skips_malformed_heartbeats(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    redis_sync.set("streammachine:instances:junk", b"not json", px=15000)
+    redis_sync.set("streammachine:instances:bad", json.dumps({"agents": [1]}), px=15000)
+    good = {"id": "web-1-abc", "app": "orders", "host": "web", "pid": 1, "ttl_s": 15}
+    redis_sync.set("streammachine:instances:web-1-abc", json.dumps(good), px=15000)
+    async with connect(create_server(redis_url), "modern") as c:
+        found = (await ok(c, "app_instances"))["instances"]
+        assert [i["id"] for i in found] == ["web-1-abc"]

@@ -12,7 +12,7 @@ import typer
 
 from . import asyncapi, dashboard, mcp, ohlc, ops, schedule, streams
 from . import run as run_cmd
-from .common import fail
+from .common import check_argv, fail
 
 app = typer.Typer(
     name="streammachine",
@@ -33,6 +33,7 @@ def main() -> None:
 
     from ..exceptions import StreamMachineError
 
+    check_argv(sys.argv[1:])
     try:
         # Not standalone: usage errors come back here and are shown as one line, like ours.
         code = app(standalone_mode=False)

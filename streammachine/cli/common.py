@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -53,7 +54,7 @@ def resolve_url(redis_url: str | None) -> str:
     from ..connection import validate_url
     from ..settings import Settings
 
-    if redis_url:
+    if redis_url is not None:  # an explicit --redis-url '' is a mistake, not "use the default"
         return validate_url(redis_url)
     return validate_url(Settings.from_env(os.environ).resolve_url())
 
@@ -120,11 +121,94 @@ def out(line: str) -> None:
         raise SystemExit(0) from None
 
 
+#: Arrays and objects nested deeper than this in JSON given to the CLI are refused: deeper input is
+#: almost always a mistake, and past Python's recursion limit it cannot even be parsed.
+MAX_JSON_DEPTH = 64
+#: The longest stream, group, consumer or storage key name the CLI accepts (the MCP tools' limit).
+MAX_NAME_CHARS = 1024
+
+
+def check_argv(argv: list[str]) -> None:
+    """Refuse an argument that is not UTF-8 text, naming it: Python hands such bytes over as
+    lone surrogates, which no Redis command can encode, so nothing could be done with it."""
+    for n, arg in enumerate(argv, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = repr(os.fsencode(arg))
+            shown = raw if len(raw) <= 60 else raw[:57] + "..."
+            fail(
+                f"argument {n} ({shown}) is not UTF-8 text: names, fields and values given on "
+                "the command line must be UTF-8",
+                2,
+            )
+
+
+def check_name(what: str, value: str) -> str:
+    """`value` if it can name a stream, group, consumer or key: not empty, not huge."""
+    if not value:
+        fail(f"the {what} is empty: give a name", 2)
+    if len(value) > MAX_NAME_CHARS:
+        fail(f"the {what} is {len(value)} characters long; the limit is {MAX_NAME_CHARS}", 2)
+    return value
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than MAX_JSON_DEPTH."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"it is nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects; flatten it"
+        )
+
+
+def parse_json(text: str) -> Any:
+    """`json.loads(text)`, refusing nesting deeper than MAX_JSON_DEPTH with `TooDeep`."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise TooDeep from None
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise TooDeep
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return value
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """`value` with what JSON cannot hold made text: NaN and ±infinity as "nan", "inf" and "-inf"
+    (what the MCP tools return too), bytes as UTF-8, keys that are not text as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if depth > 2 * MAX_JSON_DEPTH:
+        return repr(value)
+    if isinstance(value, dict):
+        return {_key(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, depth + 1) for v in value]
+    return value
+
+
+def _key(key: Any) -> Any:
+    if key is None or isinstance(key, str | int) or (isinstance(key, float) and math.isfinite(key)):
+        return key  # json.dumps writes these keys itself
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "replace")
+    return repr(key) if isinstance(key, float) else str(key)
+
+
 def dumps(obj: Any) -> str:
-    """One JSON line (UTF-8 text, bytes decoded, anything else as str)."""
+    """One line of valid JSON (UTF-8 text, bytes decoded, non-finite floats as strings, anything
+    else as str)."""
     import json
 
     def default(value: Any) -> Any:
         return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
-    return json.dumps(obj, ensure_ascii=False, default=default)
+    return json.dumps(_plain(obj), ensure_ascii=False, default=default, allow_nan=False)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import JsonOut, LogFormat, LogLevel, RedisUrl, fail, resolve_url, setup
+from .common import JsonOut, LogFormat, LogLevel, RedisUrl, fail, out, resolve_url, setup
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -65,12 +65,20 @@ def register(app: typer.Typer) -> None:
     def top(
         once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
         interval: Annotated[
-            float, typer.Option("--interval", min=0.1, help="Seconds between refreshes.")
+            float,
+            typer.Option("--interval", min=0.1, max=3600, help="Seconds between refreshes."),
         ] = 1.0,
         json_out: JsonOut = False,
         redis_url: RedisUrl = None,
+        log_level: LogLevel = "warning",
+        log_format: LogFormat = "auto",
     ) -> None:
         """Live instances, agents, streams, groups, dead letters and timers (Ctrl-C exits)."""
+        import math
+
+        setup(log_level, log_format)
+        if not math.isfinite(interval):
+            fail(f"--interval {interval} is not a number of seconds: give e.g. --interval 2", 2)
         if json_out and not once:
             fail("--json needs --once (a live view cannot be parsed)")
         url = resolve_url(redis_url)
@@ -100,7 +108,7 @@ async def _top(url: str, once: bool, json_out: bool, interval_s: float) -> None:
             fail(f"cannot read Redis at {mask_url(url)}: {exc}")
         if once:
             if json_out:
-                print(json.dumps(status, ensure_ascii=False, sort_keys=True))
+                out(json.dumps(status, ensure_ascii=False, sort_keys=True))
             else:
                 Console().print(_render(status, rates))
             return

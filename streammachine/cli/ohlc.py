@@ -7,7 +7,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import JsonOut, LogFormat, LogLevel, RedisUrl, dumps, fail, out, setup, with_redis
+from .common import (
+    JsonOut,
+    LogFormat,
+    LogLevel,
+    RedisUrl,
+    check_name,
+    dumps,
+    fail,
+    out,
+    setup,
+    with_redis,
+)
 from .progress import MIN_ENTRIES, interactive, progress_bar
 
 if TYPE_CHECKING:
@@ -78,6 +89,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compute OHLC candles from a tick stream: its history, then live with --follow."""
         setup(log_level, log_format)
+        check_name("stream name", stream)
+        if emit is not None:
+            check_name("--emit prefix", emit)
         from ..exceptions import ConfigError
         from ..ohlc import FastOHLC, parse_interval
 

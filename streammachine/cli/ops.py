@@ -8,7 +8,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from .common import JsonOut, LogFormat, LogLevel, RedisUrl, dumps, fail, out, setup, with_redis
+from .common import (
+    JsonOut,
+    LogFormat,
+    LogLevel,
+    RedisUrl,
+    TooDeep,
+    check_name,
+    dumps,
+    fail,
+    out,
+    parse_json,
+    setup,
+    with_redis,
+)
 from .progress import MIN_ENTRIES, interactive, progress_bar
 
 if TYPE_CHECKING:
@@ -24,6 +37,7 @@ Namespace = Annotated[
     ),
 ]
 HEALTH_TIMEOUT_S = 2.0
+MAX_TTL_S = 3_155_760_000.0  # 100 years: beyond, Redis refuses the expiry (storage.MAX_TTL_S)
 
 
 class DefaultToList(TyperGroup):
@@ -102,6 +116,11 @@ def _health(redis_url: str | None, json_out: bool) -> None:
 
 
 def _storage(redis_url: str | None, namespace: str | None, fn: Any, *args: Any) -> Any:
+    from ..storage import check_namespace
+
+    if namespace is not None:  # an explicit --namespace '' is a mistake, not "the default"
+        check_namespace(namespace)
+
     async def call(conn: RedisConnection) -> Any:
         from ..storage import Storage
 
@@ -151,8 +170,10 @@ def _register_storage(app: typer.Typer) -> None:
         log_level: LogLevel = "warning",
         log_format: LogFormat = "auto",
     ) -> None:
-        """Print a key's value (text as it is, anything else as JSON)."""
+        """Print a key's value (text as it is, anything else as JSON; NaN and ±infinity, which
+        JSON cannot hold, as the strings "nan", "inf" and "-inf")."""
         setup(log_level, log_format)
+        check_name("storage key", key)
         ns, value = _storage(redis_url, namespace, _get, key)
         if value is _MISSING:
             fail(f"key {key!r} not found in storage namespace {ns!r}")
@@ -165,7 +186,10 @@ def _register_storage(app: typer.Typer) -> None:
             str, typer.Argument(help="JSON when it parses (42, true, {...}), else text.")
         ],
         ttl: Annotated[
-            float | None, typer.Option("--ttl", min=0.001, help="Expire after SECONDS.")
+            float | None,
+            typer.Option(
+                "--ttl", min=0.001, max=MAX_TTL_S, help="Expire after SECONDS (at most 100 years)."
+            ),
         ] = None,
         namespace: Namespace = None,
         redis_url: RedisUrl = None,
@@ -173,11 +197,16 @@ def _register_storage(app: typer.Typer) -> None:
         log_format: LogFormat = "auto",
     ) -> None:
         """Store a value (parsed as JSON when it parses, else kept as a string)."""
-        import json
+        import math
 
         setup(log_level, log_format)
+        check_name("storage key", key)
+        if ttl is not None and not math.isfinite(ttl):
+            fail(f"--ttl {ttl} is not a number of seconds: give e.g. --ttl 60", 2)
         try:
-            parsed: Any = json.loads(value)
+            parsed: Any = parse_json(value)
+        except TooDeep as exc:
+            fail(f"the value: {exc}", 2)
         except ValueError:
             parsed = value
         _storage(redis_url, namespace, _set, key, parsed, ttl)
@@ -192,6 +221,7 @@ def _register_storage(app: typer.Typer) -> None:
     ) -> None:
         """Delete a key (exit 1 when it did not exist)."""
         setup(log_level, log_format)
+        check_name("storage key", key)
         ns, existed = _storage(redis_url, namespace, _delete, key)
         if not existed:
             fail(f"key {key!r} not found in storage namespace {ns!r}")
@@ -207,6 +237,8 @@ def _register_storage(app: typer.Typer) -> None:
     ) -> None:
         """List the keys, sorted (all, or those matching PATTERN)."""
         setup(log_level, log_format)
+        if pattern is not None:
+            check_name("pattern", pattern)
         ns, found = _storage(redis_url, namespace, _keys, pattern)
         for k in found:
             out(dumps({"namespace": ns, "key": k}) if json_out else k)
@@ -317,7 +349,9 @@ def _register_dead(app: typer.Typer) -> None:
     @dead.command("list")
     def list_(
         stream: Annotated[str, typer.Argument(help="The stream, or its dead-letter stream.")],
-        count: Annotated[int, typer.Option("--count", min=1, help="At most this many.")] = 100,
+        count: Annotated[
+            int, typer.Option("--count", min=1, max=1_000_000, help="At most this many.")
+        ] = 100,
         json_out: JsonOut = False,
         redis_url: RedisUrl = None,
         log_level: LogLevel = "warning",
@@ -325,6 +359,7 @@ def _register_dead(app: typer.Typer) -> None:
     ) -> None:
         """List the dead letters of STREAM (kept in STREAM:dead), oldest first."""
         setup(log_level, log_format)
+        check_name("stream name", stream)
         total, items = with_redis(redis_url, lambda c: _dead_list(c, stream, count))
         _print_dead(stream, total, items, json_out)
 
@@ -343,6 +378,7 @@ def _register_dead(app: typer.Typer) -> None:
         from ..inspect import dead_letter_stream, replay_dead
 
         setup(log_level, log_format)
+        check_name("stream name", stream)
         if bool(ids) == all_:
             fail("say which dead letters to replay: --id ID (repeatable) or --all", 2)
         if all_ and interactive():

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import LogFormat, LogLevel, RedisUrl, fail, setup
+from .common import LogFormat, LogLevel, RedisUrl, fail, resolve_url, setup
 
 
 def register(app: typer.Typer) -> None:
@@ -53,14 +53,15 @@ def register(app: typer.Typer) -> None:
         # Worker processes configure their logging from these.
         os.environ["STREAMMACHINE_LOG_LEVEL"] = log_level
         os.environ["STREAMMACHINE_LOG_FORMAT"] = log_format
-        if redis_url:
-            os.environ["REDIS_URL"] = redis_url
+        if redis_url is not None:
+            os.environ["REDIS_URL"] = resolve_url(redis_url)
         if shutdown_timeout is not None:
             os.environ["STREAMMACHINE_SHUTDOWN_TIMEOUT_S"] = str(shutdown_timeout)
         if dashboard or dashboard_port:
             os.environ["STREAMMACHINE_DASHBOARD"] = "1"
         if dashboard_port:
             os.environ["STREAMMACHINE_DASHBOARD_PORT"] = str(dashboard_port)
+        from ..importer import AppModuleError
         from ..supervisor import run_app
 
         try:
@@ -69,4 +70,13 @@ def register(app: typer.Typer) -> None:
             )
         except SyntaxError as exc:
             fail(f"syntax error in {exc.filename}:{exc.lineno}: {exc.msg}")
+        except AppModuleError as exc:
+            # One line first (what failed, where), then the traceback: the user's bug needs it.
+            import sys
+            import traceback
+
+            sys.stderr.write(f"error: {exc}\n")
+            if exc.__cause__ is not None:
+                traceback.print_exception(exc.__cause__)
+            raise SystemExit(1) from None
         raise SystemExit(code)

@@ -9,7 +9,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import JsonOut, LogFormat, LogLevel, RedisUrl, dumps, fail, out, setup, with_redis
+from .common import (
+    JsonOut,
+    LogFormat,
+    LogLevel,
+    RedisUrl,
+    TooDeep,
+    check_name,
+    dumps,
+    fail,
+    out,
+    parse_json,
+    setup,
+    with_redis,
+)
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
@@ -36,6 +49,8 @@ def _as_record(obj: Any, where: str) -> dict[Any, Any]:
 def _records_from_file(path: str) -> list[dict[Any, Any]]:
     import json
 
+    if not path:
+        fail("--file is empty: give a path, or - for stdin", 2)
     name = "stdin" if path == "-" else path
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
@@ -53,7 +68,9 @@ def _records_from_file(path: str) -> list[dict[Any, Any]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = parse_json(line)
+        except TooDeep as exc:
+            fail(f"line {n} of {name}: {exc}", 2)
         except ValueError as exc:
             reason = (
                 f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else exc
@@ -64,12 +81,12 @@ def _records_from_file(path: str) -> list[dict[Any, Any]]:
 
 
 def _records_from_args(pairs: list[str], json_obj: str | None) -> dict[Any, Any]:
-    import json
-
     obj: dict[str, Any] = {}
     if json_obj is not None:
         try:
-            parsed = json.loads(json_obj)
+            parsed = parse_json(json_obj)
+        except TooDeep as exc:
+            fail(f"--json: {exc}", 2)
         except ValueError as exc:
             fail(f"--json is not valid JSON: {exc}", 2)
         if not isinstance(parsed, dict):
@@ -249,7 +266,10 @@ async def _tail_group(
     client: Any = conn.client
     if not await check_stream(conn, stream):
         fail(f"stream {stream!r} does not exist, so it has no group {group!r}")
-    groups = [g["name"].decode() for g in await client.xinfo_groups(stream)]
+    # Escaped, not decoded: another group's name may not be UTF-8, and must not stop this one.
+    groups = [
+        g["name"].decode("utf-8", "backslashreplace") for g in await client.xinfo_groups(stream)
+    ]
     if group not in groups:
         have = f" (it has: {', '.join(groups)})" if groups else " (it has none)"
         fail(
@@ -355,7 +375,9 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--file", metavar="PATH|-", help="One entry per JSON line (- = stdin)."),
         ] = None,
-        count: Annotated[int, typer.Option("--count", min=1, help="Send the entry N times.")] = 1,
+        count: Annotated[
+            int, typer.Option("--count", min=1, max=10_000_000, help="Send the entry N times.")
+        ] = 1,
         delay: Annotated[
             str | None,
             typer.Option("--delay", metavar="DURATION", help="Append it later, e.g. 30s, 5m, 2h."),
@@ -385,6 +407,7 @@ def register(app: typer.Typer) -> None:
         `send orders --file orders.jsonl`, `send reminders user=7 --delay 30m`.
         """
         setup(log_level, log_format)
+        check_name("stream name", stream)
         from .schedule import due_from_flags, send_later
 
         due = due_from_flags(delay, at)
@@ -414,7 +437,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
         count: Annotated[
             int | None,
-            typer.Option("--count", min=1, help="Entries to show (default 10; per read with -f)."),
+            typer.Option(
+                "--count",
+                min=1,
+                max=1_000_000,
+                help="Entries to show (default 10; per read with -f).",
+            ),
         ] = None,
         follow: Annotated[
             bool, typer.Option("--follow", "-f", help="Wait for new entries until Ctrl-C.")
@@ -441,6 +469,11 @@ def register(app: typer.Typer) -> None:
         import socket
 
         setup(log_level, log_format)
+        check_name("stream name", stream)
+        if group is not None:
+            check_name("group name", group)
+        if consumer is not None:
+            check_name("consumer name", consumer)
         if group is None and (consumer is not None or ack):
             fail("--consumer and --ack need --group", 2)
         if start is not None and not re.fullmatch(r"\$|>|-|\d+(-\d+)?", start):
@@ -466,7 +499,9 @@ def register(app: typer.Typer) -> None:
     @app.command("streams")
     def streams(
         pattern: Annotated[str, typer.Argument(help="Glob of stream names.")] = "*",
-        limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 1000,
+        limit: Annotated[
+            int, typer.Option("--limit", min=1, max=1_000_000, help="At most this many.")
+        ] = 1000,
         json_out: JsonOut = False,
         redis_url: RedisUrl = None,
         log_level: LogLevel = "warning",
@@ -479,5 +514,6 @@ def register(app: typer.Typer) -> None:
         from ..inspect import list_streams
 
         setup(log_level, log_format)
+        check_name("pattern", pattern)
         infos = with_redis(redis_url, lambda c: list_streams(c, pattern, limit))
         _print_streams(infos, json_out)

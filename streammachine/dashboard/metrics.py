@@ -53,6 +53,12 @@ class StatusCollector(Collector):
         up = GaugeMetricFamily("streammachine_redis_up", "1 when Redis answered this scrape.")
         up.add_metric([], 1.0 if st["redis"]["ok"] else 0.0)
         yield up
+        bad = GaugeMetricFamily(
+            "streammachine_bad_heartbeats",
+            "Instance records in Redis that are not valid heartbeats, left out of these metrics.",
+        )
+        bad.add_metric([], float(st.get("bad_heartbeats", 0)))
+        yield bad
         yield from self._instances(st["instances"])
         yield from self._streams(st["streams"])
         yield from self._scheduled(st.get("scheduled") or {})

@@ -19,9 +19,10 @@ import os
 import secrets
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
+import msgspec
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
@@ -31,11 +32,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INSTANCE_PREFIX",
+    "Heartbeat",
     "add_heartbeat",
+    "check_heartbeat",
     "heartbeat",
     "instance_record",
     "list_instances",
     "new_instance_id",
+    "read_instances",
 ]
 
 log = logging.getLogger("streammachine.dashboard")
@@ -169,9 +173,132 @@ def add_heartbeat(app: App, *, ttl_s: float = 15.0, interval_s: float = 2.0) -> 
     app.background.append(functools.partial(heartbeat, app, ttl_s=ttl_s, interval_s=interval_s))
 
 
+# -- reading heartbeats back ------------------------------------------------------------------
+#
+# Anything may sit under the prefix (another version, a hand-written key, a bug), and one bad record
+# must not break every /metrics scrape or `top`: each record is checked against this schema when
+# read, and one that does not fit is skipped, counted and logged once.
+
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class AgentStats(msgspec.Struct):
+    """An agent's counters in a heartbeat (`Stats.as_dict`)."""
+
+    processed: NonNegInt = 0
+    failed: NonNegInt = 0
+    retried: NonNegInt = 0
+    dead: NonNegInt = 0
+    skipped: NonNegInt = 0
+    latency_s_total: NonNegFloat = 0.0
+    latency_buckets: list[NonNegInt] = []
+
+
+class AgentBeat(msgspec.Struct):
+    """One agent of a heartbeat."""
+
+    name: str = ""
+    stream: str = ""
+    group: str = ""
+    concurrency: NonNegInt = 1
+    stats: AgentStats = msgspec.field(default_factory=AgentStats)
+
+
+class TimerBeat(msgspec.Struct):
+    """One timer of a heartbeat."""
+
+    name: str = ""
+    interval_s: NonNegFloat = 0.0
+    runs: NonNegInt = 0
+    failures: NonNegInt = 0
+
+
+class Heartbeat(msgspec.Struct):
+    """The schema of an instance record as `instance_record` writes it; every field has a default,
+    so records of older versions (and tests' hand-written ones) still read.
+
+    Example:
+        >>> msgspec.convert({"app": "orders", "pid": 7}, Heartbeat).pid
+        7
+    """
+
+    id: str | None = None
+    app: str | None = None
+    host: str | None = None
+    pid: NonNegInt | None = None
+    started_at: NonNegFloat | None = None
+    heartbeat_at: NonNegFloat | None = None
+    version: str | None = None
+    ttl_s: NonNegFloat | None = None
+    interval_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    latency_buckets_s: list[NonNegFloat] = []
+    agents: list[AgentBeat] = []
+    timers: list[TimerBeat] = []
+
+
+_warned: set[str] = set()  # keys whose bad record was logged (once per key, bounded)
+
+
+def check_heartbeat(found: dict[str, Any]) -> dict[str, Any] | str:
+    """An instance found by `streammachine.inspect.list_instances` as a checked record (its fields
+    with the schema's defaults filled in), or why it is not a valid heartbeat.
+
+    Example:
+        >>> check_heartbeat({"format": "json", "data": {"agents": [1]}})  # doctest: +ELLIPSIS
+        'Expected `object`, got `int` - at `$.agents[0]`'
+    """
+    if found.get("format") != "json":
+        return "not a JSON object"
+    try:
+        beat = msgspec.convert(found["data"], Heartbeat)
+    except msgspec.ValidationError as exc:
+        return str(exc)
+    # Unknown top-level fields (a newer version's) are kept, the known ones as checked; a field
+    # the record does not have stays absent, so readers' `.get(name, default)` still applies.
+    checked = {k: v for k, v in msgspec.to_builtins(beat).items() if v is not None}
+    record: dict[str, Any] = {**found["data"], **checked}
+    return record
+
+
+async def read_instances(client: aioredis.Redis) -> tuple[list[dict[str, Any]], list[str]]:
+    """The valid instance records (as `list_instances` returns them) and the keys of the records
+    that are not valid heartbeats (not JSON, not an object, or not of the `Heartbeat` schema).
+
+    Example:
+        >>> good, bad = await read_instances(client)  # doctest: +SKIP
+        >>> bad  # doctest: +SKIP
+        ['streammachine:instances:junk']
+    """
+    from ..inspect import list_instances as read_raw
+
+    out: list[dict[str, Any]] = []
+    bad: list[str] = []
+    for found in await read_raw(client):
+        checked = check_heartbeat(found)
+        if isinstance(checked, str):
+            bad.append(found["key"])
+            if found["key"] not in _warned:
+                if len(_warned) > 10_000:
+                    _warned.clear()
+                _warned.add(found["key"])
+                log.warning("skipping the instance record %s: %s", found["key"], checked)
+            continue
+        record = checked
+        if record.get("id") is None:
+            record["id"] = found["key"][len(INSTANCE_PREFIX) :]
+        age = found["age_s"]
+        interval = record.get("interval_s") or 2.0
+        record["heartbeat_age_s"] = age
+        record["fresh"] = age is None or age <= 3 * interval + 1.0
+        out.append(record)
+    out.sort(key=lambda r: (str(r.get("app") or ""), str(r.get("id") or "")))
+    return out, bad
+
+
 async def list_instances(client: aioredis.Redis) -> list[dict[str, Any]]:
     """Every registered instance's record, sorted by app and id, with `heartbeat_age_s` and
-    `fresh` added.
+    `fresh` added; records that are not valid heartbeats are left out (see `read_instances`).
 
     `heartbeat_age_s` comes from the key's remaining TTL (no other host's clock involved; see
     `streammachine.inspect.list_instances`); an instance is `fresh` when it beat within three
@@ -181,19 +308,4 @@ async def list_instances(client: aioredis.Redis) -> list[dict[str, Any]]:
         >>> [i["app"] for i in await list_instances(client)]  # doctest: +SKIP
         ['orders']
     """
-    from ..inspect import list_instances as read_instances
-
-    out: list[dict[str, Any]] = []
-    for found in await read_instances(client):
-        record = dict(found["data"])
-        record.setdefault("id", found["key"][len(INSTANCE_PREFIX) :])
-        age = found["age_s"]
-        try:
-            interval = float(record.get("interval_s") or 2.0)
-        except (TypeError, ValueError):
-            interval = 2.0
-        record["heartbeat_age_s"] = age
-        record["fresh"] = age is None or age <= 3 * interval + 1.0
-        out.append(record)
-    out.sort(key=lambda r: (str(r.get("app", "")), str(r.get("id", ""))))
-    return out
+    return (await read_instances(client))[0]

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..inspect import list_streams
-from .registry import list_instances
+from .registry import read_instances
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -45,13 +45,15 @@ async def collect_status(
     """Instances, streams with their groups, dead letters and recent candles.
 
     Returns:
-        `{"generated_at_ms", "redis": {"ok", "error"}, "instances", "streams",
+        `{"generated_at_ms", "redis": {"ok", "error"}, "instances", "bad_heartbeats", "streams",
         "streams_truncated", "lag_scan_limit", "dead_letters", "scheduled", "candles"}`.
         `scheduled` is `{"count", "oldest_due_ms", "namespaces": [{"namespace", "count",
         "oldest_due_ms"}]}` (oldest = the soonest due time). Streams are as
         `inspect.list_streams` gives them (a group's `lag` is None when above `lag_scan_limit`
         on Redis < 7), plus `dead_letter` and `candles` flags, and each group gets
         `oldest_pending_age_s` (the time since its oldest pending entry was written).
+        `bad_heartbeats` counts the instance records left out because they are not valid
+        heartbeats (see `registry.read_instances`).
 
     Args:
         client: a bytes-returning redis-py asyncio client.
@@ -66,7 +68,7 @@ async def collect_status(
     """
     secs, micros = await client.time()
     now_ms = int(secs) * 1000 + int(micros) // 1000
-    instances = await list_instances(client)
+    instances, bad_heartbeats = await read_instances(client)
     streams = await list_streams(client, "*", max_streams + 1, lag_scan_limit=LAG_SCAN_LIMIT)
     truncated = len(streams) > max_streams
     streams = streams[:max_streams]
@@ -81,6 +83,7 @@ async def collect_status(
         "generated_at_ms": now_ms,
         "redis": {"ok": True, "error": None},
         "instances": instances,
+        "bad_heartbeats": len(bad_heartbeats),
         "streams": streams,
         "streams_truncated": truncated,
         "lag_scan_limit": LAG_SCAN_LIMIT,
@@ -190,6 +193,7 @@ def unavailable(error: str) -> dict[str, Any]:
         "generated_at_ms": int(time.time() * 1000),
         "redis": {"ok": False, "error": error},
         "instances": [],
+        "bad_heartbeats": 0,
         "streams": [],
         "streams_truncated": False,
         "lag_scan_limit": LAG_SCAN_LIMIT,
