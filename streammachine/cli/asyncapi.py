@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import fail
+from .common import LogFormat, LogLevel, RedisUrl, fail, setup
 
 
 def register(app: typer.Typer) -> None:
@@ -30,9 +30,14 @@ def register(app: typer.Typer) -> None:
         version: Annotated[
             str, typer.Option("--app-version", help="The document's info.version.")
         ] = "1.0.0",
+        redis_url: RedisUrl = None,
+        log_level: LogLevel = "warning",
+        log_format: LogFormat = "auto",
     ) -> None:
         """Print the app's AsyncAPI 3.0 document: its channels (streams), its agents'
-        receive operations and the sends it declares with App.produces."""
+        receive operations and the sends it declares with App.produces. Nothing connects to
+        Redis; --redis-url only names the server in the document."""
+        setup(log_level, log_format)
         if fmt is None:
             fmt = "yaml" if output and output.endswith((".yaml", ".yml")) else "json"
         if fmt not in ("json", "yaml"):
@@ -49,7 +54,14 @@ def register(app: typer.Typer) -> None:
             fail(f"syntax error in {exc.filename}:{exc.lineno}: {exc.msg}")
         except Exception as exc:  # the user's module raised while importing
             fail(f"cannot import {target}: {type(exc).__name__}: {exc}")
-        doc = asyncapi_document(loaded, version=version)
+        if redis_url is not None:
+            from ..connection import validate_url
+
+            try:
+                validate_url(redis_url)
+            except StreamMachineError as exc:
+                fail(str(exc), 2)
+        doc = asyncapi_document(loaded, version=version, server_url=redis_url)
         text = to_yaml(doc) if fmt == "yaml" else to_json(doc)
         if output is None or output == "-":
             sys.stdout.write(text)

@@ -8,7 +8,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import JsonOut, LogFormat, LogLevel, RedisUrl, dumps, fail, out, setup, with_redis
+from .common import (
+    JsonOut,
+    LogFormat,
+    LogLevel,
+    RedisUrl,
+    check_name,
+    dumps,
+    fail,
+    out,
+    setup,
+    with_redis,
+)
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
@@ -85,7 +96,9 @@ def register(app: typer.Typer) -> None:
         stream: Annotated[
             str | None, typer.Argument(help="Only the entries for this stream.")
         ] = None,
-        count: Annotated[int, typer.Option("--count", min=1, help="Show at most N.")] = 100,
+        count: Annotated[
+            int, typer.Option("--count", min=1, max=100_000, help="Show at most N.")
+        ] = 100,
         namespace: Namespace = None,
         json_out: JsonOut = False,
         redis_url: RedisUrl = None,
@@ -97,9 +110,15 @@ def register(app: typer.Typer) -> None:
         Examples: `scheduled`, `scheduled reminders --json`.
         """
         setup(log_level, log_format)
+        from ..exceptions import ConfigError
         from ..storage import check_namespace
 
-        ns = check_namespace(namespace or "default")
+        if stream is not None:
+            check_name("stream name", stream)
+        try:
+            ns = check_namespace(namespace if namespace is not None else "default")
+        except ConfigError as exc:
+            fail(str(exc), 2)
 
         async def read(conn: RedisConnection) -> tuple[list[Any], dict[str, Any]]:
             from ..schedule import Scheduler
