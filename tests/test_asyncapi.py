@@ -142,7 +142,8 @@ def test_cli_json_yaml_output_and_errors(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
     broken = _cli(f"{tmp_path / 'broken.py'}:app")
     assert broken.returncode == 1
-    assert broken.stderr.strip().endswith("RuntimeError: boom") and "Traceback" not in broken.stderr
+    assert "failed to import: RuntimeError" in broken.stderr and broken.stderr.endswith("boom\n")
+    assert "Traceback" not in broken.stderr and broken.stderr.count("\n") == 1
 
 
 # --- the official parser ----------------------------------------------------------------------

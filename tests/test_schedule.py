@@ -16,7 +16,6 @@ import pytest
 import redis as syncredis
 
 from streammachine import App, RedisConnection
-from streammachine.commit import current_batch
 from streammachine.exceptions import ConfigError
 from streammachine.message import Message
 from streammachine.schedule import (
@@ -34,6 +33,7 @@ from streammachine.schedule import (
     takeover_bound_s,
 )
 from streammachine.settings import ConsumerConfig, TimerConfig
+from streammachine.testing import TestApp
 from tests.util import eventually
 
 APPS = Path(__file__).parent / "apps"
@@ -154,37 +154,31 @@ async def test_a_running_app_moves_delayed_entries_not_early_and_byte_exact(
     assert redis_sync.zcard(scheduled_key("default")) == 0
 
 
-async def test_a_delayed_send_inside_a_handler_uses_the_batch_hook(redis_url: str) -> None:
-    app = App(name="hook", redis_url=redis_url)
+async def test_a_delayed_send_inside_a_handler_is_committed_with_the_ack(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    """The delayed entry is written by the batch's commit (with the ack, into the schedule),
+    not at once, and reaches its stream once when due, bytes exact."""
+    app = App(name="hook")
+    seen: list[bool] = []
 
-    class WithHook:
-        closed = False
+    @app.agent("in", group="g")
+    async def h(record: Message) -> None:
+        seen.append(await app.redis.client.zcard(scheduled_key("default")) == 0)
+        await app.send("later", {"a": record.message["a"], "b": b"\xff\x00"}, delay_s=0.3)
+        seen.append(await app.redis.client.zcard(scheduled_key("default")) == 0)
 
-        def __init__(self) -> None:
-            self.delayed: list[tuple[str, list[object], int, int | None]] = []
-
-        def add_delayed(
-            self, stream: str, fields: list[object], due: int, maxlen: int | None = None
-        ) -> None:
-            self.delayed.append((stream, fields, due, maxlen))
-
-    class WithoutHook:
-        closed = False
-
-    batch = WithHook()
-    token = current_batch.set(batch)  # type: ignore[arg-type]
-    try:
-        assert await app.send("later", {"a": "1"}, delay_s=5) is None
-    finally:
-        current_batch.reset(token)
-    assert [(s, f) for s, f, _, _ in batch.delayed] == [("later", ["a", "1"])]
-    token = current_batch.set(WithoutHook())  # type: ignore[arg-type]
-    try:
-        assert await app.send("later", {"a": "2"}, delay_s=5) is not None, "written at once"
-    finally:
-        current_batch.reset(token)
-    assert len(await app.scheduler.entries()) == 1
-    await app.aclose()
+    async with TestApp(app, url=redis_url) as t:
+        await t.send("in", {"a": "1"})
+        await eventually(
+            lambda: len(seen) == 2 and redis_sync.xpending("in", "g")["pending"] == 0,
+            what="handled and acked",
+        )
+        assert seen == [True, True], "nothing was written while the handler ran"
+        await eventually(lambda: redis_sync.xlen("later") == 1, what="moved when due")
+    ((_, fields),) = redis_sync.xrange("later")
+    assert fields == {b"a": b"1", b"b": b"\xff\x00"}
+    assert redis_sync.zcard(scheduled_key("default")) == 0
 
 
 async def test_mover_keeps_an_entry_redis_refuses_and_moves_the_rest(
