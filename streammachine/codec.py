@@ -73,6 +73,16 @@ def encode_fields(record: Mapping[str, Any] | msgspec.Struct) -> dict[str | byte
         >>> encode_fields({"n": 1, "ok": True})
         {'n': '1', 'ok': 'true'}
     """
+    if type(record) is dict and record:
+        # The common case, in one pass: str keys, str/bytes values as they are.
+        fast: dict[str | bytes, str | bytes] = {}
+        for key, value in record.items():
+            tk, tv = type(key), type(value)
+            if tk is not str and tk is not bytes:
+                break
+            fast[key] = value if tv is str or tv is bytes else encode_value(value)
+        else:
+            return fast
     if isinstance(record, msgspec.Struct):
         record = msgspec.structs.asdict(record)
     if not isinstance(record, Mapping):

@@ -43,16 +43,15 @@ __all__ = [
 # A batch handler's output belongs to the whole batch ("whole" = 1): it is written only if the
 # consumer still owns every entry; otherwise nothing is written or acked and the script returns
 # the ids it still owns, which the consumer handles again (the others are their new owner's).
-# KEYS: [source stream, output streams...]; ARGV: group, consumer, lowest id, highest id, the
-# batch packed with msgpack: [[done ids], [[id, [[key index, maxlen (0 = none), [k1, v1, ...],
-# kind], ...]], ...] (the entries with outputs), whole], kind 0 = XADD, 1 = a delayed send: ZADD
-# of [member] with the due time in the maxlen slot,
-# how many other entries of this consumer may be pending in that range, then the bytes values
-# lifted out of the batch (a field that is a number n stands for ARGV[6 + n]).
+# KEYS: [source stream, output keys...]; ARGV: group, consumer, lowest id, highest id, the batch
+# packed with msgpack: [[done ids], [[entry id, key index, maxlen (0 = none), [k1, v1, ...],
+# kind], ...], whole], kind 0 = XADD, 1 = a delayed send: ZADD of [member] with the due time in
+# the maxlen slot; how many other entries this consumer may own, then the bytes values lifted
+# out of the batch (a field that is a number n stands for ARGV[6 + n]).
 COMMIT_SCRIPT = """
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local batch = cmsgpack.unpack(ARGV[5])
-local done, entries = batch[1], batch[2]
+local done, outputs = batch[1], batch[2]
 local binary = #ARGV > 6
 local owned = {}
 local count = #done + tonumber(ARGV[6])
@@ -66,24 +65,22 @@ if batch[3] == 1 then
   end
   if #kept < #done then return kept end
 end
-for _, entry in ipairs(entries) do
-  if owned[entry[1]] then
-    for _, out in ipairs(entry[2]) do
-      local maxlen, fields = out[2], out[3]
-      if binary then
-        for i = 1, #fields do
-          if type(fields[i]) == 'number' then fields[i] = ARGV[6 + fields[i]] end
-        end
+for _, out in ipairs(outputs) do
+  if owned[out[1]] then
+    local key, maxlen, fields = KEYS[out[2]], out[3], out[4]
+    if binary then
+      for i = 1, #fields do
+        if type(fields[i]) == 'number' then fields[i] = ARGV[6 + fields[i]] end
       end
-      if out[4] == 1 then
-        redis.call('ZADD', KEYS[out[1]], maxlen, fields[1])
-      elseif maxlen > 0 then
-        redis.call('XADD', KEYS[out[1]], 'MAXLEN', '~', maxlen, '*', unpack(fields))
-      elseif maxlen < 0 then
-        redis.call('XADD', KEYS[out[1]], 'MAXLEN', -maxlen, '*', unpack(fields))
-      else
-        redis.call('XADD', KEYS[out[1]], '*', unpack(fields))
-      end
+    end
+    if out[5] == 1 then
+      redis.call('ZADD', key, maxlen, fields[1])
+    elseif maxlen > 0 then
+      redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+    elseif maxlen < 0 then
+      redis.call('XADD', key, 'MAXLEN', -maxlen, '*', unpack(fields))
+    else
+      redis.call('XADD', key, '*', unpack(fields))
     end
   end
 end
@@ -191,11 +188,11 @@ def sha1(script: str) -> str:
 
 @dataclass(slots=True)
 class Batch:
-    """The handler output of one batch, keyed by the entry that produced it: per entry a list of
-    (key, maxlen or due time, flat fields, kind) with kind `XADD` or `ZADD` (a delayed send)."""
+    """The handler output of one batch, in the order it was sent: per output (entry id, key,
+    maxlen or due time, flat fields, kind) with kind `XADD`, or `ZADD` for a delayed send."""
 
     current: str = ""
-    outputs: dict[str, list[tuple[str, int, list[Any], int]]] = field(default_factory=dict)
+    outputs: list[tuple[str, str, int, list[Any], int]] = field(default_factory=list)
     closed: bool = False
     maxlen: int | None = None
     #: Some field is bytes: Redis' cmsgpack has no bin type, so the commit packs it as str.
@@ -208,14 +205,10 @@ class Batch:
 
     def add(self, topic: str, maxlen: int | None, fields: dict[Any, Any]) -> None:
         """Buffer an output; `maxlen` > 0 trims approximately, < 0 exactly to -maxlen."""
-        maxlen = maxlen or self.maxlen
-        flat: list[Any] = []
-        for k, v in fields.items():
-            flat.append(k)
-            flat.append(v)
-            if type(v) is bytes or type(k) is bytes:
-                self.binary = True
-        self.outputs.setdefault(self.current, []).append((topic, maxlen or 0, flat, XADD))
+        flat = [x for kv in fields.items() for x in kv]
+        if not self.binary and bytes in set(map(type, flat)):
+            self.binary = True
+        self.outputs.append((self.current, topic, maxlen or self.maxlen or 0, flat, XADD))
 
     def add_delayed(
         self, topic: str, fields: list[Any], due_ms: int, *, maxlen: int | None = None
@@ -227,7 +220,11 @@ class Batch:
             self.namespace, topic, fields, due_ms, maxlen or self.maxlen
         )
         self.binary = True  # the member is bytes
-        self.outputs.setdefault(self.current, []).append((key, int(score), [member], ZADD))
+        self.outputs.append((self.current, key, int(score), [member], ZADD))
+
+    def keys(self) -> set[str]:
+        """The keys the outputs write to."""
+        return {key for _, key, _, _, _ in self.outputs}
 
 
 #: The batch whose handler is running in this task, so `App.send` can buffer into it.
@@ -248,7 +245,7 @@ def commit_commands(
 
     Without outputs it is a plain XACK (an ack of an entry the consumer no longer owns is
     harmless: the new owner's commit finds it acked and drops its outputs). `margin` is how many
-    other entries of this consumer may be pending between the batch's lowest and highest id.
+    other entries this consumer may own besides `done` (failed ones, retries waiting).
     The script's reply is the number acked, or (for a `whole` batch that is no longer all owned)
     the list of ids still owned, to be handled again.
     """
@@ -257,23 +254,23 @@ def commit_commands(
     if not out.outputs:
         return [["XACK", stream, group, *done]]
     keys: dict[str, int] = {stream: 1}
+    index = keys.setdefault
     done_set = set(done)
-    entries: list[Any] = []  # only the entries that have outputs
-    for entry_id, outs in out.outputs.items():
-        if entry_id in done_set:
-            entries.append(
-                [entry_id, [[keys.setdefault(t, len(keys) + 1), m, f, k] for t, m, f, k in outs]]
-            )
-    order = [id_order(i) for i in done]
-    lo, hi = done[order.index(min(order))], done[order.index(max(order))]
+    outputs: list[list[Any]] = [
+        [entry_id, index(key, len(keys) + 1), maxlen, flat, kind]
+        for entry_id, key, maxlen, flat, kind in out.outputs
+        if entry_id in done_set
+    ]
+    # The whole PEL of this consumer, lowest ids first: at commit time it holds this batch, its
+    # entries waiting for a retry and little else (`margin`), so `count` covers every done id.
+    lo, hi = "-", "+"
     if memory:
         whole = int(out.whole)
         args: list[Any] = [group, consumer, lo, hi, len(done) + margin, whole, len(done), *done]
-        for entry_id, outs in entries:
-            for idx, maxlen, flat, kind in outs:
-                args += [entry_id, kind, idx, maxlen, len(flat), *flat]
+        for entry_id, idx, maxlen, flat, kind in outputs:
+            args += [entry_id, kind, idx, maxlen, len(flat), *flat]
         return [["EVALSHA", sha1(MEMORY_COMMIT_SCRIPT), len(keys), *keys, *args]]
-    payload, extra = pack_batch([done, entries, int(out.whole)], out.binary)
+    payload, extra = pack_batch([done, outputs, int(out.whole)], out.binary)
     script = ["EVALSHA", sha1(COMMIT_SCRIPT), len(keys), *keys]
     return [[*script, group, consumer, lo, hi, payload, margin, *extra]]
 
@@ -303,26 +300,23 @@ pack_msgpack = msgspec.msgpack.Encoder().encode
 def pack_batch(entries: list[Any], binary: bool = False) -> tuple[bytes, list[bytes]]:
     """The commit's payload as msgpack for Redis' cmsgpack, and the bytes values lifted out of it.
 
-    `entries` is [done ids, [[id, outputs], ...], whole]. cmsgpack has no bin type ("Bad data
-    format"), and msgspec writes bytes as bin; so each bytes field is replaced by its 1-based
-    index into the returned list, passed as extra ARGV.
+    `entries` is [done ids, [[entry id, key index, maxlen, fields, kind], ...], whole]. cmsgpack
+    has no bin type ("Bad data format"), and msgspec writes bytes as bin; so each bytes field is
+    replaced by its 1-based index into the returned list, passed as extra ARGV.
     """
     if not binary:
         return pack_msgpack(entries), []
-    done, with_outputs, whole = entries
+    done, outputs, whole = entries
     extra: list[bytes] = []
     lifted = []
-    for entry_id, outs in with_outputs:
-        new_outs = []
-        for idx, maxlen, flat, kind in outs:
-            fields: list[Any] = []
-            for item in flat:
-                if type(item) is bytes:
-                    extra.append(item)
-                    item = len(extra)
-                fields.append(item)
-            new_outs.append([idx, maxlen, fields, kind])
-        lifted.append([entry_id, new_outs])
+    for entry_id, idx, maxlen, flat, kind in outputs:
+        fields: list[Any] = []
+        for item in flat:
+            if type(item) is bytes:
+                extra.append(item)
+                item = len(extra)
+            fields.append(item)
+        lifted.append([entry_id, idx, maxlen, fields, kind])
     return pack_msgpack([done, lifted, whole]), extra
 
 
@@ -348,9 +342,7 @@ def pack(commands: Sequence[Sequence[Any]]) -> bytes:
                     if isinstance(arg, bytes | bytearray | memoryview)
                     else str(arg).encode()
                 )
-            add(b"$%d\r\n" % len(b))
-            add(b)
-            add(b"\r\n")
+            add(b"$%d\r\n%b\r\n" % (len(b), b))
     return b"".join(out)
 
 

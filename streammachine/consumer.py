@@ -107,6 +107,7 @@ class Consumer:
         self.wire = wire or Wire(redis, stream, name)
         self.namespace = namespace
         self.limiter = limiter
+        self.tokens = 0  # rate-limit tokens reserved and not used yet
         self.memory = redis.is_memory
         self.next_claim = time.monotonic() + cfg.claim_interval_ms / 1000.0
         self.next_housekeeping = time.monotonic()
@@ -450,8 +451,7 @@ class Consumer:
     async def _handle(self, batch: list[Message]) -> Commit:
         """Run the handler over `batch`; return the commit command for what succeeded."""
         if self.limiter is not None:
-            # Sleeping here costs no CPU, and the keepalive keeps the batch from being claimed.
-            await self.limiter.acquire(len(batch))
+            await self._rate_limit(len(batch))
         out = Batch(maxlen=self.cfg.maxlen, namespace=self.namespace)
         token = current_batch.set(out)
         self.stats.running += 1
@@ -465,15 +465,35 @@ class Consumer:
             await self.failures.handle(failed)
         if out.outputs and not self._atomic(out):
             await self._write_outputs(done, out)
-        margin = len(self.failures.retry_at) + 100  # own pending entries in the range
+        # What else this consumer may own while the commit runs: retries waiting, and a batch
+        # in hand (read, not handled yet) of up to `count` entries plus claimed ones.
+        margin = len(self.failures.retry_at) + 2 * self.cfg.count + 100
         cmds = commit_commands(
             self.stream, self.cfg.group, self.name, done, out, memory=self.memory, margin=margin
         )
         return Pending(cmds, done) if cmds else None
 
+    async def _rate_limit(self, n: int) -> None:
+        """Take `n` tokens of the agent's rate limit before handling `n` entries.
+
+        Tokens are reserved in Redis (GCRA, shared by every consumer, process and host) in
+        chunks of at least 50 ms worth, so a limit far above the agent's pace costs one call now
+        and then, not one per batch. Sleeping costs no CPU, and the keepalive keeps the entries
+        from being claimed meanwhile.
+        """
+        assert self.limiter is not None
+        if self.tokens >= n:
+            self.tokens -= n
+            return
+        chunk = max(n - self.tokens, int(self.limiter.rate_per_s * 0.05))
+        wait_s = await self.limiter.reserve(chunk)
+        self.tokens += chunk - n
+        if wait_s > 0:
+            await anyio.sleep(wait_s)
+
     def _atomic(self, out: Batch) -> bool:
         """Whether outputs and acks can be committed in one script (same node and slot)."""
-        topics = {t for outs in out.outputs.values() for t, _, _, _ in outs}
+        topics = out.keys()
         if self.redis.same_slot([self.stream, *topics]):
             return True
         if not self.warned_cross_slot:
@@ -489,14 +509,16 @@ class Consumer:
     async def _write_outputs(self, done: list[str], out: Batch) -> None:
         """The at-least-once fallback: write the outputs now; the commit then only acks."""
         async with self.redis.client.pipeline(transaction=False) as pipe:
-            for entry_id in done:
-                for key, maxlen, flat, kind in out.outputs.get(entry_id, ()):
-                    if kind == ZADD:
-                        pipe.execute_command("ZADD", key, maxlen, *flat)
-                        continue
-                    trim = ["MAXLEN", "~", maxlen] if maxlen > 0 else []
-                    trim = ["MAXLEN", -maxlen] if maxlen < 0 else trim
-                    pipe.execute_command("XADD", key, *trim, "*", *flat)
+            done_set = set(done)
+            for entry_id, key, maxlen, flat, kind in out.outputs:
+                if entry_id not in done_set:
+                    continue
+                if kind == ZADD:
+                    pipe.execute_command("ZADD", key, maxlen, *flat)
+                    continue
+                trim = ["MAXLEN", "~", maxlen] if maxlen > 0 else []
+                trim = ["MAXLEN", -maxlen] if maxlen < 0 else trim
+                pipe.execute_command("XADD", key, *trim, "*", *flat)
             await pipe.execute()
         out.outputs.clear()
 

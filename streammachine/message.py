@@ -155,10 +155,21 @@ def messages_from_reply(reply: Iterable[Any], consumer: str | None) -> list[Mess
     """Messages from an XREAD/XREADGROUP reply (raw RESP2 lists or redis-py's parsed form)."""
     now = time.time()
     out: list[Message] = []
-    new = Message._from_entry
+    add = out.append
+    new = object.__new__
     for stream, entries in reply:
         topic = stream.decode() if isinstance(stream, bytes) else stream
         for entry_id, fields in entries:
-            key = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            out.append(new(topic, key, fields, now, consumer))
+            # `_from_entry` inlined: this runs once per message read.
+            m = new(Message)
+            m.topic = topic
+            m.key = entry_id.decode() if type(entry_id) is bytes else entry_id
+            m._sent = _UNSET
+            m.received = now
+            m.consumer_id = consumer
+            m._fields = fields
+            m._message = None
+            m.value = None
+            m.deliveries = 1
+            add(m)
     return out
