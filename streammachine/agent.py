@@ -56,6 +56,7 @@ class Agent:
         self.codec = StructCodec(schema, payload) if schema is not None else None
         self.batch = batch
         self.stats = AgentStats()
+        self._limiter: RateLimiter | None = None
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r}, stream={self.config.stream!r}, group={self.config.group!r})"
@@ -87,39 +88,41 @@ class Agent:
                 log.info("created group %s on %s", self.config.group, stream)
 
     def consumers(self) -> list[Consumer]:
-        """This process's consumers: `concurrency` per stream, the first of each stream tidying
-        its group."""
+        """This process's consumers of an unpartitioned agent: `concurrency` per stream, the
+        first of each stream tidying its group."""
+        n = self.config.concurrency
+        return [
+            self.consumer(stream, i * n + c, housekeeper=c == 0)
+            for i, stream in enumerate(self.streams)
+            for c in range(n)
+        ]
+
+    def consumer(
+        self,
+        stream: str,
+        index: int,
+        *,
+        housekeeper: bool = False,
+        takeover: bool | None = None,
+        holds: Callable[[], bool] | None = None,
+        gate: anyio.Semaphore | None = None,
+    ) -> Consumer:
+        """Consumer number `index` of this agent on `stream` (see `Consumer` for the rest)."""
         app, cfg = self.app, self.config
+        name = self.consumer_name(index)
         kind = BatchDelivery if self.batch else MessageDelivery
-        limiter = self.limiter()
-        out: list[Consumer] = []
-        for stream in self.streams:
-            for i in range(cfg.concurrency):
-                name = self.consumer_name(len(out))
-                delivery = kind(
-                    self.fn,
-                    self.codec,
-                    self.stats,
-                    tracing=app.tracing,
-                    stream=stream,
-                    group=cfg.group,
-                )
-                failures = Failures(app.redis, stream, name, cfg, self.stats, self.name)
-                wire = Wire(
-                    app.redis,
-                    stream,
-                    name,
-                    down_exit_s=app.settings.redis_down_exit_s,
-                    on_down=self._down,
-                )
-                out.append(
-                    Consumer(
-                        cfg, stream, name, app.redis, delivery, failures, self.stats, self.prepare,
-                        housekeeper=i == 0, wire=wire, namespace=app.storage_namespace,
-                        limiter=limiter,
-                    )
-                )  # fmt: skip
-        return out
+        delivery = kind(
+            self.fn, self.codec, self.stats, tracing=app.tracing, stream=stream, group=cfg.group
+        )
+        failures = Failures(app.redis, stream, name, cfg, self.stats, self.name)
+        down_exit_s = app.settings.redis_down_exit_s
+        wire = Wire(app.redis, stream, name, down_exit_s=down_exit_s, on_down=self._down)
+        return Consumer(
+            cfg, stream, name, app.redis, delivery, failures, self.stats, self.prepare,
+            housekeeper=housekeeper, wire=wire, namespace=app.storage_namespace,
+            limiter=self._limiter, takeover=cfg.takeover if takeover is None else takeover,
+            holds=holds, gate=gate,
+        )  # fmt: skip
 
     def limiter(self) -> RateLimiter | None:
         """The agent's `rate_limit`, one per agent shared by every consumer, process and host."""
@@ -132,7 +135,14 @@ class Agent:
         self.app.fail(reason, code=3)
 
     async def run(self, stop: anyio.Event) -> None:
-        """Run its consumers until `stop` is set and they have drained."""
+        """Run its consumers until `stop` is set and they have drained. A partitioned agent
+        consumes only the partitions this process owns (`partitions.PartitionOwner`)."""
+        self._limiter = self.limiter()
+        if self.config.partitions:
+            from .partitions import PartitionOwner
+
+            await PartitionOwner(self).run(stop)
+            return
         async with anyio.create_task_group() as tg:
             for consumer in self.consumers():
                 tg.start_soon(consumer.run, stop)

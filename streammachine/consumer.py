@@ -77,6 +77,12 @@ class Consumer:
         wire: its connection (default: a new `Wire`).
         namespace: the storage namespace of delayed sends made in the handler.
         limiter: the agent's rate limit, taken per batch before it is handled.
+        takeover: at start, take every pending entry of the group on `stream` and handle them
+            in id order before new ones (a partition's new owner; `cfg.takeover`).
+        holds: whether the consumer may still consume `stream` (a partition's lease), asked
+            before every read and batch; when it says no the consumer stops.
+        gate: bounds how many consumers handle a batch at once (a partitioned agent's
+            `concurrency`).
     """
 
     def __init__(
@@ -94,6 +100,9 @@ class Consumer:
         wire: Wire | None = None,
         namespace: str = "default",
         limiter: RateLimiter | None = None,
+        takeover: bool = False,
+        holds: Callable[[], bool] | None = None,
+        gate: anyio.Semaphore | None = None,
     ) -> None:
         self.cfg = cfg
         self.stream = stream
@@ -108,6 +117,9 @@ class Consumer:
         self.namespace = namespace
         self.limiter = limiter
         self.tokens = 0  # rate-limit tokens reserved and not used yet
+        self.takeover = takeover
+        self.holds = holds
+        self.gate = gate
         self.memory = redis.is_memory
         self.next_claim = time.monotonic() + cfg.claim_interval_ms / 1000.0
         self.next_housekeeping = time.monotonic()
@@ -157,9 +169,13 @@ class Consumer:
 
     async def _loop(self, stop: anyio.Event) -> None:
         commit: Commit = None
-        await self._drain_pending(stop, takeover=self.cfg.takeover)
+        await self._drain_pending(stop, takeover=self.takeover)
         batch: list[Message] = []
         while True:
+            if self.holds is not None and not self.holds():
+                # The partition moved to another owner: what is in hand is its to handle.
+                log.info("%s: no longer owns %s; stopping", self.name, self.stream)
+                break
             while self.redo:
                 await self._flush(self.redo.pop())
             if self.resync:
@@ -452,11 +468,17 @@ class Consumer:
         """Run the handler over `batch`; return the commit command for what succeeded."""
         if self.limiter is not None:
             await self._rate_limit(len(batch))
+        if self.holds is not None and not self.holds():
+            return None  # lost the partition (e.g. frozen past its lease): the batch is not ours
         out = Batch(maxlen=self.cfg.maxlen, namespace=self.namespace)
         token = current_batch.set(out)
         self.stats.running += 1
         try:
-            done, failed = await self.delivery.run(batch, out)
+            if self.gate is None:
+                done, failed = await self.delivery.run(batch, out)
+            else:
+                async with self.gate:
+                    done, failed = await self.delivery.run(batch, out)
         finally:
             out.closed = True
             current_batch.reset(token)
