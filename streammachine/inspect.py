@@ -15,6 +15,7 @@ allowed, `lag` is None, meaning "more than we counted".
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from .connection import RedisConnection
 from .delivery import DEAD_LETTER_FIELDS, split_dead
 from .exceptions import ConfigError, StreamMachineError
 from .liveness import INSTANCE_PREFIX
+from .partitions import lease_key
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -44,6 +46,7 @@ __all__ = [
 ]
 
 DEAD_SUFFIX = ":dead"
+_PARTITION_RE = re.compile(r"(.+):p(\d+)")
 # Reads entries raw: redis-py's XRANGE parser folds fields into a dict (duplicates lost).
 _RAW_XRANGE_LUA = "return redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])"
 _HEARTBEAT_FIELDS = ("heartbeat_at", "heartbeat", "ts", "last_seen", "updated_at", "time")
@@ -165,6 +168,10 @@ async def _describe(
                 if group["lag"] is None:
                     pipe.eval(_LAG_LUA, 1, key, group["last_delivered_id"], lag_scan_limit + 1)
                     todo.append((group, "lag"))
+                part = _PARTITION_RE.fullmatch(info["stream"])
+                if part is not None:  # a partition: who owns it (see streammachine.partitions)
+                    pipe.get(lease_key(part[1], group["name"], int(part[2])))
+                    todo.append((group, "owner"))
         replies = await pipe.execute(raise_on_error=False) if todo else []
     for (group, what), reply in zip(todo, replies, strict=True):
         if isinstance(reply, Exception):
@@ -174,6 +181,8 @@ async def _describe(
             group["oldest_pending_idle_ms"] = int(reply[0]["time_since_delivered"])
         elif what == "lag" and int(reply) <= lag_scan_limit:
             group["lag"] = int(reply)
+        elif what == "owner" and reply:
+            group["owner"] = _s(reply).split("/")[0]
     return infos
 
 
@@ -188,6 +197,7 @@ def _group(info: dict[str, Any], g: dict[str, Any]) -> dict[str, Any]:
         "lag": None if lag is None else int(lag),
         "oldest_pending_id": None,
         "oldest_pending_idle_ms": None,
+        "owner": None,  # a partition's owning process (`<host>-<pid>-<random>`)
     }
     if group["lag"] is None:
         # Exact without a scan: caught up, or nothing of the current stream read yet.

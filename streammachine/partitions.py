@@ -43,7 +43,7 @@ LEASE_TTL_S = 5.0
 RENEW_S = 1.0
 
 # Announce ARGV[1] as a member until now + ARGV[2] ms (Redis' clock), drop expired members,
-# return the live ones, sorted.
+# return the live ones.
 MEMBERS_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -129,7 +129,10 @@ class PartitionOwner:
                     raw = await announce(
                         keys=[members_key(self.stream, self.group)], args=[self.id, ttl_ms]
                     )
-                    self.members = [m.decode() if isinstance(m, bytes) else str(m) for m in raw]
+                    # Sorted by name (ZRANGE sorts by expiry), so every process sees one order.
+                    self.members = sorted(
+                        m.decode() if isinstance(m, bytes) else str(m) for m in raw
+                    )
                     await self._rebalance(tg, stop)
                 except Exception as exc:  # Redis unreachable: leases run out, consumers stop
                     log.debug("partition ownership of %s: %s", self.stream, exc)

@@ -322,9 +322,11 @@ def _print_streams(infos: list[dict[str, Any]], json_out: bool) -> None:
                 f"last={info['last_id']} groups={len(info['groups'])}"
             )
             for g in info["groups"]:
+                owner = f" owner={g['owner']}" if g.get("owner") else ""
                 out(
                     f"  group {g['name']} consumers={g['consumers']} pending={g['pending']} "
                     f"lag={_na(g['lag'])} oldest_pending_idle_ms={_na(g['oldest_pending_idle_ms'])}"
+                    f"{owner}"
                 )
         return
     from rich.console import Console
@@ -333,7 +335,7 @@ def _print_streams(infos: list[dict[str, Any]], json_out: bool) -> None:
     table = Table()
     for col in ("stream", "length", "first id", "last id", "group"):
         table.add_column(col, justify="right" if col == "length" else "left", overflow="fold")
-    for col in ("consumers", "pending", "lag", "oldest pending"):
+    for col in ("consumers", "pending", "lag", "oldest pending", "owner"):
         table.add_column(col, justify="right")
     for info in infos:
         head = [
@@ -343,13 +345,14 @@ def _print_streams(infos: list[dict[str, Any]], json_out: bool) -> None:
             info["last_id"] or "-",
         ]
         if not info["groups"]:
-            table.add_row(*head, "-", "", "", "", "")
+            table.add_row(*head, "-", "", "", "", "", "")
         for n, g in enumerate(info["groups"]):
             idle = g["oldest_pending_idle_ms"]
             table.add_row(
                 *(head if n == 0 else ["", "", "", ""]),
                 g["name"], str(g["consumers"]), str(g["pending"]),
                 _na(g["lag"], "many"), "-" if idle is None else f"{idle / 1000:.1f} s idle",
+                g.get("owner") or "",
             )  # fmt: skip
     Console().print(table)
 

@@ -161,6 +161,11 @@ class StatusCollector(Collector):
                 labels=_GROUP_LABELS,
             ),
         }
+        owner = GaugeMetricFamily(
+            "streammachine_partition_owner_info",
+            "1 for the process that owns a partition stream in a group (its lease).",
+            labels=[*_GROUP_LABELS, "owner"],
+        )
         for s in streams:
             length.add_metric([s["stream"]], float(s["length"]))
             for g in s["groups"]:
@@ -169,8 +174,11 @@ class StatusCollector(Collector):
                     if value is None and key == "lag":
                         continue  # more than inspect counted: better absent than wrong
                     family.add_metric([s["stream"], g["name"]], _num(value))
+                if g.get("owner"):
+                    owner.add_metric([s["stream"], g["name"], str(g["owner"])], 1.0)
         yield length
         yield from gauges.values()
+        yield owner
 
 
 def _cumulative(bounds: list[float], counts: list[Any]) -> list[tuple[str, float]]:

@@ -170,6 +170,7 @@
           cell(g ? num(g.pending) : "—", g && g.pending ? "num warn" : "num"),
           cell(lag, g && g.lag !== 0 ? "num warn" : "num"),
           cell(g ? duration(g.oldest_pending_age_s) : "—", "num"),
+          cell(g && g.owner ? g.owner : "", "mono"),
         ], n === 0 ? "first" : "more"));
       });
     }
