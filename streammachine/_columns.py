@@ -18,7 +18,7 @@ import numpy as np
 
 from .exceptions import ConfigError, SerializationError
 
-__all__ = ["Columns", "StreamsReply", "column_names", "meta_columns", "reply_columns"]
+__all__ = ["Columns", "StreamsReply", "column_names", "meta_columns", "parse_ids", "reply_columns"]
 
 #: XREAD/XREADGROUP output: RESP2 `[[stream, entries], ...]` or RESP3 `{stream: entries}`.
 StreamsReply = Mapping[Any, Any] | Sequence[Any] | None
@@ -78,7 +78,7 @@ def reply_columns(streams: StreamsReply) -> Columns:
         stream_values += [stream] * len(ids)
         raw_ids += ids
         fields += flds
-    id_texts, ms, seq = _parse_ids(raw_ids)
+    id_texts, ms, seq = parse_ids(raw_ids)
     found = _uniform_columns(fields)
     if found is None:
         found = _general_columns(fields, id_texts)
@@ -160,7 +160,12 @@ def _parse_id(raw: Any) -> tuple[str, int, int]:
     return text, int(match[1]), int(match[2])
 
 
-def _parse_ids(raw_ids: list[Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
+def parse_ids(raw_ids: list[Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(id texts, milliseconds, sequence numbers) of stream entry ids, bytes or str.
+
+    Raises:
+        SerializationError: an id is not `<ms>-<seq>` with parts below 2**63 (it is named).
+    """
     n = len(raw_ids)
     if not n:
         return [], np.empty(0, np.int64), np.empty(0, np.int64)

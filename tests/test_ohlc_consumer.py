@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -131,15 +130,16 @@ def test_sigkill_loses_and_duplicates_no_candle(
         )
 
     want = offline(rows, [10_000, 60_000])
-    rng = random.Random(5)
-    proc, kills = start(), 0
+    kills = 3
+    proc = start()
     try:
-        while done() < len(want) * 0.8 and kills < 4:
-            wait_sync(lambda: done() > 0, 30, "candles flowing")
-            time.sleep(rng.uniform(0.1, 0.4))
+        for i in range(kills):
+            # Killed at fixed points of progress, not of time: a fast machine and a slow one see
+            # the same kills, and the test asserts only that no candle is lost or doubled.
+            mark = len(want) * (i + 1) // (kills + 2)
+            wait_sync(lambda: done() >= mark, 90, f"{mark} candles before kill {i + 1}")  # noqa: B023
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            kills += 1
             proc = start()
         wait_sync(lambda: done() >= len(want), 90, "all candles")
         wait_sync(lambda: redis_sync.xpending("ticks", "ohlc_workers")["pending"] == 0, 30)
@@ -151,7 +151,6 @@ def test_sigkill_loses_and_duplicates_no_candle(
     print(
         f"\nticks={len(rows)} candles={len(want)} emitted={len(got)} duplicates={dups} kills={kills}"
     )
-    assert kills >= 2
     assert dups == 0, "no candle twice"
     by_key = {key(c): c for c in got}
     assert set(by_key) == set(want), "every candle"

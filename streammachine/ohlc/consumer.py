@@ -1,6 +1,6 @@
 """FastOHLCConsumer: candles from a tick stream, emitted to candle streams, crash-safe.
 
-It consumes the tick stream as a batch agent (`process_stream_batch` over the raw entries) and, in
+It consumes the tick stream as a batch agent (the raw entries parsed column by column) and, in
 one atomic commit per batch (DESIGN.md "handler output"), acks the ticks, writes the candles they
 completed to `<prefix>_<interval name>` (`candles_1m`, `candles_90s`, …) and writes a snapshot of
 the aggregator (open candles, flushed-up-to marks) to `<prefix>:state:<group>`. After a crash the
@@ -25,6 +25,7 @@ import anyio
 
 from ..exceptions import ConfigError
 from .aggregator import FastOHLC, format_candle_for_redis, interval_name, parse_interval
+from .ticks import TickFields
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -93,6 +94,7 @@ class FastOHLCConsumer:
         self.input_stream = input_stream
         self.group = group
         self.fields = (price_field, volume_field, symbol_field, timestamp_field)
+        self._names = TickFields(*self.fields)
         self.clock = clock
         self.emit_interval_s = emit_interval_s
         self.count = count
@@ -241,15 +243,11 @@ class FastOHLCConsumer:
 
     async def _handle(self, batch: list[Message]) -> None:
         """A batch of ticks: update, and hand completed candles and the new state to the commit."""
-        price, volume, symbol, ts = self.fields
         async with self._lock:
             try:
-                self.aggregator.process_stream_batch(
-                    [(self.input_stream, [m.raw for m in batch])],
-                    price_field=price,
-                    volume_field=volume,
-                    symbol_field=symbol,
-                    timestamp_field=ts,
+                # The raw replies' ids and fields, parsed column by column (ohlc/ticks.py).
+                self.aggregator._process_entries(
+                    [m.key for m in batch], [m._fields for m in batch], self._names
                 )
                 completed = self.aggregator.flush_completed()
                 await self._send(completed)
