@@ -75,10 +75,10 @@ def tick_columns(ids: list[Any], fields: list[Any], names: TickFields) -> TickCo
                 return None
             keys = first[0::2]
             kind = type(keys[0])
-            for j, key in enumerate(keys):
-                # Every key in its place, so a dict per entry would hold the same fields.
-                if list(map(itemgetter(2 * j), fields)).count(key) != n:
-                    return None
+            # Every key in its place, so a dict per entry would hold the same fields.
+            key_places = itemgetter(*range(0, len(first), 2))
+            if list(map(key_places, fields)).count(key_places(first)) != n:
+                return None
             place = {k: 2 * j + 1 for j, k in enumerate(keys)}  # a repeated key: the last wins
         if kind is bytes:
             name = _encoded(names)
