@@ -36,7 +36,7 @@ from .kernel import (
     CandleStore,
     readonly,
 )
-from .ticks import TickFields, iter_entries, tick_columns, ticks_one_by_one
+from .ticks import TickFields, split_entries, tick_columns, ticks_one_by_one
 
 __all__ = [
     "Candle",
@@ -331,9 +331,9 @@ class FastOHLC:
             >>> agg.process_stream_batch(reply)
             1
         """
-        pairs = list(iter_entries(entries))
+        ids, fields = split_entries(entries)
         names = TickFields(price_field, volume_field, symbol_field, timestamp_field)
-        return self._process_entries([p[0] for p in pairs], [p[1] for p in pairs], names)
+        return self._process_entries(ids, fields, names)
 
     def _process_entries(self, ids: list[Any], fields: list[Any], names: TickFields) -> int:
         """`process_stream_batch` of entries given as their ids and their fields."""

@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from .._columns import parse_ids
 
-__all__ = ["TickColumns", "TickFields", "iter_entries", "tick_columns", "ticks_one_by_one"]
+__all__ = ["TickColumns", "TickFields", "split_entries", "tick_columns", "ticks_one_by_one"]
 
 _DIGITS = b"0123456789"
 _INT_DIGITS = 18  # so every number parsed in bulk fits in int64
@@ -193,15 +193,15 @@ def _int_ms(raw: Any) -> int:
         return int(float(raw))
 
 
-def iter_entries(reply: Any) -> Iterator[tuple[Any, Any]]:
-    """(id, fields) of each entry of an XREAD/XREADGROUP reply, RESP2 or RESP3, or of XRANGE."""
+def split_entries(reply: Any) -> tuple[list[Any], list[Any]]:
+    """(ids, fields) of the entries of an XREAD/XREADGROUP reply, RESP2 or RESP3, or of XRANGE."""
     if isinstance(reply, dict):
+        groups = []
         for entries in reply.values():
             # redis-py's RESP3 XREAD wraps each stream's entries in one more list.
             if len(entries) == 1 and entries[0] and isinstance(entries[0][0], list | tuple):
                 entries = entries[0]
-            for entry in entries:
-                yield entry[0], entry[1]
+            groups.append(entries)
     elif reply:
         first = reply[0]
         if (
@@ -209,6 +209,14 @@ def iter_entries(reply: Any) -> Iterator[tuple[Any, Any]]:
             and isinstance(first[1], list | tuple)
             and (not first[1] or isinstance(first[1][0], list | tuple))
         ):
-            reply = [entry for _stream, entries in reply for entry in entries]
-        for entry in reply:
-            yield entry[0], entry[1]
+            groups = [entries for _stream, entries in reply]
+        else:
+            groups = [reply]  # XRANGE: the entries themselves
+    else:
+        groups = []
+    ids: list[Any] = []
+    fields: list[Any] = []
+    for entries in groups:
+        ids += [entry[0] for entry in entries]
+        fields += [entry[1] for entry in entries]
+    return ids, fields
