@@ -61,15 +61,15 @@ def tick_columns(ids: list[Any], fields: list[Any], names: TickFields) -> TickCo
         if isinstance(first, dict):
             keys = list(first)
             kind = type(keys[0])
-            # One key set (one size, and each key of the first in all) and one type of first
-            # key, which picks the field names per entry on the other path.
+            # One type of first key (it picks the field names per entry on the other path) and
+            # one size: with the fields taken below present in all, a missing volume is then
+            # missing from all, once the first's other keys are found in all too.
             if len(set(map(len, fields))) != 1 or set(map(type, map(next, map(iter, fields)))) != {
                 kind
             }:
                 return None
-            for key in keys:
-                _column(fields, key)
             place: dict[Any, Any] = {k: k for k in keys}
+            unchecked = keys
         else:
             if len(first) % 2 or len(set(map(len, fields))) != 1:
                 return None
@@ -80,6 +80,7 @@ def tick_columns(ids: list[Any], fields: list[Any], names: TickFields) -> TickCo
             if list(map(key_places, fields)).count(key_places(first)) != n:
                 return None
             place = {k: 2 * j + 1 for j, k in enumerate(keys)}  # a repeated key: the last wins
+            unchecked = []
         if kind is bytes:
             name = _encoded(names)
         elif kind is str:
@@ -92,6 +93,9 @@ def tick_columns(ids: list[Any], fields: list[Any], names: TickFields) -> TickCo
         if name.volume in place:
             volumes = _floats(_column(fields, place[name.volume]))
         else:
+            for key in unchecked:
+                if key not in (name.price, name.symbol, name.timestamp):
+                    _column(fields, key)  # KeyError: another key set
             volumes = np.zeros(n, np.float64)
         if name.timestamp is None:
             times = parse_ids(ids)[1]
