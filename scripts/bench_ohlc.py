@@ -304,13 +304,27 @@ def end_to_end_part(args: argparse.Namespace) -> list[str]:
         r = redis.Redis.from_url(server.url)
         version = r.info("server")["redis_version"]
         prefill(r, n)
+        cpu: dict[str, list[float]] = {"loop": [0.0, 0.0], "consumer": [0.0, 0.0]}
+
+        def timed(name: str, run: Callable[[], float]) -> float:
+            """The run's rate; its CPU (this process, and the server) added to cpu[name]."""
+            before = time.process_time(), server_cpu_s(r)
+            rate = run()
+            cpu[name][0] += time.process_time() - before[0]
+            cpu[name][1] += server_cpu_s(r) - before[1]
+            return rate
+
+        def run_loop() -> float:
+            return timed("loop", lambda: loop_rate(server.url, n, f"loop{k}"))
+
+        def run_consumer() -> float:
+            return timed("consumer", lambda: consumer_rate(server.url, n, f"ohlc{k}"))
+
         for k in range(rounds):
             if k % 2:
-                cons = consumer_rate(server.url, n, f"ohlc{k}")
-                loop = loop_rate(server.url, n, f"loop{k}")
+                cons, loop = run_consumer(), run_loop()
             else:
-                loop = loop_rate(server.url, n, f"loop{k}")
-                cons = consumer_rate(server.url, n, f"ohlc{k}")
+                loop, cons = run_loop(), run_consumer()
             pairs.append((loop, cons))
             print(f"  round {k + 1}: loop {loop:10,.0f} ticks/s   consumer {cons:10,.0f} "
                   f"ticks/s   {cons / loop:.2f}x", flush=True)  # fmt: skip
@@ -322,11 +336,20 @@ def end_to_end_part(args: argparse.Namespace) -> list[str]:
     print(f"\nend to end, redis-server {version}, {n:,} ticks, COUNT {COUNT}, one worker:")
     print(f"  hand-written redis-py XREADGROUP+XACK loop {loop_med:10,.0f} ticks/s (baseline)")
     print(f"  FastOHLCConsumer (atomic commit per batch)  {cons_med:10,.0f} ticks/s")
+    # CPU time is steadier than throughput on a shared machine: it leaves out waiting for a core.
+    for name, (py_s, server_s) in cpu.items():
+        print(f"  CPU per tick, {name:8}: Python {py_s / rounds / n * 1e6:.2f} µs + "
+              f"redis-server {server_s / rounds / n * 1e6:.2f} µs")  # fmt: skip
     return [
         f"FastOHLCConsumer end to end {cons_med / 1e3:.0f} k ticks/s = {ratios[mid]:.2f}x the "
         f"hand-written loop's {loop_med / 1e3:.0f} k (median of {rounds} alternated rounds; "
         f"{ratios[0]:.2f}-{ratios[-1]:.2f}x) (target >= 1.0x) {ok(ratios[mid] >= 1.0)}"
     ]
+
+
+def server_cpu_s(r: Any) -> float:
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def prefill(r: Any, n: int) -> None:
