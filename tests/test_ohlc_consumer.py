@@ -79,6 +79,23 @@ async def test_candles_equal_an_offline_run_and_late_ticks_are_dropped(
     assert redis_sync.xlen("candles:state:ohlc_workers") == 1, "one snapshot, trimmed exactly"
 
 
+async def test_a_snapshot_of_an_earlier_version_restores(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    earlier = FastOHLC([1000])
+    earlier.update_tick("A", 1.5, 2.0, T0)
+    redis_sync.xadd("candles:state:ohlc_workers", {"data": earlier.snapshot()})  # uncompressed
+    app = App(name="restore")
+    consumer = app.ohlc("ticks", intervals=[1000], timestamp_field="ts", lease_ms=500)
+    async with TestApp(app, url=redis_url):
+        await eventually(lambda: consumer.running, 10)
+        assert consumer.aggregator.get_candles("A", 1000) == earlier.get_candles("A", 1000)
+        await app.send("ticks", {"symbol": "A", "price": "3", "volume": "1", "ts": str(T0 + 5)})
+        await eventually(lambda: consumer.aggregator.tick_count == 2, 10)
+    ((_, fields),) = redis_sync.xrange("candles:state:ohlc_workers")
+    assert set(fields) == {b"zdata"}, "written compressed now"
+
+
 async def test_only_the_lease_holder_consumes(redis_url: str, redis_sync: syncredis.Redis) -> None:
     first = FastOHLCConsumer("ticks", intervals=[1000], timestamp_field="ts", lease_ms=600)
     second = FastOHLCConsumer("ticks", intervals=[1000], timestamp_field="ts", lease_ms=600)
