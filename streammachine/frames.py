@@ -9,17 +9,17 @@ and then one column per message field, in the order fields are first seen. Field
 
 from __future__ import annotations
 
-import re
 import time
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import msgspec
 import numpy as np
 import pandas as pd
 
+from ._columns import SEQUENCE_COLUMN, StreamsReply, column_names, meta_columns, reply_columns
 from .exceptions import ConfigError, SerializationError
 
 __all__ = [
@@ -29,112 +29,8 @@ __all__ = [
     "streams_to_dataframe_fast",
 ]
 
-#: XREAD/XREADGROUP output: RESP2 `[[stream, entries], ...]` or RESP3 `{stream: entries}`.
-StreamsReply = Mapping[Any, Any] | Sequence[Any] | None
-
-SEQUENCE_COLUMN = "sequence"
-_INT64_MAX = 2**63 - 1
-_ID_RE = re.compile(r"([0-9]+)-([0-9]+)")
-# At most 18 digits a part, so every number the fast path parses fits in int64 unchecked.
-_IDS_RE = re.compile(r"[0-9]{1,18}-[0-9]{1,18}(?:\n[0-9]{1,18}-[0-9]{1,18})*")
 _TEXT_DTYPE: Any = pd.Series(["x"]).dtype  # what pandas infers for text: `str` in pandas 3
 _BOOL_TEXT = {"true": True, "1": True, "false": False, "0": False}
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else str(value)
-
-
-def _text_or_none(value: Any) -> str | None:
-    return None if value is None else _text(value)
-
-
-def _stream_items(streams: StreamsReply) -> list[tuple[str, Sequence[Any]]]:
-    """(stream name, entries) pairs from any XREAD reply shape redis-py gives."""
-    if streams is None:
-        return []
-    if isinstance(streams, Mapping):
-        pairs = list(streams.items())
-    elif isinstance(streams, list | tuple):
-        if not all(isinstance(p, list | tuple) and len(p) == 2 for p in streams):
-            raise SerializationError(
-                "expected XREAD output: a list of [stream, entries] pairs (RESP2) "
-                "or a dict {stream: entries} (RESP3)"
-            )
-        pairs = [(p[0], p[1]) for p in streams]
-    else:
-        raise SerializationError(
-            f"expected XREAD output (a list or dict), got {type(streams).__name__}"
-        )
-    out: list[tuple[str, Sequence[Any]]] = []
-    for name, entries in pairs:
-        entries = [] if entries is None else entries
-        if not isinstance(entries, list | tuple):
-            raise SerializationError(f"entries of stream {name!r} must be a list")
-        first = entries[0] if entries else None
-        # redis-py's RESP3 parser wraps a stream's entries in one more list: [[(id, fields), ...]]
-        if isinstance(first, list | tuple) and (not first or isinstance(first[0], list | tuple)):
-            entries = [e for sub in entries for e in sub]
-        out.append((_text(name), entries))
-    return out
-
-
-def _split_entry(entry: Any) -> tuple[Any, Any]:
-    if entry is None:
-        return None, None
-    if not isinstance(entry, list | tuple) or len(entry) < 2:
-        raise SerializationError(f"expected a stream entry (id, fields), got {entry!r}")
-    return entry[0], entry[1]
-
-
-def _parse_id(raw: Any) -> tuple[str, int, int]:
-    text = _text(raw)
-    match = _ID_RE.fullmatch(text)
-    if match is None or int(match[1]) > _INT64_MAX or int(match[2]) > _INT64_MAX:
-        raise SerializationError(
-            f"bad stream entry id {raw!r}: expected '<milliseconds>-<sequence>' "
-            "(two integers below 2**63) such as '1700000000000-0'"
-        )
-    return text, int(match[1]), int(match[2])
-
-
-def _field_pairs(fields: Any, entry_id: str) -> Iterable[tuple[Any, Any]]:
-    if fields is None:
-        return ()
-    if isinstance(fields, Mapping):
-        return fields.items()
-    if isinstance(fields, list | tuple) and len(fields) % 2 == 0:
-        it = iter(fields)
-        return zip(it, it, strict=False)
-    raise SerializationError(
-        f"fields of entry {entry_id} must be a dict or a flat [key, value, ...] list, "
-        f"got {fields!r}"
-    )
-
-
-def _meta_columns(stream: str, id_: str, timestamp: str, include_sequence: bool) -> list[str]:
-    meta = [stream, id_, timestamp, *([SEQUENCE_COLUMN] if include_sequence else [])]
-    if len(set(meta)) != len(meta):
-        raise ConfigError(f"meta column names must differ, got {meta}")
-    return meta
-
-
-def _column_names(meta: list[str], field_names: Iterable[str]) -> dict[str, str]:
-    """Field name → column name; a field named like a meta column becomes `field_<name>`."""
-    names = list(dict.fromkeys(field_names))
-    taken = {*meta, *names}
-    out: dict[str, str] = {}
-    for name in names:
-        column = name
-        if name in meta:
-            column = f"field_{name}"
-            while column in taken:
-                column = f"field_{column}"
-            taken.add(column)
-        out[name] = column
-    return out
 
 
 def streams_to_dataframe(
@@ -148,6 +44,8 @@ def streams_to_dataframe(
     schema: type[msgspec.Struct] | None = None,
 ) -> pd.DataFrame:
     """One row per stream entry of an XREAD/XREADGROUP reply (RESP2 list or RESP3 dict).
+
+    Built column by column (no dict per row), by the same code as `streams_to_dataframe_fast`.
 
     Args:
         streams: the reply as redis-py returns it; bytes or str anywhere; fields as a dict or a
@@ -168,25 +66,21 @@ def streams_to_dataframe(
         >>> streams_to_dataframe(reply, dtypes={"price": "float64"})["price"].tolist()
         [1.5]
     """
-    meta = _meta_columns(stream_name_column, id_column, timestamp_column, include_sequence)
+    meta = meta_columns(stream_name_column, id_column, timestamp_column, include_sequence)
     if schema is not None:
         _schema_fields(schema)
-    rows = []
-    for stream, entries in _stream_items(streams):
-        for entry in entries:
-            raw_id, fields = _split_entry(entry)
-            if raw_id is None:
-                continue
-            id_text, ms, seq = _parse_id(raw_id)
-            values = {_text(k): _text_or_none(v) for k, v in _field_pairs(fields, id_text)}
-            rows.append(([stream, id_text, ms, seq][: len(meta)], values))
-    names = _column_names(meta, (name for _, values in rows for name in values))
-    records = [
-        {**dict(zip(meta, head, strict=True)), **{names[k]: v for k, v in values.items()}}
-        for head, values in rows
-    ]
-    frame = pd.DataFrame.from_records(records, columns=[*meta, *names.values()])
-    return _finish({c: frame[c] for c in frame.columns}, meta, names, dtypes, schema)
+    cols = reply_columns(streams)
+    names = column_names(meta, cols.fields)
+    data: dict[str, Any] = {
+        meta[0]: _text_array(cols.streams),
+        meta[1]: _text_array(cols.ids),
+        meta[2]: cols.ms,
+    }
+    if include_sequence:
+        data[SEQUENCE_COLUMN] = cols.seq
+    for name, values in cols.fields.items():
+        data[names[name]] = _text_array(values)
+    return _finish(data, meta, names, dtypes, schema)
 
 
 def streams_to_dataframe_fast(
@@ -199,113 +93,32 @@ def streams_to_dataframe_fast(
     dtypes: Mapping[str, Any] | None = None,
     schema: type[msgspec.Struct] | None = None,
 ) -> pd.DataFrame:
-    """`streams_to_dataframe`, built column by column: the same frame, several times faster.
-
-    Entries that share one set of fields (the usual case) take a path of C-level list
-    comprehensions and one regex and one NumPy parse for all ids; anything else falls back to a
-    columnar loop, never to per-row dicts.
+    """`streams_to_dataframe` under its older name: the same function, the same frame.
 
     Example:
         >>> reply = {"ticks": [("1700000000000-3", {"price": "1.5"})]}
         >>> streams_to_dataframe_fast(reply, include_sequence=True)["sequence"].tolist()
         [3]
     """
-    meta = _meta_columns(stream_name_column, id_column, timestamp_column, include_sequence)
-    if schema is not None:
-        _schema_fields(schema)
-    stream_values: list[str] = []
-    raw_ids: list[Any] = []
-    fields: list[Any] = []
-    for stream, entries in _stream_items(streams):
-        try:
-            ids = [e[0] for e in entries]
-            flds = [e[1] for e in entries]
-        except (TypeError, IndexError, KeyError):
-            pairs = [_split_entry(e) for e in entries]  # raises the clear error
-            ids, flds = [p[0] for p in pairs], [p[1] for p in pairs]
-        if None in ids:
-            keep = [i for i, raw in enumerate(ids) if raw is not None]
-            ids, flds = [ids[i] for i in keep], [flds[i] for i in keep]
-        stream_values += [stream] * len(ids)
-        raw_ids += ids
-        fields += flds
-    id_texts, ms, seq = _parse_ids(raw_ids)
-    found = _uniform_columns(fields) or _general_columns(fields, id_texts)
-    names = _column_names(meta, found)
-    data: dict[str, Any] = {meta[0]: stream_values, meta[1]: id_texts, meta[2]: ms}
-    if include_sequence:
-        data[SEQUENCE_COLUMN] = seq
-    for name, column in found.items():
-        data[names[name]] = _decode_column(column)
-    return _finish(data, meta, names, dtypes, schema)
+    return streams_to_dataframe(
+        streams,
+        stream_name_column,
+        id_column,
+        timestamp_column,
+        include_sequence,
+        dtypes=dtypes,
+        schema=schema,
+    )
 
 
-def _parse_ids(raw_ids: list[Any]) -> tuple[list[str], Any, Any]:
-    if not raw_ids:
-        return [], np.empty(0, np.int64), np.empty(0, np.int64)
-    try:
-        text = b"\n".join(raw_ids).decode("ascii")
-    except (TypeError, UnicodeDecodeError):
-        text = "\n".join([_text(raw) for raw in raw_ids])
-    texts = text.split("\n")
-    if len(texts) != len(raw_ids) or _IDS_RE.fullmatch(text) is None:
-        parsed = [_parse_id(raw) for raw in raw_ids]  # raises, naming the bad id
-        texts = [p[0] for p in parsed]
-        numbers = np.array([(p[1], p[2]) for p in parsed], dtype=np.int64).ravel()
-    else:
-        numbers = np.fromstring(text.replace("\n", "-"), dtype=np.int64, sep="-")
-    return texts, numbers[0::2], numbers[1::2]
-
-
-def _uniform_columns(fields: list[Any]) -> dict[str, list[Any]] | None:
-    """Columns of raw values when every entry has the same keys, else None."""
-    try:
-        if not fields or len(set(map(len, fields))) != 1:
-            return None
-        first = fields[0]
-        if isinstance(first, dict):
-            keys, slots = list(first), list(first)
-        elif isinstance(first, list | tuple) and len(first) % 2 == 0:
-            keys, slots = list(first[0::2]), list(range(1, len(first), 2))
-            for j, key in enumerate(keys):
-                if [f[2 * j] for f in fields].count(key) != len(fields):
-                    return None
-        else:
-            return None
-        # Keys equal once decoded (b"a", "a"): the last value wins at the first key's place, as
-        # in the plain path.
-        names = [_text(k) for k in keys]
-        return {name: [f[s] for f in fields] for name, s in zip(names, slots, strict=True)}
-    except (KeyError, TypeError, IndexError):
-        return None
-
-
-def _general_columns(fields: list[Any], id_texts: list[str]) -> dict[str, list[Any]]:
-    columns: dict[str, list[Any]] = {}
-    slots: dict[Any, list[Any]] = {}  # raw key → its column, so each raw key is decoded once
-    n = len(fields)
-    for i, entry_fields in enumerate(fields):
-        for key, value in _field_pairs(entry_fields, id_texts[i]):
-            column = slots.get(key)
-            if column is None:
-                name = _text(key)
-                column = columns.get(name)
-                if column is None:
-                    column = columns[name] = [None] * n
-                slots[key] = column
-            column[i] = value
-    return columns
-
-
-def _decode_column(values: list[Any]) -> list[str | None]:
-    try:
-        return [v.decode() for v in values]
-    except (AttributeError, UnicodeDecodeError):
-        return [_text_or_none(v) for v in values]
+def _text_array(values: Sequence[str | None]) -> Any:
+    # From an object ndarray, not a list: pandas then checks the values without copying them
+    # into one first, several times cheaper. Missing values (None) become pandas' NA of text.
+    return pd.array(np.fromiter(values, dtype=object, count=len(values)), dtype=_TEXT_DTYPE)
 
 
 def _finish(
-    columns: dict[str, Any],
+    arrays: dict[str, Any],
     meta: list[str],
     names: Mapping[str, str],
     dtypes: Mapping[str, Any] | None,
@@ -313,12 +126,6 @@ def _finish(
 ) -> pd.DataFrame:
     """The frame from its columns, each given its dtype before the frame is built (cheaper than
     converting a built frame, which matters for the many small replies of a live consumer)."""
-    arrays: dict[str, Any] = {}
-    for column, values in columns.items():
-        if column in meta[2:]:
-            arrays[column] = np.asarray(values, dtype=np.int64)
-        else:
-            arrays[column] = pd.array(values, dtype=_TEXT_DTYPE)
     conversions: dict[str, tuple[Any, Any]] = {}
     if schema is not None:
         conversions.update(_schema_conversions(schema, meta, names))
@@ -326,7 +133,7 @@ def _finish(
     n = len(arrays[meta[0]])
     for column, (dtype, default) in conversions.items():
         if column not in arrays:
-            arrays[column] = pd.array([None] * n, dtype=_TEXT_DTYPE)
+            arrays[column] = _text_array([None] * n)
         series = pd.Series(arrays[column], copy=False)
         if isinstance(default, str | int | float):  # bool is an int; "true"/"false" as sent
             series = series.fillna(
@@ -344,7 +151,7 @@ def _schema_conversions(
     for field in _schema_fields(schema):
         column = (
             names.get(field.encode_name)
-            or _column_names(meta, [field.encode_name])[field.encode_name]
+            or column_names(meta, [field.encode_name])[field.encode_name]
         )
         out[column] = (_dtype_for(field.type), field.default)
     return out

@@ -243,6 +243,55 @@ def replies(draw: st.DrawFn) -> Any:
     return {name: [entries] for name, entries in streams}
 
 
+def reference_frame(reply: Any, include_sequence: bool = False) -> pd.DataFrame:
+    """The documented semantics, row by row: a dict per entry, then one frame of text columns."""
+
+    def text(v: Any) -> str:
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+    pairs = list(reply.items()) if isinstance(reply, dict) else [(p[0], p[1]) for p in reply or []]
+    meta = ["stream", "id", "timestamp_ms", *(["sequence"] if include_sequence else [])]
+    rows: list[tuple[list[Any], dict[str, str | None]]] = []
+    order: dict[str, None] = {}
+    for name, entries in pairs:
+        entries = entries or []
+        first = entries[0] if entries else None
+        if isinstance(first, list | tuple) and (not first or isinstance(first[0], list | tuple)):
+            entries = [e for sub in entries for e in sub]  # redis-py's RESP3 nesting
+        for raw_id, fields in entries:
+            if raw_id is None:
+                continue  # a deleted entry's placeholder
+            id_ = text(raw_id)
+            ms, seq = (int(part) for part in id_.split("-"))
+            if fields is None:
+                fields = {}
+            pairs = (
+                fields.items()
+                if isinstance(fields, dict)
+                else zip(fields[::2], fields[1::2], strict=True)
+            )
+            values: dict[str, str | None] = {}
+            for k, v in pairs:
+                values[text(k)] = None if v is None else text(v)  # b"a" then "a": the last wins
+            order.update(dict.fromkeys(values))
+            rows.append(([text(name), id_, ms, seq][: len(meta)], values))
+    names: dict[str, str] = {}
+    taken = {*meta, *order}
+    for k in order:
+        column = k
+        if k in meta:
+            column = f"field_{k}"
+            while column in taken:
+                column = f"field_{column}"
+            taken.add(column)
+        names[k] = column
+    data = {m: [row[0][i] for row in rows] for i, m in enumerate(meta)}
+    data.update({column: [row[1].get(k) for row in rows] for k, column in names.items()})
+    return pd.DataFrame(
+        {c: pd.Series(v, dtype="int64" if c in meta[2:] else TEXT) for c, v in data.items()}
+    )
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(reply=replies(), include_sequence=st.booleans())
 def test_fast_and_plain_frames_are_identical(reply: Any, include_sequence: bool) -> None:
@@ -250,6 +299,8 @@ def test_fast_and_plain_frames_are_identical(reply: Any, include_sequence: bool)
     fast = streams_to_dataframe_fast(reply, include_sequence=include_sequence)
     assert_frame_equal(fast, plain)
     assert list(fast.columns[:3]) == ["stream", "id", "timestamp_ms"]
+    # Both are one implementation now: hold it to the row-by-row semantics.
+    assert_frame_equal(plain, reference_frame(reply, include_sequence))
 
 
 @settings(max_examples=100, deadline=None)
@@ -274,6 +325,40 @@ def test_a_large_uniform_reply_is_the_same_both_ways() -> None:
     entries = [(f"{i}-{i % 3}".encode(), {b"p": str(i).encode(), b"q": b"x"}) for i in range(5000)]
     reply = [[b"big", entries]]
     assert_frame_equal(streams_to_dataframe_fast(reply), streams_to_dataframe(reply))
+    assert_frame_equal(streams_to_dataframe(reply), reference_frame(reply))
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [b"1-0", b"2-0"],
+        ["1-0", b"2-0"],  # mixed types
+        [b"123456789012345678-999999999999999999", b"1-0"],  # 18 digits a part
+        [b"9223372036854775807-0", b"0-9223372036854775807"],  # int64's limits
+        [b"00000000000000000000000001-2"],  # long but small
+    ],
+)
+def test_ids_of_every_length_and_type_parse_exactly(ids: list[Any]) -> None:
+    reply = {b"s": [(i, {b"a": b"1"}) for i in ids]}
+    df = streams_to_dataframe(reply, include_sequence=True)
+    assert_frame_equal(df, reference_frame(reply, include_sequence=True))
+
+
+@pytest.mark.parametrize(
+    "bad", [b"-1-0", b"1--0", b"1-0-", b"1-\n0", b"1-0\n", b"\n1-0", b"12345678901234567890-0"]
+)
+def test_ids_the_bulk_check_must_reject(bad: bytes) -> None:
+    # Each passes some of the cheap checks (digits, dashes and newlines only) but not all.
+    reply = {b"s": [(b"1-0", {b"a": b"1"}), (bad, {b"a": b"2"}), (b"3-0", {b"a": b"3"})]}
+    with pytest.raises(ValueError, match="bad stream entry id"):
+        streams_to_dataframe(reply)
+
+
+def test_text_values_are_kept_and_none_values_are_missing() -> None:
+    reply = {"s": [("1-0", {"a": "x", "b": None}), ("2-0", {"a": "y", "b": "z"})]}
+    df = streams_to_dataframe(reply)
+    assert df["a"].tolist() == ["x", "y"] and pd.isna(df["b"][0]) and df["b"][1] == "z"
+    assert_frame_equal(df, reference_frame(reply))
 
 
 # --- pruning --------------------------------------------------------------------------------------

@@ -337,6 +337,8 @@ def test_update_arrays_inputs() -> None:
         agg.update_arrays(codes, [1.0], [1.0, 1.0], [1, 2])
     with pytest.raises(ConfigError, match="symbol code 2 at index 1 was not handed out"):
         agg.update_arrays(np.array([0, 2]), [1.0, 1.0], [1.0, 1.0], [1, 2])
+    with pytest.raises(ConfigError, match="str or bytes, got NoneType"):
+        agg.update_arrays(np.array(["A", None], dtype=object), [1.0] * 2, [1.0] * 2, [1, 2])
 
 
 @pytest.mark.parametrize("jit", PATHS)
@@ -415,6 +417,101 @@ def test_process_stream_batch_timestamp_field_and_custom_names() -> None:
     )
     assert (n, agg.skipped_count) == (2, 1)
     assert agg.get_candles("X", 60000) == [Candle(120000, 1.0, 2.0, 1.0, 2.0, 4.0, 2, 120001)]
+
+
+# --- the columnar path of stream entries against the entry-by-entry path ----------------------
+
+GOOD = {
+    "symbol": [b"A", b"B", b"C\xc3\xa9", "A"],
+    "price": [b"1.5", b"2", b"100.25", b" 3 ", b"1e2", b"nan", b"-inf", b"1_0", "4.5"],
+    "volume": [b"1", b"0.5", b"7", b"inf"],
+    "ts": [b"1000", b"1999", b"2500", b"7000", b"-3000", b"12000", "4000"],
+}
+GARBAGE = [b"", b"n/a", b"1.5.5", b"0x10", b"1e3", b"99999999999999999999", b"\xff", None, 7]
+
+
+@st.composite
+def entry_batches(draw: st.DrawFn) -> tuple[list[Any], list[Any]]:
+    """Entries of one field layout (the columnar path), sometimes with bad ones among them."""
+    keys = [
+        k
+        for k in draw(st.permutations(["symbol", "price", "volume", "ts", "x"]))
+        if draw(st.integers(0, 9)) > 0  # now and then a field is missing from every entry
+    ]
+    keys += draw(st.lists(st.sampled_from(keys or ["x"]), max_size=1))  # now and then repeated
+    as_bytes = draw(st.booleans())
+    as_dict = draw(st.booleans())
+    dirty = draw(st.sampled_from([0.0, 0.0, 0.05, 0.3]))
+    ids: list[Any] = []
+    fields: list[Any] = []
+    for i in range(draw(st.integers(0, 30))):
+        ms = draw(st.sampled_from([1000, 1500, 2000, 6000, 6100, 11000, 3000]))
+        raw_id: Any = f"{ms}-{i}"
+        if draw(st.floats(0, 1)) < dirty:
+            raw_id = draw(st.sampled_from(["abc", "123", "1-x", b"5-0"]))
+        ids.append(raw_id.encode() if as_bytes and isinstance(raw_id, str) else raw_id)
+        pairs = []
+        for k in keys:
+            good = GOOD.get(k, [b"z"])
+            value = draw(st.sampled_from(GARBAGE if draw(st.floats(0, 1)) < dirty else good))
+            pairs.append((k.encode() if as_bytes else k, value))
+        if draw(st.floats(0, 1)) < dirty:
+            pairs = pairs[: draw(st.integers(0, len(pairs)))]  # another layout
+        entry: Any = dict(pairs) if as_dict else [x for kv in pairs for x in kv]
+        if draw(st.floats(0, 1)) < dirty / 3:
+            entry = draw(st.sampled_from([None, [b"odd"], {}]))
+        fields.append(entry)
+    return ids, fields
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batches=st.lists(entry_batches(), min_size=1, max_size=3),
+    timestamp_field=st.sampled_from([None, "ts"]),
+    jit=st.sampled_from(PATHS),
+)
+def test_columnar_entries_give_the_candles_of_the_entry_by_entry_path(
+    batches: list[tuple[list[Any], list[Any]]], timestamp_field: str | None, jit: bool
+) -> None:
+    from streammachine.ohlc.ticks import TickFields, ticks_one_by_one
+
+    names = TickFields(timestamp=timestamp_field)
+    columnar, one_by_one = (FastOHLC(intervals=[1000, 5000], jit=jit) for _ in range(2))
+    for ids, fields in batches:
+        taken = columnar._process_entries(ids, fields, names)
+        b, before = one_by_one, one_by_one.tick_count
+        out = (b._b_ts.append, b._b_px.append, b._b_vol.append)
+        b._parse_skipped += ticks_one_by_one(
+            ids, fields, names, b.symbol_code, out, b._b_sym.append
+        )
+        assert taken == b.tick_count - before
+        # Flushing between batches makes later ticks late: both must count and drop them alike.
+        assert columnar.flush_completed() == one_by_one.flush_completed()
+    assert columnar.symbols() == one_by_one.symbols()
+    assert columnar.stats() == one_by_one.stats()
+    for symbol in columnar.symbols():
+        for iv in (1000, 5000):
+            assert columnar.get_candles(symbol, iv) == one_by_one.get_candles(symbol, iv)
+
+
+def test_one_layout_of_entries_takes_the_columnar_path() -> None:
+    from streammachine.ohlc.ticks import TickFields, tick_columns
+
+    fields = [[b"symbol", b"A", b"price", b"1.5", b"volume", b"2", b"price", b"3"]] * 2
+    cols = tick_columns([b"1-0", "2-5"], fields, TickFields())
+    assert cols is not None and cols.prices.tolist() == [3.0, 3.0]  # a repeated key: the last
+    assert cols.times.tolist() == [1, 2] and cols.volumes.tolist() == [2.0, 2.0]
+    dicts = [{"symbol": "A", "price": "1", "ts": "9"}, {"ts": "8", "price": "2", "symbol": "B"}]
+    cols = tick_columns(["1-0", "2-0"], dicts, TickFields(timestamp="ts"))
+    assert cols is not None and cols.times.tolist() == [9, 8] and cols.volumes.tolist() == [0, 0]
+    assert cols.symbols == ["A", "B"]
+    for bad in (
+        [[b"symbol", b"A", b"price", b"x"]],  # unparsable: the entry-by-entry path skips it
+        [[b"symbol", b"A", b"price", b"1"], [b"price", b"1", b"symbol", b"A"]],  # two layouts
+        [{"symbol": "A", "price": "1"}, {b"symbol": b"A", "price": "1"}],  # two kinds of key
+        [None],
+    ):
+        assert tick_columns(["1-0"] * len(bad), bad, TickFields()) is None
 
 
 def test_single_ticks_and_batches_keep_arrival_order() -> None:

@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -80,6 +79,23 @@ async def test_candles_equal_an_offline_run_and_late_ticks_are_dropped(
     assert redis_sync.xlen("candles:state:ohlc_workers") == 1, "one snapshot, trimmed exactly"
 
 
+async def test_a_snapshot_of_an_earlier_version_restores(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    earlier = FastOHLC([1000])
+    earlier.update_tick("A", 1.5, 2.0, T0)
+    redis_sync.xadd("candles:state:ohlc_workers", {"data": earlier.snapshot()})  # uncompressed
+    app = App(name="restore")
+    consumer = app.ohlc("ticks", intervals=[1000], timestamp_field="ts", lease_ms=500)
+    async with TestApp(app, url=redis_url):
+        await eventually(lambda: consumer.running, 10)
+        assert consumer.aggregator.get_candles("A", 1000) == earlier.get_candles("A", 1000)
+        await app.send("ticks", {"symbol": "A", "price": "3", "volume": "1", "ts": str(T0 + 5)})
+        await eventually(lambda: consumer.aggregator.tick_count == 2, 10)
+    ((_, fields),) = redis_sync.xrange("candles:state:ohlc_workers")
+    assert set(fields) == {b"zdata"}, "written compressed now"
+
+
 async def test_only_the_lease_holder_consumes(redis_url: str, redis_sync: syncredis.Redis) -> None:
     first = FastOHLCConsumer("ticks", intervals=[1000], timestamp_field="ts", lease_ms=600)
     second = FastOHLCConsumer("ticks", intervals=[1000], timestamp_field="ts", lease_ms=600)
@@ -131,15 +147,16 @@ def test_sigkill_loses_and_duplicates_no_candle(
         )
 
     want = offline(rows, [10_000, 60_000])
-    rng = random.Random(5)
-    proc, kills = start(), 0
+    kills = 3
+    proc = start()
     try:
-        while done() < len(want) * 0.8 and kills < 4:
-            wait_sync(lambda: done() > 0, 30, "candles flowing")
-            time.sleep(rng.uniform(0.1, 0.4))
+        for i in range(kills):
+            # Killed at fixed points of progress, not of time: a fast machine and a slow one see
+            # the same kills, and the test asserts only that no candle is lost or doubled.
+            mark = len(want) * (i + 1) // (kills + 2)
+            wait_sync(lambda: done() >= mark, 90, f"{mark} candles before kill {i + 1}")  # noqa: B023
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            kills += 1
             proc = start()
         wait_sync(lambda: done() >= len(want), 90, "all candles")
         wait_sync(lambda: redis_sync.xpending("ticks", "ohlc_workers")["pending"] == 0, 30)
@@ -151,7 +168,6 @@ def test_sigkill_loses_and_duplicates_no_candle(
     print(
         f"\nticks={len(rows)} candles={len(want)} emitted={len(got)} duplicates={dups} kills={kills}"
     )
-    assert kills >= 2
     assert dups == 0, "no candle twice"
     by_key = {key(c): c for c in got}
     assert set(by_key) == set(want), "every candle"

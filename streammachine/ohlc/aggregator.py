@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -36,6 +36,7 @@ from .kernel import (
     CandleStore,
     readonly,
 )
+from .ticks import TickFields, split_entries, tick_columns, ticks_one_by_one
 
 __all__ = [
     "Candle",
@@ -194,7 +195,11 @@ class FastOHLC:
             raise ConfigError(f"symbols must be str or bytes (or int codes); got dtype {arr.dtype}")
         pd = sys.modules.get("pandas")
         if pd is not None:  # its C hash table maps twice as fast as a dict; used only if loaded
-            local, uniques = pd.factorize(arr, use_na_sentinel=False)
+            # With the NA sentinel: pandas then skips a null scan that costs more than hashing.
+            local, uniques = pd.factorize(arr)
+            if len(local) and local.min() < 0:
+                bad = arr[int(np.argmax(local < 0))]
+                raise ConfigError(f"a symbol must be str or bytes, got {type(bad).__name__}")
             return local.astype(np.int64, copy=False), self._symmap(list(uniques))
         for name in dict.fromkeys(arr.tolist()):
             self.symbol_code(name)
@@ -326,43 +331,42 @@ class FastOHLC:
             >>> agg.process_stream_batch(reply)
             1
         """
+        ids, fields = split_entries(entries)
+        names = TickFields(price_field, volume_field, symbol_field, timestamp_field)
+        return self._process_entries(ids, fields, names)
+
+    def _process_entries(self, ids: list[Any], fields: list[Any], names: TickFields) -> int:
+        """`process_stream_batch` of entries given as their ids and their fields."""
         self._drain()
         before = int(self._store.meta[TICKS])
-        names = (price_field, volume_field, symbol_field)
-        keys: dict[type, tuple[Any, ...]] = {str: names, bytes: tuple(n.encode() for n in names)}
-        time_keys: dict[type, Any] = {str: timestamp_field, bytes: (timestamp_field or "").encode()}
-        get_code = self._codes.get
-        to_ts, to_px, to_vol, to_sym = (
-            self._b_ts.append, self._b_px.append, self._b_vol.append, self._b_sym.append
-        )  # fmt: skip
-        skipped = 0
-        for eid, fields in iter_entries(entries):
-            try:
-                if not isinstance(fields, dict):  # a flat [k, v, ...] list; None: deleted
-                    fields = dict(zip(fields[::2], fields[1::2], strict=True))
-                kind = type(next(iter(fields)))  # field names are all bytes or all str
-                kp, kv, ks = keys[kind]
-                p = float(fields[kp])
-                raw_v = fields.get(kv)
-                v = 0.0 if raw_v is None else float(raw_v)
-                if timestamp_field is None:
-                    t = int(eid.partition(b"-" if type(eid) is bytes else "-")[0])
-                else:
-                    t = _int_ms(fields[time_keys[kind]])
-                raw_s = fields[ks]
-                code = get_code(raw_s)
-                if code is None:
-                    code = self._register(raw_s)
-                to_ts(t)  # first: an out-of-range time fails here, before the others
-            except (TypeError, ValueError, KeyError, AttributeError, OverflowError, StopIteration):
-                skipped += 1
-                continue
-            to_px(p)
-            to_vol(v)
-            to_sym(code)
-        self._parse_skipped += skipped
-        self._drain()
+        cols = tick_columns(ids, fields, names)
+        codes = None if cols is None else self._raw_symbol_codes(cols.symbols)
+        if cols is None or codes is None:
+            b = self._b_ts.append, self._b_px.append, self._b_vol.append
+            self._parse_skipped += ticks_one_by_one(
+                ids, fields, names, self.symbol_code, b, self._b_sym.append
+            )
+            self._drain()
+        else:
+            self._store.apply(self._identity(), codes, cols.prices, cols.volumes, cols.times)
         return int(self._store.meta[TICKS]) - before
+
+    def _raw_symbol_codes(self, symbols: list[Any]) -> np.ndarray | None:
+        """Codes of symbols as they came, new ones registered in order; None if one is not a
+        symbol (the entry-by-entry path then skips that entry alone)."""
+        try:
+            get = self._codes.get
+            codes = list(map(get, symbols))
+            if None in codes:
+                for symbol in dict.fromkeys(symbols):
+                    if isinstance(symbol, str | bytes) and get(symbol) is None:
+                        self._register(symbol)
+                codes = list(map(get, symbols))
+                if None in codes:
+                    return None
+        except TypeError:  # unhashable
+            return None
+        return np.array(codes, np.int64)
 
     # -- output ------------------------------------------------------------------------------
 
@@ -442,11 +446,11 @@ class FastOHLC:
         """
         self._drain()
         wm = self._watermark(now_ms)
+        store, names, intervals = self._store, self._names, self.intervals
         return [
-            (name, iv, _candle(row))
-            for k, iv in enumerate(self.intervals)
-            for s, name in enumerate(self._names)
-            for row in self._store.flush(s, k, wm)
+            (names[s], intervals[k], _candle(row))
+            for k, s in store.flushable(len(names), wm)
+            for row in store.flush(s, k, wm)
         ]
 
     def get_candles_as_dicts(
@@ -638,13 +642,6 @@ def parse_stream_id_timestamp(stream_id: str | bytes) -> int:
     return int(ms)
 
 
-def _int_ms(raw: Any) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        return int(float(raw))
-
-
 def format_candle_for_redis(candle: Any, symbol: str | bytes, interval_ms: int) -> dict[str, str]:
     """A candle (a Candle, or a dict of its fields) as str fields for XADD.
 
@@ -658,24 +655,3 @@ def format_candle_for_redis(candle: Any, symbol: str | bytes, interval_ms: int) 
     out = {"symbol": name, "interval_ms": str(int(interval_ms))}
     out.update((field, str(values[field])) for field in Candle._fields)
     return out
-
-
-def iter_entries(reply: Any) -> Iterator[tuple[Any, Any]]:
-    """(id, fields) of each entry of an XREAD/XREADGROUP reply, RESP2 or RESP3, or of XRANGE."""
-    if isinstance(reply, dict):
-        for entries in reply.values():
-            # redis-py's RESP3 XREAD wraps each stream's entries in one more list.
-            if len(entries) == 1 and entries[0] and isinstance(entries[0][0], list | tuple):
-                entries = entries[0]
-            for entry in entries:
-                yield entry[0], entry[1]
-    elif reply:
-        first = reply[0]
-        if (
-            len(first) == 2
-            and isinstance(first[1], list | tuple)
-            and (not first[1] or isinstance(first[1][0], list | tuple))
-        ):
-            reply = [entry for _stream, entries in reply for entry in entries]
-        for entry in reply:
-            yield entry[0], entry[1]

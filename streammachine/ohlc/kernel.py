@@ -465,6 +465,25 @@ class CandleStore:
             n += 1
         return n
 
+    def flushable(self, n_symbols: int, watermark_ms: int) -> list[tuple[int, int]]:
+        """(interval index, symbol) pairs that may hold a completed candle, by interval then
+        symbol: those whose newest candle is completed or has an older one. One NumPy pass, so
+        that a batch does not walk every symbol's candles to find the few to flush."""
+        heads = self.sk[:n_symbols, :, HEAD]
+        held = heads >= 0
+        slots = np.where(held, heads, 0)
+        # Clamped into int64, which changes no comparison with an int64 start.
+        last_start = np.array(
+            [
+                min(max(watermark_ms - iv - self.grace_ms, NO_TIME), -NO_TIME - 1)
+                for iv in self.intervals_ms
+            ],
+            np.int64,
+        )
+        maybe = held & ((self.ci[slots, START] <= last_start) | (self.ci[slots, PREV] >= 0))
+        ks, ss = np.nonzero(maybe.T)
+        return list(zip(ks.tolist(), ss.tolist(), strict=True))
+
     def flush(self, s: int, k: int, watermark_ms: int) -> list[tuple[Any, ...]]:
         """Remove symbol `s`'s completed candles of interval `k`; return their rows, oldest first."""
         slots = self.slots(s, k)
