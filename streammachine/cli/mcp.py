@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         setup(log_level, log_format)
         url = resolve_url(redis_url)
         try:
-            from ..mcp_server import create_server, serve
+            from ..mcp.server import create_server, serve
         except ImportError as exc:
             fail(f"the MCP server needs the mcp extra: pip install 'streammachine[mcp]' ({exc})")
         from ..connection import mask_url

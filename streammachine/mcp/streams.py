@@ -1,5 +1,5 @@
 """The stream tools of the MCP server (send, read, describe, list, pending entries, dead letters)
-and their output models, without the `mcp` SDK; `mcp_server` registers them.
+and their output models, without the `mcp` SDK; `server` registers them.
 
 Example:
     >>> streams = StreamTools(tools)  # doctest: +SKIP
@@ -15,8 +15,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 from redis.exceptions import ResponseError
 
-from . import inspect as sm_inspect
-from .mcp_tools import MAX_VALUE_CHARS, Bounded, ToolFailure, Tools, as_text, clip, clip_fields, fit
+from .. import inspect as sm_inspect
+from .tools import MAX_VALUE_CHARS, Bounded, ToolFailure, Tools, as_text, clip, clip_fields, fit
 
 __all__ = ["StreamTools"]
 
@@ -178,8 +178,8 @@ class StreamTools:
         of the storage namespace appends it (then the schedule id is returned)."""
         maxlen = maxlen or self.tools.settings.stream_maxlen
         if delay_s is not None:
-            from .codec import encode_fields
-            from .schedule import Scheduler, due_ms
+            from ..codec import encode_fields
+            from ..schedule import Scheduler, due_ms
 
             await sm_inspect.check_stream(self.tools.conn, stream)
             due = due_ms(delay_s=delay_s)

@@ -1,8 +1,8 @@
 """The operations behind the MCP server's tools, without the `mcp` SDK: the server's state (Redis
 URL, settings, connection), the size limits, the masking of secrets, the translation of errors
 into messages that say what to do, the Redis and instance tools with their output models, and the
-config and status resources. `mcp_streams`, `mcp_storage` and `mcp_ohlc` hold the other tools;
-`mcp_server` wires them all into the SDK.
+config and status resources. `streams`, `storage` and `ohlc` hold the other tools;
+`server` wires them all into the SDK.
 
 A tool is an async method whose signature (pydantic-annotated arguments) and docstring become the
 MCP tool's input schema and description, and whose pydantic return type its output schema. A tool
@@ -32,11 +32,11 @@ import anyio
 from pydantic import BaseModel, Field, StrictBool
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
-from . import inspect as sm_inspect
-from .connection import RedisConnection, mask_url, url_secrets
-from .exceptions import RedisUnavailableError, StreamMachineError
-from .settings import Settings
-from .storage import Storage
+from .. import inspect as sm_inspect
+from ..connection import RedisConnection, mask_url, url_secrets
+from ..exceptions import RedisUnavailableError, StreamMachineError
+from ..settings import Settings
+from ..storage import Storage
 
 __all__ = ["CALL_TIMEOUT_S", "MAX_RESULT_BYTES", "MAX_VALUE_CHARS", "ToolFailure", "Tools"]
 
@@ -205,7 +205,7 @@ class Tools:
         self.read_only = read_only
         self.timeout_s = timeout_s
         self.tool_names = list(tool_names)
-        self.aggregators: dict[str, Any] = {}  # the OHLC aggregators (see mcp_ohlc)
+        self.aggregators: dict[str, Any] = {}  # the OHLC aggregators (see ohlc)
         self._conn: RedisConnection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._users = 0
@@ -359,7 +359,7 @@ class Tools:
     ) -> InstancesResult:
         """Running StreamMachine processes (their heartbeat records in Redis): app, host, pid,
         version, heartbeat age, and each agent's stream, group and counters."""
-        from .dashboard.registry import list_instances
+        from ..dashboard.registry import list_instances
 
         found = [i for i in await list_instances(self.conn.client) if app in (None, i.get("app"))]
         out = [_instance(r) for r in found[:limit]]
@@ -380,7 +380,7 @@ class Tools:
             for k, v in sorted(os.environ.items())
             if k.startswith(("REDIS_", "STREAMMACHINE_"))
         }
-        from . import __version__
+        from .. import __version__
 
         return json.dumps(
             {
@@ -401,7 +401,7 @@ class Tools:
 
     async def status(self) -> str:
         """Redis health and version, stream count, app instances, storage and OHLC state."""
-        from . import __version__
+        from .. import __version__
 
         out: dict[str, Any] = {"server": {"version": __version__, "read_only": self.read_only}}
         c = self.conn.client
