@@ -17,11 +17,13 @@ from .exceptions import SerializationError
 __all__ = [
     "StructCodec",
     "_has_cython_decode",
+    "as_text",
     "decode_dict_bytes_to_utf8",
     "decode_fields",
     "decode_struct",
     "encode_fields",
     "encode_value",
+    "parse_entry_id",
 ]
 
 log = logging.getLogger("streammachine.codec")
@@ -94,10 +96,35 @@ def encode_fields(record: Mapping[str, Any] | msgspec.Struct) -> dict[str | byte
     return out
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """The one bytes→text rule for names, ids and values read from Redis: UTF-8, bad bytes
+    replaced (U+FFFD), anything else through `str`.
+
+    Example:
+        >>> as_text(b"orders"), as_text(b"\\xff"), as_text(7)
+        ('orders', '\\ufffd', '7')
+    """
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value if isinstance(value, str) else str(value)
+
+
+_text = as_text
+
+
+def parse_entry_id(entry_id: Any) -> tuple[int, int]:
+    """A stream entry id (`"1700000000000-3"`, bytes or text; a bare `"<ms>"` means sequence 0)
+    as `(ms, seq)`, which sorts as Redis orders ids.
+
+    Raises:
+        ValueError: it is not an entry id.
+
+    Example:
+        >>> parse_entry_id(b"1700000000000-3"), parse_entry_id("5")
+        ((1700000000000, 3), (5, 0))
+    """
+    ms, _, seq = as_text(entry_id).partition("-")
+    return (int(ms), int(seq or 0))
 
 
 def decode_dict_bytes_to_utf8(d: Mapping[Any, Any]) -> dict[str, str]:

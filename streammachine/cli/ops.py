@@ -71,7 +71,7 @@ def _health(redis_url: str | None, json_out: bool) -> None:
 
     from ..connection import RedisConnection, mask_url
     from ..exceptions import StreamMachineError
-    from ..inspect import list_instances, server_info
+    from ..queries import list_instances, server_info
     from .common import resolve_url
 
     try:
@@ -263,7 +263,7 @@ def _register_storage(app: typer.Typer) -> None:
 
 
 async def _dead_list(conn: RedisConnection, stream: str, count: int) -> tuple[int, list[Any]]:
-    from ..inspect import check_stream, dead_letter_stream, list_dead
+    from ..queries import check_stream, dead_letter_stream, list_dead
 
     dead = dead_letter_stream(stream)
     if not await check_stream(conn, dead):
@@ -279,7 +279,7 @@ def _print_dead(stream: str, total: int, items: list[dict[str, Any]], json_out: 
         for d in items:
             out(dumps(d))
         return
-    from ..inspect import dead_letter_stream
+    from ..queries import dead_letter_stream
 
     dead = dead_letter_stream(stream)
     sys.stderr.write(
@@ -313,7 +313,8 @@ def _print_dead(stream: str, total: int, items: list[dict[str, Any]], json_out: 
 async def _replay_all_with_progress(conn: RedisConnection, stream: str) -> int:
     """`replay_dead(conn, stream)` page by page, so a terminal sees a progress bar: like it,
     it stops at the newest entry present at the start (re-failing messages cannot loop)."""
-    from ..inspect import dead_letter_stream, replay_dead
+    from ..queries import dead_letter_stream
+    from ..replay import replay_dead
 
     dead, page = dead_letter_stream(stream), 500
     total = int(await conn.client.xlen(dead))
@@ -375,7 +376,8 @@ def _register_dead(app: typer.Typer) -> None:
         log_format: LogFormat = "auto",
     ) -> None:
         """Send dead letters back to their source stream (and delete them from STREAM:dead)."""
-        from ..inspect import dead_letter_stream, replay_dead
+        from ..queries import dead_letter_stream
+        from ..replay import replay_dead
 
         setup(log_level, log_format)
         check_name("stream name", stream)

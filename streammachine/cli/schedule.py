@@ -70,7 +70,7 @@ async def send_later(
     namespace: str | None,
 ) -> None:
     """Keep `records` (each `count` times) until `due`; print each schedule id."""
-    from ..inspect import check_stream
+    from ..queries import check_stream
     from ..schedule import Scheduler
     from ..storage import check_namespace
 

@@ -103,7 +103,7 @@ def _records_from_args(pairs: list[str], json_obj: str | None) -> dict[Any, Any]
 async def _send_all(
     conn: RedisConnection, stream: str, records: list[dict[Any, Any]], count: int
 ) -> None:
-    from ..inspect import check_stream
+    from ..queries import check_stream
 
     await check_stream(conn, stream)
     total = len(records) * count
@@ -214,7 +214,7 @@ async def _tail_plain(
     follow: bool,
     p: Printer,
 ) -> None:
-    from ..inspect import check_stream, entry_dict, read_entries
+    from ..queries import check_stream, entry_dict, read_entries
 
     client: Any = conn.client
     exists = await check_stream(conn, stream)
@@ -261,7 +261,7 @@ async def _tail_group(
     ack: bool,
     p: Printer,
 ) -> None:
-    from ..inspect import check_stream, entry_dict
+    from ..queries import check_stream, entry_dict
 
     client: Any = conn.client
     if not await check_stream(conn, stream):
@@ -511,7 +511,7 @@ def register(app: typer.Typer) -> None:
 
         Uses SCAN (never KEYS), so it is safe on a busy server.
         """
-        from ..inspect import list_streams
+        from ..queries import list_streams
 
         setup(log_level, log_format)
         check_name("pattern", pattern)

@@ -241,7 +241,7 @@ _warned: set[str] = set()  # keys whose bad record was logged (once per key, bou
 
 
 def check_heartbeat(found: dict[str, Any]) -> dict[str, Any] | str:
-    """An instance found by `streammachine.inspect.list_instances` as a checked record (its fields
+    """An instance found by `streammachine.queries.list_instances` as a checked record (its fields
     with the schema's defaults filled in), or why it is not a valid heartbeat.
 
     Example:
@@ -270,7 +270,7 @@ async def read_instances(client: aioredis.Redis) -> tuple[list[dict[str, Any]], 
         >>> bad  # doctest: +SKIP
         ['streammachine:instances:junk']
     """
-    from ..inspect import list_instances as read_raw
+    from ..queries import list_instances as read_raw
 
     out: list[dict[str, Any]] = []
     bad: list[str] = []
@@ -301,7 +301,7 @@ async def list_instances(client: aioredis.Redis) -> list[dict[str, Any]]:
     `fresh` added; records that are not valid heartbeats are left out (see `read_instances`).
 
     `heartbeat_age_s` comes from the key's remaining TTL (no other host's clock involved; see
-    `streammachine.inspect.list_instances`); an instance is `fresh` when it beat within three
+    `streammachine.queries.list_instances`); an instance is `fresh` when it beat within three
     intervals (a late one has a blocked loop or a hung Redis connection; a dead one ages out).
 
     Example:

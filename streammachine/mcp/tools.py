@@ -32,7 +32,7 @@ import anyio
 from pydantic import BaseModel, Field, StrictBool
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
-from .. import inspect as sm_inspect
+from .. import queries as sm_queries
 from ..connection import RedisConnection, mask_url, url_secrets
 from ..exceptions import RedisUnavailableError, StreamMachineError
 from ..settings import Settings
@@ -294,11 +294,11 @@ class Tools:
         app instances. An unreachable Redis is an error result."""
         c = self.conn.client
         try:
-            info = await sm_inspect.server_info(c)
+            info = await sm_queries.server_info(c)
         except Exception as exc:
             raise ToolFailure(f"unhealthy: {self.explain('health_check', exc)}") from None
         try:
-            instances = len(await sm_inspect.list_instances(c))
+            instances = len(await sm_queries.list_instances(c))
         except ResponseError:  # an ACL without SCAN: Redis itself is fine
             instances = 0
         return HealthResult(
@@ -407,7 +407,7 @@ class Tools:
         c = self.conn.client
         try:
             with anyio.fail_after(self.timeout_s):
-                info = await sm_inspect.server_info(c)
+                info = await sm_queries.server_info(c)
                 out["redis"] = {"healthy": True, "url": self.masked_url, **info}
                 n = 0
                 async for _ in c.scan_iter(count=1000, _type="stream"):
@@ -415,7 +415,7 @@ class Tools:
                     if n >= 10000:
                         break
                 out["streams"] = {"count": n, "capped": n >= 10000}
-                instances = await sm_inspect.list_instances(c, limit=100)
+                instances = await sm_queries.list_instances(c, limit=100)
                 out["instances"] = [
                     {k: i[k] for k in ("key", "app", "host", "pid", "age_s")} for i in instances
                 ]
