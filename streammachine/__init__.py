@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from .exceptions import (
     AppImportError,
     ConfigError,
-    HandlerError,
     NotAvailableError,
     RedisUnavailableError,
     Retry,
@@ -91,7 +90,6 @@ __all__ = [
     "ConsumerConfig",
     "FastOHLC",
     "FastOHLCConsumer",
-    "HandlerError",
     "Message",
     "NotAvailableError",
     "RedisConnection",

@@ -8,7 +8,6 @@ import functools
 import inspect
 import itertools
 import logging
-import os
 import signal
 import zlib
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
@@ -24,8 +23,8 @@ from .agent import Agent
 from .codec import StructCodec, encode_fields
 from .commit import current_batch
 from .connection import RedisConnection
-from .dashboard.registry import add_heartbeat
 from .exceptions import ConfigError
+from .heartbeat import AgentBeat, AgentStats, Snapshot, TimerBeat, add_heartbeat
 from .schedule import Cron, Scheduler, due_ms, run_leased_timers
 from .settings import AppConfig, ConsumerConfig, Settings, TimerConfig
 from .timer import Timer
@@ -96,7 +95,7 @@ class App:
         shutdown_timeout_s: float | None = None,
         settings: Settings | None = None,
     ) -> None:
-        self.settings = settings or Settings.from_env()
+        self.settings = settings or Settings.current()
         self.config = AppConfig(
             name=name,
             to_scan=to_scan,
@@ -110,7 +109,7 @@ class App:
             stream_maxlen=maxlen if maxlen is not None else self.settings.stream_maxlen,
         )
         self.name = name
-        # The environment (set by `streammachine run --dashboard ...`) beats the code's defaults.
+        # The runner's settings (`streammachine run --dashboard ...`) beat the code's defaults.
         s = self.settings
         self.dashboard_enabled = dashboard_enabled or s.dashboard
         self.dashboard_host = s.dashboard_host or dashboard_host
@@ -147,7 +146,7 @@ class App:
         #: What this process runs (a supervised worker runs a part of the app).
         self.active_agents: list[Agent] | None = None
         self.active_timers: list[Timer] | None = None
-        # Every running App registers itself in Redis with a heartbeat (dashboard, `health`).
+        # Every running App registers itself in Redis with a heartbeat (liveness, dashboard).
         add_heartbeat(self)
         #: Set once groups exist and agents and timers run (the supervisor's readiness signal).
         self.started: anyio.Event | None = None
@@ -552,11 +551,11 @@ class App:
             >>> if __name__ == "__main__":  # doctest: +SKIP
             ...     app.start()
         """
-        anyio.run(
-            lambda: self.run(install_signal_handlers=True),
-            backend="asyncio",
-            backend_options={"use_uvloop": os.name != "nt"},
-        )
+        # The runner's side does what `streammachine run` does in one process: signals, readiness
+        # and the dashboard when enabled.
+        from .worker import run_loop, serve
+
+        run_loop(serve, self)
 
     async def run(
         self,
@@ -564,7 +563,6 @@ class App:
         install_signal_handlers: bool = False,
         agents: Collection[str] | None = None,
         timers: bool = True,
-        dashboard: bool | None = None,
     ) -> int:
         """Run in the current event loop until `shutdown()` (or a signal, when handled).
 
@@ -573,8 +571,9 @@ class App:
             agents: run only the agents with these names (the supervisor's workers use it).
             timers: run the timers and crons ("app"-scoped ones run in the process holding
                 the app's timer lease, "instance"-scoped ones here).
-            dashboard: serve the dashboard here (default: `dashboard_enabled`; the supervisor
-                serves it once per run instead of once per worker).
+
+        The dashboard (`dashboard_enabled`) is served by the runner (`start()`, `streammachine
+        run`), once per run, not by this method.
 
         Returns 0 after a clean stop and 1 when a second signal forced it.
         """
@@ -586,18 +585,6 @@ class App:
         extras = list(self.background)
         # Every running app moves the due delayed entries of its namespace.
         extras.append(self.scheduler.run_mover)
-        if self.dashboard_enabled if dashboard is None else dashboard:
-            from .dashboard.server import serve_dashboard
-
-            extras.append(
-                functools.partial(
-                    serve_dashboard,
-                    self.redis.url,
-                    self.dashboard_host,
-                    self.dashboard_port,
-                    app=self,  # so it serves this app's /asyncapi.json
-                )
-            )
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
         self.started = self.started or anyio.Event()
@@ -731,6 +718,42 @@ class App:
             self._thread_pool = None
         if self._redis is not None:
             await self._redis.close()
+
+    def snapshot(self) -> Snapshot:
+        """What this process runs and its counters, as the instance heartbeat reports them.
+
+        Example:
+            >>> App(name="orders").snapshot().app
+            'orders'
+        """
+        from .agent import LATENCY_BUCKETS_S
+
+        # A supervised worker runs a part of the app: `run` records which as active_*.
+        agents = self.agents if self.active_agents is None else self.active_agents
+        timers = self.timers if self.active_timers is None else self.active_timers
+        return Snapshot(
+            app=self.name,
+            agents=[
+                AgentBeat(
+                    name=a.name,
+                    stream=a.config.stream,
+                    group=a.config.group,
+                    concurrency=a.config.concurrency,
+                    stats=AgentStats(**a.stats.as_dict()),
+                )
+                for a in agents
+            ],
+            timers=[
+                TimerBeat(
+                    name=t.name,
+                    interval_s=float(t.config.interval),
+                    runs=t.runs,
+                    failures=t.failures,
+                )
+                for t in timers
+            ],
+            latency_buckets_s=list(LATENCY_BUCKETS_S),
+        )
 
     async def health_check(self) -> dict[str, Any]:
         """Health: ``{"status", "redis", "active_tasks", "registered_agents", "registered_timers"}``.

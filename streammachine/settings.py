@@ -6,6 +6,7 @@ beat the defaults. Every bad value raises `ConfigError` naming the variable and 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -110,11 +111,35 @@ class Settings:
             dashboard_port=_env_int(e, "STREAMMACHINE_DASHBOARD_PORT", 0, 0) or None,
         )
 
+    @classmethod
+    def current(cls) -> Settings:
+        """This process's settings: the ones its runner installed (`install`), else the
+        environment's as of now. What `App`, `Storage` and the other defaults read.
+
+        Example:
+            >>> Settings.current().count >= 1
+            True
+        """
+        return _installed if _installed is not None else cls.from_env()
+
+    def install(self) -> None:
+        """Make these the process's settings (`current`): the runner reads the environment once,
+        applies its flags, installs the result and hands it to its worker processes."""
+        global _installed
+        _installed = self
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with `changes` applied (e.g. the CLI's flags over the environment's values)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
     def resolve_url(self) -> str:
         """The Redis URL: `REDIS_URL` when set, else one built from host, port and db."""
         if self.redis_url:
             return self.redis_url
         return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+
+_installed: Settings | None = None
 
 
 @dataclass(slots=True)

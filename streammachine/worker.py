@@ -17,22 +17,33 @@ import os
 import socket
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import msgspec
 
 from .exceptions import StreamMachineError
+from .settings import Settings
 
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["Layout", "Spec", "error_line", "main", "notify_systemd", "serve"]
+__all__ = [
+    "ChildConfig",
+    "Layout",
+    "Spec",
+    "error_line",
+    "main",
+    "notify_systemd",
+    "run_loop",
+    "serve",
+]
 
 log = logging.getLogger("streammachine.worker")
+T = TypeVar("T")
 
 #: Exit status of a worker that could not import its app (restarting it will not help).
 IMPORT_FAILED = 3
@@ -153,6 +164,28 @@ class Spec:
     timers: bool
 
 
+class ChildConfig(msgspec.Struct, frozen=True):
+    """What the runner hands each worker process (as uvicorn hands its Config to a child),
+    written to a file in the runner's private folder: nothing travels in environment variables.
+
+    `log_setup` is a `module:function` reference called with `log_args` before anything else
+    (the CLI's logging setup: the library itself never configures logging).
+    """
+
+    settings: Settings
+    log_setup: str | None = None
+    log_args: list[str] = []
+
+    def apply(self) -> None:
+        """In the child: set up logging as the runner asked, then install the settings."""
+        if self.log_setup:
+            import importlib
+
+            module, _, attr = self.log_setup.partition(":")
+            getattr(importlib.import_module(module), attr)(*self.log_args)
+        self.settings.install()
+
+
 class _Probe(msgspec.Struct):
     layout: Layout | None = None
     error: str | None = None
@@ -196,13 +229,27 @@ async def serve(
 
         app.background.append(watch_parent)
 
+    if app.dashboard_enabled if dashboard is None else dashboard:
+        import functools
+
+        from .dashboard.server import serve_dashboard
+
+        # The runner serves the dashboard beside the app, until the app stops.
+        app.background.append(
+            functools.partial(
+                serve_dashboard,
+                app.redis.url,
+                app.dashboard_host,
+                app.dashboard_port,
+                app=app,  # so it serves this app's /asyncapi.json
+            )
+        )
+
     code, error = 1, None
     async with anyio.create_task_group() as tg:
         tg.start_soon(announce)
         try:
-            code = await app.run(
-                install_signal_handlers=True, agents=agents, timers=timers, dashboard=dashboard
-            )
+            code = await app.run(install_signal_handlers=True, agents=agents, timers=timers)
         except Exception as exc:
             error = exc  # raised below, not wrapped in the task group's ExceptionGroup
         finally:
@@ -213,8 +260,14 @@ async def serve(
     return code
 
 
-def run_loop(fn: Any, *args: Any) -> int:
-    result: int = anyio.run(
+def run_loop(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run `fn(*args)` on a new asyncio event loop, uvloop where available (the one place that
+    picks the loop: `App.start`, `streammachine run` and the CLI commands use it).
+
+    Example:
+        >>> run_loop(anyio.sleep, 0)
+    """
+    result: T = anyio.run(
         fn, *args, backend="asyncio", backend_options={"use_uvloop": os.name != "nt"}
     )
     return result
@@ -232,15 +285,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--agents", help="JSON list of the agent names to run")
     parser.add_argument("--no-timers", action="store_true")
     parser.add_argument("--parent", type=int)
+    parser.add_argument("--config", metavar="PATH", help="the runner's ChildConfig (JSON)")
     args = parser.parse_args(argv)
-    from .cli.logs import setup_logging
     from .importer import import_app
 
-    env = os.environ
-    setup_logging(
-        env.get("STREAMMACHINE_LOG_LEVEL", "info"), env.get("STREAMMACHINE_LOG_FORMAT", "auto")
-    )
     try:
+        if args.config:
+            config = msgspec.json.decode(Path(args.config).read_bytes(), type=ChildConfig)
+        else:
+            config = ChildConfig(Settings.from_env())
+        config.apply()
         app = import_app(args.target)
         layout = Layout.of(app)
     except Exception as exc:

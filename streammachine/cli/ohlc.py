@@ -9,14 +9,11 @@ import typer
 
 from .common import (
     JsonOut,
-    LogFormat,
-    LogLevel,
-    RedisUrl,
     check_name,
+    command,
     dumps,
     fail,
     out,
-    setup,
     with_redis,
 )
 from .progress import MIN_ENTRIES, interactive, progress_bar
@@ -62,7 +59,7 @@ def _table(rows: list[dict[str, str]], title: str) -> Any:
 def register(app: typer.Typer) -> None:
     """Add the `ohlc` command to the CLI."""
 
-    @app.command("ohlc")
+    @command(app, "ohlc")
     def ohlc(
         stream: Annotated[str, typer.Argument(help="The tick stream.")],
         interval: Annotated[
@@ -83,12 +80,9 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--timestamp-field", help="Tick time in ms (default: id).")
         ] = None,
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Compute OHLC candles from a tick stream: its history, then live with --follow."""
-        setup(log_level, log_format)
         check_name("stream name", stream)
         if emit is not None:
             check_name("--emit prefix", emit)

@@ -10,16 +10,13 @@ from typer.core import TyperGroup
 
 from .common import (
     JsonOut,
-    LogFormat,
-    LogLevel,
-    RedisUrl,
     TooDeep,
     check_name,
+    command,
     dumps,
     fail,
     out,
     parse_json,
-    setup,
     with_redis,
 )
 from .progress import MIN_ENTRIES, interactive, progress_bar
@@ -161,25 +158,22 @@ def _register_storage(app: typer.Typer) -> None:
     )
     app.add_typer(storage)
 
-    @storage.command("get")
+    @command(storage, "get")
     def get(
         key: str,
         namespace: Namespace = None,
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Print a key's value (text as it is, anything else as JSON; NaN and ±infinity, which
         JSON cannot hold, as the strings "nan", "inf" and "-inf")."""
-        setup(log_level, log_format)
         check_name("storage key", key)
         ns, value = _storage(redis_url, namespace, _get, key)
         if value is _MISSING:
             fail(f"key {key!r} not found in storage namespace {ns!r}")
         out(dumps(value) if json_out or not isinstance(value, str) else value)
 
-    @storage.command("set")
+    @command(storage, "set")
     def set_(
         key: str,
         value: Annotated[
@@ -192,14 +186,11 @@ def _register_storage(app: typer.Typer) -> None:
             ),
         ] = None,
         namespace: Namespace = None,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Store a value (parsed as JSON when it parses, else kept as a string)."""
         import math
 
-        setup(log_level, log_format)
         check_name("storage key", key)
         if ttl is not None and not math.isfinite(ttl):
             fail(f"--ttl {ttl} is not a number of seconds: give e.g. --ttl 60", 2)
@@ -211,48 +202,39 @@ def _register_storage(app: typer.Typer) -> None:
             parsed = value
         _storage(redis_url, namespace, _set, key, parsed, ttl)
 
-    @storage.command("delete")
+    @command(storage, "delete")
     def delete(
         key: str,
         namespace: Namespace = None,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Delete a key (exit 1 when it did not exist)."""
-        setup(log_level, log_format)
         check_name("storage key", key)
         ns, existed = _storage(redis_url, namespace, _delete, key)
         if not existed:
             fail(f"key {key!r} not found in storage namespace {ns!r}")
 
-    @storage.command("keys")
+    @command(storage, "keys")
     def keys(
         pattern: Annotated[str | None, typer.Argument(help="Glob, e.g. 'user:*'.")] = None,
         namespace: Namespace = None,
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """List the keys, sorted (all, or those matching PATTERN)."""
-        setup(log_level, log_format)
         if pattern is not None:
             check_name("pattern", pattern)
         ns, found = _storage(redis_url, namespace, _keys, pattern)
         for k in found:
             out(dumps({"namespace": ns, "key": k}) if json_out else k)
 
-    @storage.command("clear")
+    @command(storage, "clear")
     def clear(
         yes: Annotated[bool, typer.Option("--yes", help="Really delete every key.")] = False,
         namespace: Namespace = None,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Delete every key of the namespace (needs --yes)."""
-        setup(log_level, log_format)
         if not yes:
             fail("clear deletes every key of the storage namespace; add --yes to do it", 2)
         ns, n = _storage(redis_url, namespace, _clear)
@@ -347,39 +329,33 @@ def _register_dead(app: typer.Typer) -> None:
     )
     app.add_typer(dead)
 
-    @dead.command("list")
+    @command(dead, "list")
     def list_(
         stream: Annotated[str, typer.Argument(help="The stream, or its dead-letter stream.")],
         count: Annotated[
             int, typer.Option("--count", min=1, max=1_000_000, help="At most this many.")
         ] = 100,
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """List the dead letters of STREAM (kept in STREAM:dead), oldest first."""
-        setup(log_level, log_format)
         check_name("stream name", stream)
         total, items = with_redis(redis_url, lambda c: _dead_list(c, stream, count))
         _print_dead(stream, total, items, json_out)
 
-    @dead.command("replay")
+    @command(dead, "replay")
     def replay(
         stream: Annotated[str, typer.Argument(help="The stream, or its dead-letter stream.")],
         ids: Annotated[
             list[str] | None, typer.Option("--id", help="A dead letter's id (repeatable).")
         ] = None,
         all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Send dead letters back to their source stream (and delete them from STREAM:dead)."""
         from ..queries import dead_letter_stream
         from ..replay import replay_dead
 
-        setup(log_level, log_format)
         check_name("stream name", stream)
         if bool(ids) == all_:
             fail("say which dead letters to replay: --id ID (repeatable) or --all", 2)
@@ -395,18 +371,15 @@ def _register_dead(app: typer.Typer) -> None:
 def register(app: typer.Typer) -> None:
     """Add `health`, `storage` and `dead` to the CLI."""
 
-    @app.command("health")
+    @command(app, "health")
     def health(
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Check Redis (PING, version) and list registered app instances; exit 1 if unhealthy.
 
         Usable as a Docker HEALTHCHECK: `streammachine health`.
         """
-        setup(log_level, log_format)
         _health(redis_url, json_out)
 
     _register_storage(app)

@@ -10,14 +10,11 @@ import typer
 
 from .common import (
     JsonOut,
-    LogFormat,
-    LogLevel,
-    RedisUrl,
     check_name,
+    command,
     dumps,
     fail,
     out,
-    setup,
     with_redis,
 )
 
@@ -91,7 +88,7 @@ def _when(ms: int) -> str:
 def register(app: typer.Typer) -> None:
     """Add `scheduled` to the CLI."""
 
-    @app.command("scheduled")
+    @command(app, "scheduled")
     def scheduled(
         stream: Annotated[
             str | None, typer.Argument(help="Only the entries for this stream.")
@@ -101,15 +98,12 @@ def register(app: typer.Typer) -> None:
         ] = 100,
         namespace: Namespace = None,
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """List the delayed entries waiting in Redis, soonest first (`send --delay/--at`).
 
         Examples: `scheduled`, `scheduled reminders --json`.
         """
-        setup(log_level, log_format)
         from ..exceptions import ConfigError
         from ..storage import check_namespace
 

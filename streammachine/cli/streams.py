@@ -11,16 +11,13 @@ import typer
 
 from .common import (
     JsonOut,
-    LogFormat,
-    LogLevel,
-    RedisUrl,
     TooDeep,
     check_name,
+    command,
     dumps,
     fail,
     out,
     parse_json,
-    setup,
     with_redis,
 )
 
@@ -361,7 +358,7 @@ def _na(value: Any, none: str = "-") -> str:
 def register(app: typer.Typer) -> None:
     """Add `send`, `tail` and `streams` to the CLI."""
 
-    @app.command("send")
+    @command(app, "send")
     def send(
         stream: Annotated[str, typer.Argument(help="The stream to append to.")],
         pairs: Annotated[
@@ -394,9 +391,7 @@ def register(app: typer.Typer) -> None:
                 help="With --delay/--at: the namespace whose apps move it (default 'default').",
             ),
         ] = None,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Append entries to a stream and print each new id.
 
@@ -406,7 +401,6 @@ def register(app: typer.Typer) -> None:
         Examples: `send orders id=7 total=9.5`, `send orders --json '{"id": 7}'`,
         `send orders --file orders.jsonl`, `send reminders user=7 --delay 30m`.
         """
-        setup(log_level, log_format)
         check_name("stream name", stream)
         from .schedule import due_from_flags, send_later
 
@@ -426,7 +420,7 @@ def register(app: typer.Typer) -> None:
         elif records:
             with_redis(redis_url, lambda conn: _send_all(conn, stream, records, count))
 
-    @app.command("tail")
+    @command(app, "tail")
     def tail(
         stream: Annotated[str, typer.Argument(help="The stream to read.")],
         start: Annotated[
@@ -455,9 +449,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         ack: Annotated[bool, typer.Option("--ack", help="Acknowledge what was read.")] = False,
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Print a stream's entries: the last 10, those after --from, or new ones with -f.
 
@@ -468,7 +460,6 @@ def register(app: typer.Typer) -> None:
         import signal
         import socket
 
-        setup(log_level, log_format)
         check_name("stream name", stream)
         if group is not None:
             check_name("group name", group)
@@ -496,16 +487,14 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             pass  # Ctrl-C or SIGTERM is how a follow ends: exit 0
 
-    @app.command("streams")
+    @command(app, "streams")
     def streams(
         pattern: Annotated[str, typer.Argument(help="Glob of stream names.")] = "*",
         limit: Annotated[
             int, typer.Option("--limit", min=1, max=1_000_000, help="At most this many.")
         ] = 1000,
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """List streams with their groups: consumers, pending, lag, oldest pending entry.
 
@@ -513,7 +502,6 @@ def register(app: typer.Typer) -> None:
         """
         from ..queries import list_streams
 
-        setup(log_level, log_format)
         check_name("pattern", pattern)
         infos = with_redis(redis_url, lambda c: list_streams(c, pattern, limit))
         _print_streams(infos, json_out)

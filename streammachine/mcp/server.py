@@ -331,7 +331,7 @@ def create_server(
     Args:
         url: the Redis URL (default: `REDIS_URL`, else `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`).
         read_only: register only the read-only tools.
-        settings: the settings to use (default: `Settings.from_env()`).
+        settings: the settings to use (default: `Settings.current()`).
         timeout_s: the time limit of one tool call.
 
     Raises:
@@ -344,7 +344,7 @@ def create_server(
     """
     from .. import __version__
 
-    settings = settings or Settings.from_env()
+    settings = settings or Settings.current()
     url = validate_url(url or settings.resolve_url())
     if timeout_s <= 0:
         raise ConfigError(f"timeout_s must be > 0, not {timeout_s!r}")

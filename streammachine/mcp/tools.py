@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -33,7 +32,7 @@ from pydantic import BaseModel, Field, StrictBool
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from .. import queries as sm_queries
-from ..connection import RedisConnection, mask_url, url_secrets
+from ..connection import LoopClient, RedisConnection, mask_url, url_secrets
 from ..exceptions import RedisUnavailableError, StreamMachineError
 from ..settings import Settings
 from ..storage import Storage
@@ -206,8 +205,7 @@ class Tools:
         self.timeout_s = timeout_s
         self.tool_names = list(tool_names)
         self.aggregators: dict[str, Any] = {}  # the OHLC aggregators (see ohlc)
-        self._conn: RedisConnection | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._redis = LoopClient(url, settings=settings)
         self._users = 0
         # Every credential of the URL (userinfo and query forms), and those of REDIS_URL when
         # the server was given another URL: a server error may quote one back.
@@ -219,10 +217,7 @@ class Tools:
     @property
     def conn(self) -> RedisConnection:
         """This event loop's connection (redis-py connections belong to one loop)."""
-        loop = asyncio.get_running_loop()
-        if self._conn is None or self._loop is not loop:
-            self._conn, self._loop = RedisConnection(url=self.url, settings=self.settings), loop
-        return self._conn
+        return self._redis.conn
 
     @property
     def masked_url(self) -> str:
@@ -249,10 +244,9 @@ class Tools:
             yield
         finally:
             self._users -= 1
-            if self._users == 0 and self._conn is not None:
-                conn, self._conn = self._conn, None
+            if self._users == 0:
                 with anyio.CancelScope(shield=True):
-                    await conn.close()
+                    await self._redis.close()
 
     def failure(self, name: str, exc: Exception) -> str:
         """The error result's text for tool `name` failing with `exc`, secrets masked."""
