@@ -25,6 +25,7 @@ from .exceptions import (
     Skip,
     StreamMachineError,
     UnsafePickleError,
+    WrongTypeError,
 )
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ __all__ = [
     "TimeSeriesBuffer",
     "TimerConfig",
     "UnsafePickleError",
+    "WrongTypeError",
     "__version__",
     "_has_cython_decode",
     "create_ohlc_aggregator",

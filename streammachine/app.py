@@ -438,7 +438,8 @@ class App:
         is appended once, fields exact. The schedule id is returned (None while buffered).
 
         Raises:
-            ValueError: the record is empty or has a field name that is not a str.
+            SerializationError: (a ValueError) the record is empty, has a field name that is
+                not a str, or a value that cannot be encoded.
             ConfigError: both `delay_s` and `at`, or a negative delay.
 
         Example:

@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from .exceptions import SerializationError
+from .exceptions import ConfigError, SerializationError
 
 __all__ = [
     "StructCodec",
@@ -69,7 +69,8 @@ def encode_fields(record: Mapping[str, Any] | msgspec.Struct) -> dict[str | byte
     """A record as stream fields.
 
     Raises:
-        ValueError: the record is empty, not a mapping, or has a key that is not a str.
+        SerializationError: (a ValueError) the record is empty, not a mapping, or has a key that
+            is not a str, or a value cannot be encoded.
 
     Example:
         >>> encode_fields({"n": 1, "ok": True})
@@ -78,11 +79,11 @@ def encode_fields(record: Mapping[str, Any] | msgspec.Struct) -> dict[str | byte
     if isinstance(record, msgspec.Struct):
         record = msgspec.structs.asdict(record)
     if not isinstance(record, Mapping):
-        raise ValueError(
+        raise SerializationError(
             f"a record must be a dict of field names to values, not {type(record).__name__}"
         )
     if not record:
-        raise ValueError(
+        raise SerializationError(
             "a record needs at least one field: Redis streams cannot hold empty entries"
         )
     out: dict[str | bytes, str | bytes] = {}
@@ -91,7 +92,7 @@ def encode_fields(record: Mapping[str, Any] | msgspec.Struct) -> dict[str | byte
             if isinstance(key, bytes):
                 out[key] = encode_value(value)
                 continue
-            raise ValueError(f"field names must be str, got {key!r} ({type(key).__name__})")
+            raise SerializationError(f"field names must be str, got {key!r} ({type(key).__name__})")
         out[key] = encode_value(value)
     return out
 
@@ -184,7 +185,7 @@ class StructCodec:
 
     def __init__(self, schema: type[msgspec.Struct], payload: Payload = "fields") -> None:
         if payload not in ("fields", "msgpack", "json"):
-            raise ValueError(f"payload must be 'fields', 'msgpack' or 'json', not {payload!r}")
+            raise ConfigError(f"payload must be 'fields', 'msgpack' or 'json', not {payload!r}")
         self.schema = schema
         self.payload = payload
         self._decode: Callable[[bytes], Any]

@@ -8,7 +8,8 @@ every message says what to do about it::
     │   └── AppImportError       `module:attr` could not be imported or is not an App
     ├── RedisUnavailableError    Redis could not be reached (also a ConnectionError)
     ├── SerializationError       a value could not be encoded or decoded (also a ValueError)
-    │   └── UnsafePickleError    a pickle is unsigned or its signature does not match
+    │   ├── UnsafePickleError    a pickle is unsigned or its signature does not match
+    │   └── WrongTypeError       a value of a type that cannot be stored (also a TypeError)
     └── NotAvailableError        a feature whose optional dependency is missing
 
 Control flow, raised by handlers (not errors):
@@ -45,6 +46,7 @@ __all__ = [
     "Skip",
     "StreamMachineError",
     "UnsafePickleError",
+    "WrongTypeError",
 ]
 
 
@@ -70,6 +72,11 @@ class SerializationError(StreamMachineError, ValueError):
 
 class UnsafePickleError(SerializationError):
     """A pickled value is unsigned or signed with another key, so it is not unpickled."""
+
+
+class WrongTypeError(SerializationError, TypeError):
+    """A value's type cannot be stored (or added to, for `incr`); the message names the key and
+    the types that can."""
 
 
 class NotAvailableError(StreamMachineError, ImportError):

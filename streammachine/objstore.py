@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from .connection import LoopClient, RedisConnection, mask_url
-from .exceptions import SerializationError, UnsafePickleError
+from .exceptions import SerializationError, UnsafePickleError, WrongTypeError
 from .settings import Settings
 from .storage import check_namespace, ttl_ms
 
@@ -90,7 +90,7 @@ class RedisObjectStorage:
         try:
             payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            raise TypeError(
+            raise WrongTypeError(
                 f"object key {key!r}: cannot pickle a {type(obj).__name__}: {exc}"
             ) from exc
         await self._set(key, self._sign(payload), ttl_s)
@@ -128,7 +128,7 @@ class RedisObjectStorage:
         try:
             data = msgspec.msgpack.encode(obj)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(
+            raise WrongTypeError(
                 f"object key {key!r}: cannot store a value of type {type(obj).__name__} as "
                 f"msgpack ({exc}); use store_with_pickle for arbitrary Python objects"
             ) from None

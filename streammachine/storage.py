@@ -22,7 +22,7 @@ import msgspec
 from redis.exceptions import ResponseError, WatchError
 
 from .connection import LoopClient, RedisConnection, mask_url
-from .exceptions import ConfigError, SerializationError
+from .exceptions import ConfigError, SerializationError, WrongTypeError
 from .settings import Settings
 
 __all__ = ["Storage"]
@@ -81,7 +81,7 @@ def encode_value(key: str, value: Any) -> bytes:
     try:
         data = _encoder.encode(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(
+        raise WrongTypeError(
             f"storage key {key!r}: cannot store a value of type {type(value).__name__} ({exc}); "
             "store int, float, str, bytes, bool, None and lists/dicts of them, or pickle it with "
             "RedisObjectStorage.store_with_pickle"
@@ -278,7 +278,7 @@ class Storage:
         """
         check_key(key)
         if isinstance(by, bool) or not isinstance(by, int | float):
-            raise TypeError(f"incr({key!r}, by={by!r}): by must be an int or a float")
+            raise WrongTypeError(f"incr({key!r}, by={by!r}): by must be an int or a float")
         if isinstance(by, int) and -_INT64 <= by < _INT64:
             keys = [self.hash_key, self._ttl_key(key)]
             try:
@@ -377,7 +377,7 @@ def ttl_ms(ttl_s: float) -> int:
 
 def _add(key: str, current: Any, by: int | float) -> int | float:
     if isinstance(current, bool) or not isinstance(current, int | float):
-        raise TypeError(
+        raise WrongTypeError(
             f"incr({key!r}): the stored value is a {type(current).__name__}, not a number; "
             "use update() to change it"
         )
