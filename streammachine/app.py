@@ -20,7 +20,7 @@ import anyio
 import msgspec
 
 from .agent import Agent
-from .codec import StructCodec, encode_fields
+from .codec import StructCodec, as_text, encode_fields
 from .commit import current_batch
 from .connection import RedisConnection
 from .exceptions import ConfigError
@@ -461,7 +461,7 @@ class App:
             batch.add(topic, maxlen, fields)
             return None
         entry_id = await self.redis.client.xadd(topic, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return as_text(entry_id)
 
     async def send_batch(
         self,

@@ -20,7 +20,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
-from .codec import encode_fields
+from .codec import as_text, encode_fields
 from .exceptions import REDIS_FAILURES, ConfigError, map_redis_errors
 from .message import Message, messages_from_reply
 from .settings import Settings
@@ -344,7 +344,7 @@ class RedisConnection:
         """Append one record; returns its id as str."""
         fields = encode_fields(record)
         entry_id = await self.client.xadd(topic, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return as_text(entry_id)
 
     async def pipeline_xadd(
         self, topic: str, records: Sequence[Mapping[str, Any] | Any], maxlen: int | None = None
@@ -357,7 +357,7 @@ class RedisConnection:
             for fields in encoded:
                 pipe.xadd(topic, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
             ids = await pipe.execute()
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        return [as_text(i) for i in ids]
 
     async def consumer(
         self,
@@ -385,7 +385,7 @@ class RedisConnection:
                 *(("BLOCK", block) if block else ()), "STREAMS", stream, ">",
                 NEVER_DECODE=True,
             )  # type: ignore[no-untyped-call]  # fmt: skip
-            messages = messages_from_reply(_raw_reply(reply), consumer)
+            messages = messages_from_reply(reply, consumer)
             if not messages:
                 if block is None:
                     await asyncio.sleep(0.02)
@@ -413,27 +413,6 @@ class RedisConnection:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-def _raw_reply(reply: Any) -> Iterable[Any]:
-    """XREADGROUP's reply as a list of [stream, entries], whatever the client's parsing."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        return [
-            [
-                k,
-                v[0]
-                if isinstance(v, list)
-                and len(v) == 1
-                and isinstance(v[0], list)
-                and v
-                and isinstance(v[0][0], list)
-                else v,
-            ]
-            for k, v in reply.items()
-        ]
-    return cast(Iterable[Any], reply)
 
 
 class LoopClient:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from typing import Any
 
-from .codec import decode_dict_bytes_to_utf8, decode_fields
+from .codec import as_text, decode_dict_bytes_to_utf8, decode_fields
 
-__all__ = ["Message", "messages_from_reply"]
+__all__ = ["Message", "messages_from_reply", "stream_entries"]
 
 _UNSET: Any = object()
 
@@ -158,14 +157,41 @@ class Message:
         return f"Message(topic={self.topic!r}, key={self.key!r}, message={self.message!r})"
 
 
-def messages_from_reply(reply: Iterable[Any], consumer: str | None) -> list[Message]:
-    """Messages from an XREAD/XREADGROUP reply (raw RESP2 lists or redis-py's parsed form)."""
+def stream_entries(reply: Any) -> list[tuple[Any, Any]]:
+    """An XREAD/XREADGROUP reply as `[(stream, entries), ...]`, whatever its shape: RESP2's list
+    of pairs, or RESP3's map (which redis-py may wrap in one more list per stream). The one
+    place that tells the two apart.
+
+    Example:
+        >>> stream_entries({b"s": [[[b"1-0", [b"a", b"1"]]]]})
+        [(b's', [[b'1-0', [b'a', b'1']]])]
+    """
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        out = []
+        for stream, entries in reply.items():
+            if (
+                isinstance(entries, list)
+                and len(entries) == 1
+                and isinstance(entries[0], list)
+                and entries[0]
+                and isinstance(entries[0][0], list)
+            ):
+                entries = entries[0]
+            out.append((stream, entries))
+        return out
+    return [(stream, entries) for stream, entries in reply]
+
+
+def messages_from_reply(reply: Any, consumer: str | None) -> list[Message]:
+    """Messages from an XREAD/XREADGROUP reply (RESP2 or RESP3, raw or parsed by redis-py)."""
     now = time.time()
     out: list[Message] = []
     new = Message._from_entry
-    for stream, entries in reply:
-        topic = stream.decode() if isinstance(stream, bytes) else stream
+    for stream, entries in stream_entries(reply):
+        topic = as_text(stream)
         for entry_id, fields in entries:
-            key = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            key = as_text(entry_id)
             out.append(new(topic, key, fields, now, consumer))
     return out

@@ -126,6 +126,7 @@ def with_redis(redis_url: str | None, fn: Callable[[RedisConnection], Awaitable[
 
     from ..connection import RedisConnection, mask_url
     from ..exceptions import StreamMachineError, map_redis_errors
+    from ..worker import run_loop
 
     try:
         url = resolve_url(redis_url)
@@ -147,7 +148,7 @@ def with_redis(redis_url: str | None, fn: Callable[[RedisConnection], Awaitable[
                 await conn.close()
 
     try:
-        return anyio.run(main, backend_options={"use_uvloop": os.name != "nt"})
+        return run_loop(main)
     except StreamMachineError as exc:
         fail(str(exc))
     except ResponseError as exc:
@@ -246,7 +247,9 @@ def _key(key: Any) -> Any:
     if key is None or isinstance(key, str | int) or (isinstance(key, float) and math.isfinite(key)):
         return key  # json.dumps writes these keys itself
     if isinstance(key, bytes):
-        return key.decode("utf-8", "replace")
+        from ..codec import as_text
+
+        return as_text(key)
     return repr(key) if isinstance(key, float) else str(key)
 
 
@@ -255,7 +258,6 @@ def dumps(obj: Any) -> str:
     else as str)."""
     import json
 
-    def default(value: Any) -> Any:
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    from ..codec import as_text
 
-    return json.dumps(_plain(obj), ensure_ascii=False, default=default, allow_nan=False)
+    return json.dumps(_plain(obj), ensure_ascii=False, default=as_text, allow_nan=False)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from ..codec import as_text
 from .common import (
     JsonOut,
     TooDeep,
@@ -61,7 +62,6 @@ def _fmt_time(ts: float | None) -> str:
 
 
 def _health(redis_url: str | None, json_out: bool) -> None:
-    import os
 
     import anyio
     from redis.exceptions import ResponseError
@@ -91,7 +91,9 @@ def _health(redis_url: str | None, json_out: bool) -> None:
                 await conn.close()
 
     try:
-        report = anyio.run(check, backend_options={"use_uvloop": os.name != "nt"})
+        from ..worker import run_loop
+
+        report = run_loop(check)
     except Exception as exc:  # any failure to talk to Redis means "unhealthy"
         reason = str(exc) or f"no answer within {HEALTH_TIMEOUT_S:g} s"
         message = f"cannot reach Redis at {mask_url(url)}: {reason}"
@@ -303,21 +305,17 @@ async def _replay_all_with_progress(conn: RedisConnection, stream: str) -> int:
     newest = await conn.client.xrevrange(dead, "+", "-", count=1)
     if not newest:
         return 0
-    last, cursor, replayed = _text(newest[0][0]), "-", 0
+    last, cursor, replayed = as_text(newest[0][0]), "-", 0
     with progress_bar(f"replaying {dead}", total, enabled=total >= MIN_ENTRIES) as advance:
         while True:
             batch = await conn.client.xrange(dead, cursor, last, count=page)
-            ids = [_text(i) for i, _ in batch or []]
+            ids = [as_text(i) for i, _ in batch or []]
             if ids:
                 replayed += await replay_dead(conn, stream, ids)
                 advance(len(ids))
             if len(ids) < page:
                 return replayed
             cursor = "(" + ids[-1]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _register_dead(app: typer.Typer) -> None:

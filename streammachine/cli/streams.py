@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..codec import as_text
 from .common import (
     JsonOut,
     TooDeep,
@@ -119,7 +120,7 @@ async def _send_all(
                 for n in range(start, stop):
                     pipe.xadd(stream, records[n % len(records)])
                 ids = await pipe.execute()
-            out("\n".join(i.decode() if isinstance(i, bytes) else str(i) for i in ids))
+            out("\n".join(as_text(i) for i in ids))
             if progress is not None and task is not None:
                 progress.advance(task, stop - start)
     finally:

@@ -16,7 +16,8 @@ from pydantic import BaseModel, Field
 from redis.exceptions import ResponseError
 
 from .. import queries as sm_queries
-from .tools import MAX_VALUE_CHARS, Bounded, ToolFailure, Tools, as_text, clip, clip_fields, fit
+from ..codec import as_text
+from .tools import MAX_VALUE_CHARS, Bounded, ToolFailure, Tools, clip, clip_fields, fit
 
 __all__ = ["StreamTools"]
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field, StrictBool
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from .. import queries as sm_queries
+from ..codec import as_text
 from ..connection import LoopClient, RedisConnection, mask_url, url_secrets
 from ..exceptions import RedisUnavailableError, StreamMachineError
 from ..settings import Settings
@@ -117,11 +118,6 @@ class InstancesResult(Bounded):
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def as_text(value: Any) -> str:
-    """`value` as text: bytes decoded as UTF-8 (bad bytes replaced)."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def clip(text: str, limit: int = MAX_VALUE_CHARS) -> tuple[str, bool]:
