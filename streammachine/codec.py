@@ -16,7 +16,6 @@ from .exceptions import ConfigError, SerializationError
 
 __all__ = [
     "StructCodec",
-    "_has_cython_decode",
     "as_text",
     "decode_dict_bytes_to_utf8",
     "decode_fields",
@@ -27,10 +26,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("streammachine.codec")
-
-#: True when the fast decode path is active. The decoder is C-level str/bytes work driven by one
-#: dict comprehension, the fastest form CPython offers; kept for the reference's API.
-_has_cython_decode = True
 
 _json_encode = msgspec.json.Encoder().encode
 _warned_undecodable = False
