@@ -19,10 +19,11 @@ import msgspec
 from .agent import Agent
 from .codec import StructCodec
 from .connection import RedisConnection
+from .cron import Cron
+from .delayed import Scheduler
 from .exceptions import ConfigError
 from .heartbeat import AgentBeat, AgentStats, Snapshot, TimerBeat, add_heartbeat
 from .lifecycle import Lifecycle
-from .schedule import Cron, Scheduler
 from .sending import Record as Record  # re-exported: code imported it from here
 from .sending import Sending
 from .settings import AppConfig, ConsumerConfig, Settings, TimerConfig

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .schedule import run_leased_timers
+from .lease import run_leased_timers
 from .tracing import get_tracing
 
 if TYPE_CHECKING:
     from .agent import Agent
     from .connection import RedisConnection
-    from .schedule import Cron, Scheduler
+    from .cron import Cron
+    from .delayed import Scheduler
     from .settings import AppConfig
     from .timer import Timer
     from .tracing import Tracing

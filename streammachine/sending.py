@@ -17,11 +17,11 @@ import msgspec
 from .codec import StructCodec, as_text, encode_fields
 from .commit import current_batch
 from .exceptions import ConfigError
-from .schedule import due_ms
+from .timing import due_ms
 
 if TYPE_CHECKING:
     from .connection import RedisConnection
-    from .schedule import Scheduler
+    from .delayed import Scheduler
     from .settings import AppConfig
     from .tracing import Tracing
 
@@ -171,12 +171,12 @@ class Sending:
         now: bool,
     ) -> list[str | None]:
         batch = current_batch.get()
-        if batch is not None and not batch.closed and not now:
+        # A batch that cannot commit delayed entries (one without the hook) gets them at once.
+        add = getattr(batch, "add_delayed", None)
+        if batch is not None and add is not None and not batch.closed and not now:
             # Committed with the batch's acks, like any handler output.
             for fields in encoded:
-                batch.add_delayed(
-                    topic, [x for kv in fields.items() for x in kv], due, maxlen=maxlen
-                )
+                add(topic, [x for kv in fields.items() for x in kv], due, maxlen=maxlen)
             return [None] * len(encoded)
         ids = await self.scheduler.schedule_many(topic, encoded, due, maxlen)
         return list(ids)

@@ -229,7 +229,7 @@ class ConsumerConfig:
         if self.trim not in (None, "acked"):
             raise ConfigError(f"trim must be 'acked' or None, not {self.trim!r}")
         if self.rate_limit is not None:
-            from .schedule import parse_rate
+            from .timing import parse_rate
 
             parse_rate(self.rate_limit)
         if self.dead_letter is None:

@@ -100,7 +100,7 @@ async def collect_status(
 
 async def _scheduled(client: aioredis.Redis) -> dict[str, Any]:
     """The delayed entries waiting in each namespace (one sorted set per namespace)."""
-    from ..schedule import scheduled_summary
+    from ..delayed import scheduled_summary
 
     keys = sorted(
         {

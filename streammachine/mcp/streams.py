@@ -180,7 +180,8 @@ class StreamTools:
         maxlen = maxlen or self.tools.settings.stream_maxlen
         if delay_s is not None:
             from ..codec import encode_fields
-            from ..schedule import Scheduler, due_ms
+            from ..delayed import Scheduler
+            from ..timing import due_ms
 
             await sm_queries.check_stream(self.tools.conn, stream)
             due = due_ms(delay_s=delay_s)
