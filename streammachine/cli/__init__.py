@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from . import asyncapi, dashboard, mcp, ohlc, ops, schedule, streams
+from . import asyncapi, dashboard, mcp, ohlc, ops, schedule, streams, tail
 from . import run as run_cmd
 from .common import check_argv, fail
 
@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for module in (run_cmd, streams, schedule, ops, ohlc, mcp, dashboard, asyncapi):
+for module in (run_cmd, streams, tail, schedule, ops, ohlc, mcp, dashboard, asyncapi):
     module.register(app)
 
 

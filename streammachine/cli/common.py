@@ -159,6 +159,25 @@ def with_redis(redis_url: str | None, fn: Callable[[RedisConnection], Awaitable[
         fail(f"Redis error: {exc}")
 
 
+async def until_signal(body: Callable[[], Awaitable[None]]) -> None:
+    """Run `body` until it returns or SIGINT/SIGTERM arrives (then stop quietly)."""
+    import signal
+
+    import anyio
+
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        await body()
+        tg.cancel_scope.cancel()
+
+
 def out(line: str) -> None:
     """Write one line to stdout now (a closed pipe, as with `| head`, ends the command quietly)."""
     try:

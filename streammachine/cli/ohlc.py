@@ -153,7 +153,7 @@ def register(app: typer.Typer) -> None:
 
         async def live(conn: RedisConnection, last: str) -> None:
             from ..ohlc import format_candle_for_redis
-            from .streams import _until_signal
+            from .common import until_signal
 
             interactive = sys.stdout.isatty() and not json_out
             recent: list[dict[str, str]] = []
@@ -189,6 +189,6 @@ def register(app: typer.Typer) -> None:
                     if view is not None:
                         view.stop()
 
-            await _until_signal(loop)
+            await until_signal(loop)
 
         with_redis(redis_url, main)
