@@ -82,6 +82,7 @@ class Settings:
     dashboard: bool = False
     dashboard_host: str | None = None
     dashboard_port: int | None = None
+    dashboard_token: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -109,6 +110,7 @@ class Settings:
             dashboard=_env_bool(e, "STREAMMACHINE_DASHBOARD"),
             dashboard_host=e.get("STREAMMACHINE_DASHBOARD_HOST") or None,
             dashboard_port=_env_int(e, "STREAMMACHINE_DASHBOARD_PORT", 0, 0) or None,
+            dashboard_token=e.get("STREAMMACHINE_DASHBOARD_TOKEN") or None,
         )
 
     @classmethod

@@ -104,7 +104,7 @@ def resolve_url(redis_url: str | None) -> str:
 
     if redis_url is not None:  # an explicit --redis-url '' is a mistake, not "use the default"
         return validate_url(redis_url)
-    return validate_url(Settings.from_env(os.environ).resolve_url())
+    return validate_url(Settings.current().resolve_url())
 
 
 def setup(log_level: str, log_format: str) -> None:

@@ -16,7 +16,6 @@ import hmac
 import html
 import json
 import logging
-import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
@@ -196,7 +195,10 @@ def create_dashboard(
         >>> import uvicorn  # doctest: +SKIP
         >>> uvicorn.run(create_dashboard("redis://localhost:6379/0"), port=8000)  # doctest: +SKIP
     """
-    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    if token is None:
+        from ..settings import Settings
+
+        token = Settings.current().dashboard_token
     backend = _Backend(redis_url, History(history_interval_s, history_window_s))
     asyncapi: list[dict[str, Any]] = []  # built on first request: agents are registered by then
     page = _asset("index.html")
