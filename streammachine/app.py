@@ -62,7 +62,8 @@ class App(Sending, Lifecycle):
         to_scan: accepted for compatibility; decorators register at import time.
         max_processes: size of `process_pool`.
         max_threads: size of `thread_pool`.
-        dashboard_enabled: serve the dashboard when run by `streammachine run`.
+        dashboard_enabled: serve the dashboard when run by `app.start()` or `streammachine run`
+            (the runner serves it, once per run).
         redis_url: the Redis URL (default: `REDIS_URL`, else `REDIS_HOST`/`PORT`/`DB`).
         storage_namespace: the `Storage` namespace (default: `STREAMMACHINE_STORAGE_NAMESPACE`).
         maxlen: approximate length cap for streams this app writes to.

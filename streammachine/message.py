@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .codec import as_text, decode_dict_bytes_to_utf8, decode_fields
+from .codec import as_text, decode_dict_bytes_to_utf8, decode_fields, parse_entry_id
 
 __all__ = ["Message", "messages_from_reply", "stream_entries"]
 
@@ -133,8 +133,10 @@ class Message:
                 except ValueError:
                     s = None
             if s is None and self.key:
-                ms = self.key.partition("-")[0]
-                s = int(ms) / 1000.0 if ms.isdigit() else None
+                try:
+                    s = parse_entry_id(self.key)[0] / 1000.0
+                except ValueError:
+                    s = None
             self._sent = s
         return s
 

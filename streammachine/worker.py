@@ -6,6 +6,11 @@ was given and the timers (the "app"-scoped ones run only in the process holding 
 lease in Redis, whichever worker or host that is), reports readiness with the sd_notify protocol and
 stops when its runner is gone. `--describe PATH` only imports the app and writes its `Layout`,
 which is how the supervisor learns an app's agents without importing user code itself.
+
+Each gets its configuration from the runner explicitly: `--config PATH`, a `ChildConfig` (the
+settings, and how to set up logging) in the runner's private folder — not environment variables.
+`serve` is the runner's side of one process (readiness, the parent watch, the dashboard); `App.start`
+uses it too.
 """
 
 from __future__ import annotations
