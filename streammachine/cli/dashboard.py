@@ -86,19 +86,19 @@ def register(app: typer.Typer) -> None:
 
 async def _top(url: str, once: bool, json_out: bool, interval_s: float) -> None:
     import anyio
-    from redis.exceptions import RedisError
     from rich.console import Console
     from rich.live import Live
 
     from ..connection import create_client, mask_url
     from ..dashboard.status import collect_status
+    from ..exceptions import REDIS_FAILURES
 
     client = create_client(url, max_connections=2)
     rates = _Rates()
     try:
         try:
             status = await collect_status(client)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             fail(f"cannot read Redis at {mask_url(url)}: {exc}")
         if once:
             if json_out:
@@ -111,7 +111,7 @@ async def _top(url: str, once: bool, json_out: bool, interval_s: float) -> None:
                 await anyio.sleep(interval_s)
                 try:
                     status = await collect_status(client)
-                except (RedisError, OSError) as exc:
+                except REDIS_FAILURES as exc:
                     from rich.text import Text
 
                     live.update(Text(f"cannot read Redis at {mask_url(url)}: {exc}", "red"))

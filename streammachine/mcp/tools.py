@@ -29,12 +29,12 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 from pydantic import BaseModel, Field, StrictBool
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, ResponseError
 
 from .. import queries as sm_queries
 from ..codec import as_text
 from ..connection import LoopClient, RedisConnection, mask_url, url_secrets
-from ..exceptions import RedisUnavailableError, StreamMachineError
+from ..exceptions import REDIS_FAILURES, StreamMachineError
 from ..settings import Settings
 from ..storage import Storage
 
@@ -263,7 +263,7 @@ class Tools:
             if text.startswith("NOGROUP"):
                 return f"{name}: no such consumer group ({text}); see stream_info for the groups"
             return f"{name}: Redis refused the command: {text}"
-        if isinstance(exc, RedisError | OSError | RedisUnavailableError):
+        if isinstance(exc, REDIS_FAILURES):  # RedisUnavailableError is an OSError
             return (
                 f"cannot reach Redis at {self.masked_url}: "
                 f"{str(exc).rstrip('. ') or type(exc).__name__}. "
