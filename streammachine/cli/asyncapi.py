@@ -41,10 +41,13 @@ def register(app: typer.Typer) -> None:
             fail(f"--format must be json or yaml, not {fmt!r}", 2)
         from ..asyncapi import asyncapi_document, to_json, to_yaml
         from ..exceptions import StreamMachineError
-        from ..importer import import_app
+        from ..importer import AppModuleError, import_app
 
         try:
             loaded = import_app(target)
+        except AppModuleError as exc:  # the user's module raised while importing: say what
+            cause = exc.__cause__
+            fail(f"cannot import {target}: {type(cause).__name__}: {cause}" if cause else str(exc))
         except StreamMachineError as exc:
             fail(str(exc))
         except SyntaxError as exc:
