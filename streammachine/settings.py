@@ -83,6 +83,8 @@ class Settings:
     dashboard_host: str | None = None
     dashboard_port: int | None = None
     dashboard_token: str | None = None
+    #: Where readiness is reported (sd_notify): systemd's NOTIFY_SOCKET, or the supervisor's.
+    notify_socket: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +113,7 @@ class Settings:
             dashboard_host=e.get("STREAMMACHINE_DASHBOARD_HOST") or None,
             dashboard_port=_env_int(e, "STREAMMACHINE_DASHBOARD_PORT", 0, 0) or None,
             dashboard_token=e.get("STREAMMACHINE_DASHBOARD_TOKEN") or None,
+            notify_socket=e.get("NOTIFY_SOCKET") or None,
         )
 
     @classmethod

@@ -124,10 +124,15 @@ class Supervisor:
         self.stop_event = anyio.Event()
         self.wake = anyio.Event()
         self.folder = Path(tempfile.mkdtemp(prefix="streammachine-"))
-        self.env = {**os.environ, "NOTIFY_SOCKET": str(self.folder / "notify")}
+        # Children report to the runner's own socket (given in their settings, not the env).
+        self.notify_path = str(self.folder / "notify")
+        self.env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         # The children's configuration, in the runner's private folder (mode 0700).
         self.config_path = self.folder / "config.json"
         child = child or ChildConfig(Settings.current())
+        child = msgspec.structs.replace(
+            child, settings=child.settings.replace(notify_socket=self.notify_path)
+        )
         self.config_path.write_bytes(msgspec.json.encode(child))
         if self.reload:
             # Same-size edits within one second would otherwise load a stale .pyc.
@@ -138,7 +143,7 @@ class Supervisor:
         """Supervise until stopped; returns the exit status (0 after a clean stop)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            sock.bind(self.env["NOTIFY_SOCKET"])
+            sock.bind(self.notify_path)
             sock.setblocking(False)
             async with anyio.create_task_group() as tg:
                 self._tg = tg

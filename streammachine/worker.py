@@ -55,13 +55,14 @@ IMPORT_FAILED = 3
 
 
 def notify_systemd(state: str) -> bool:
-    """Send `state` (e.g. ``READY=1``) to systemd's NOTIFY_SOCKET when it is set.
+    """Send `state` (e.g. ``READY=1``) to the notify socket of the settings (systemd's
+    NOTIFY_SOCKET, or the supervisor's for a worker) when there is one.
 
     Example:
         >>> notify_systemd("READY=1")  # doctest: +SKIP
         True
     """
-    path = os.environ.get("NOTIFY_SOCKET")
+    where = path = Settings.current().notify_socket
     if not path:
         return False
     if path.startswith("@"):
@@ -71,7 +72,7 @@ def notify_systemd(state: str) -> bool:
             sock.connect(path)
             sock.sendall(state.encode())
     except OSError as exc:
-        log.warning("cannot notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], exc)
+        log.warning("cannot notify systemd at %s: %s", where, exc)
         return False
     return True
 
