@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .exceptions import ConfigError
 
@@ -133,9 +133,9 @@ class Settings:
         global _installed
         _installed = self
 
-    def replace(self, **changes: object) -> Settings:
+    def replace(self, **changes: Any) -> Settings:
         """A copy with `changes` applied (e.g. the CLI's flags over the environment's values)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return dataclasses.replace(self, **changes)
 
     def resolve_url(self) -> str:
         """The Redis URL: `REDIS_URL` when set, else one built from host, port and db."""
