@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 
 from streammachine import App, Message, Retry
-from streammachine.inspect import list_streams
+from streammachine.queries import list_streams
 
 app = App(name="demo")
 app.produces("orders")

@@ -6,6 +6,9 @@ Example:
     >>> @app.agent("orders", group="billing")
     ... async def bill(record: Message) -> None: ...
 
+The reference's compatibility names (`StreamConsumer`, `_has_cython_decode`,
+`_HAS_FAST_OHLC_CYTHON`) come from `streammachine.compat`, which says why each exists.
+
 Every name loads on first use (module `__getattr__`), so `import streammachine` and the CLI's
 `--help` stay cheap, and pandas, numba and the MCP SDK load only where they are used.
 """
@@ -18,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from .exceptions import (
     AppImportError,
     ConfigError,
-    HandlerError,
     NotAvailableError,
     RedisUnavailableError,
     Retry,
@@ -26,13 +28,14 @@ from .exceptions import (
     Skip,
     StreamMachineError,
     UnsafePickleError,
+    WrongTypeError,
 )
 
 if TYPE_CHECKING:
     from .agent import Agent
-    from .agent import Agent as StreamConsumer
     from .app import App
-    from .codec import _has_cython_decode, decode_dict_bytes_to_utf8
+    from .codec import decode_dict_bytes_to_utf8
+    from .compat import _HAS_FAST_OHLC_CYTHON, StreamConsumer, _has_cython_decode
     from .connection import RedisConnection
     from .frames import (
         TimeSeriesBuffer,
@@ -43,7 +46,6 @@ if TYPE_CHECKING:
     from .message import Message
     from .objstore import RedisObjectStorage
     from .ohlc import (
-        _HAS_FAST_OHLC_CYTHON,
         FastOHLC,
         FastOHLCConsumer,
         create_ohlc_aggregator,
@@ -57,7 +59,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Agent": ".agent",
-    "StreamConsumer": ".agent",
+    "StreamConsumer": ".compat",
     "App": ".app",
     "Message": ".message",
     "RedisConnection": ".connection",
@@ -66,7 +68,7 @@ _LAZY = {
     "Settings": ".settings",
     "TimerConfig": ".settings",
     "decode_dict_bytes_to_utf8": ".codec",
-    "_has_cython_decode": ".codec",
+    "_has_cython_decode": ".compat",
     "Storage": ".storage",
     "RedisObjectStorage": ".objstore",
     "streams_to_dataframe": ".frames",
@@ -78,7 +80,7 @@ _LAZY = {
     "create_ohlc_aggregator": ".ohlc",
     "parse_stream_id_timestamp": ".ohlc",
     "format_candle_for_redis": ".ohlc",
-    "_HAS_FAST_OHLC_CYTHON": ".ohlc",
+    "_HAS_FAST_OHLC_CYTHON": ".compat",
 }
 
 __all__ = [
@@ -91,7 +93,6 @@ __all__ = [
     "ConsumerConfig",
     "FastOHLC",
     "FastOHLCConsumer",
-    "HandlerError",
     "Message",
     "NotAvailableError",
     "RedisConnection",
@@ -107,6 +108,7 @@ __all__ = [
     "TimeSeriesBuffer",
     "TimerConfig",
     "UnsafePickleError",
+    "WrongTypeError",
     "__version__",
     "_has_cython_decode",
     "create_ohlc_aggregator",
@@ -123,7 +125,6 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'streammachine' has no attribute {name!r}")
-    attr = "Agent" if name == "StreamConsumer" else name
-    value = getattr(importlib.import_module(module, __name__), attr)
+    value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value

@@ -1,34 +1,34 @@
-"""App: registration of agents, timers and hooks; send/send_batch; run/start/shutdown."""
+"""App: registration of agents, timers and hooks, its resources, and what it reports of itself.
+
+Sending (`send`, `send_batch`, partitions) is in `sending.py` and running (`start`, `run`,
+`shutdown`) in `lifecycle.py`: parts of `App` (mixins) kept in modules of one job each.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
+import inspect
 import itertools
 import logging
-import os
-import signal
-import zlib
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from contextvars import ContextVar
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import anyio
 import msgspec
 
 from .agent import Agent
-from .codec import StructCodec, encode_fields
-from .commit import current_batch
+from .codec import StructCodec
 from .connection import RedisConnection
-from .dashboard.registry import add_heartbeat
+from .cron import Cron
+from .delayed import Scheduler
 from .exceptions import ConfigError
-from .schedule import Cron, Scheduler, due_ms, run_leased_timers
+from .heartbeat import AgentBeat, AgentStats, Snapshot, TimerBeat, add_heartbeat
+from .lifecycle import Lifecycle
+from .sending import Record as Record  # re-exported: code imported it from here
+from .sending import Sending
 from .settings import AppConfig, ConsumerConfig, Settings, TimerConfig
 from .timer import Timer
-from .tracing import Tracing, get_tracing
+from .tracing import Tracing
 
 if TYPE_CHECKING:
     from .ohlc.consumer import FastOHLCConsumer
@@ -41,12 +41,20 @@ log = logging.getLogger("streammachine.app")
 P = ParamSpec("P")
 R = TypeVar("R")
 AsyncFn = Callable[P, Awaitable[R]]
-Record = Mapping[str, Any] | msgspec.Struct
-
-_inside_app: ContextVar[bool] = ContextVar("streammachine_inside_app", default=False)
 
 
-class App:
+def _check_coroutine(fn: object, decorator: str) -> None:
+    """Refuse, at decoration time, a handler the runner could only fail on at its first call."""
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__ counts
+    if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call):
+        return
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    raise ConfigError(
+        f"{decorator} needs an `async def` function; {name} is not a coroutine function"
+    )
+
+
+class App(Sending, Lifecycle):
     """A StreamMachine application: agents (stream consumers), timers and lifecycle hooks.
 
     Args:
@@ -54,7 +62,8 @@ class App:
         to_scan: accepted for compatibility; decorators register at import time.
         max_processes: size of `process_pool`.
         max_threads: size of `thread_pool`.
-        dashboard_enabled: serve the dashboard when run by `streammachine run`.
+        dashboard_enabled: serve the dashboard when run by `app.start()` or `streammachine run`
+            (the runner serves it, once per run).
         redis_url: the Redis URL (default: `REDIS_URL`, else `REDIS_HOST`/`PORT`/`DB`).
         storage_namespace: the `Storage` namespace (default: `STREAMMACHINE_STORAGE_NAMESPACE`).
         maxlen: approximate length cap for streams this app writes to.
@@ -83,7 +92,7 @@ class App:
         shutdown_timeout_s: float | None = None,
         settings: Settings | None = None,
     ) -> None:
-        self.settings = settings or Settings.from_env()
+        self.settings = settings or Settings.current()
         self.config = AppConfig(
             name=name,
             to_scan=to_scan,
@@ -97,7 +106,7 @@ class App:
             stream_maxlen=maxlen if maxlen is not None else self.settings.stream_maxlen,
         )
         self.name = name
-        # The environment (set by `streammachine run --dashboard ...`) beats the code's defaults.
+        # The runner's settings (`streammachine run --dashboard ...`) beat the code's defaults.
         s = self.settings
         self.dashboard_enabled = dashboard_enabled or s.dashboard
         self.dashboard_host = s.dashboard_host or dashboard_host
@@ -134,7 +143,7 @@ class App:
         #: What this process runs (a supervised worker runs a part of the app).
         self.active_agents: list[Agent] | None = None
         self.active_timers: list[Timer] | None = None
-        # Every running App registers itself in Redis with a heartbeat (dashboard, `health`).
+        # Every running App registers itself in Redis with a heartbeat (liveness, dashboard).
         add_heartbeat(self)
         #: Set once groups exist and agents and timers run (the supervisor's readiness signal).
         self.started: anyio.Event | None = None
@@ -238,9 +247,11 @@ class App:
             self.partitioned(stream, partitions)
 
         def register(fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
-            self.agents.append(Agent(self, fn, config, schema=schema, payload=payload, batch=batch))
-            if schema is not None and payload != "fields":
-                self._packed[stream] = self.agents[-1].codec  # type: ignore[assignment]
+            _check_coroutine(fn, "@app.agent")
+            agent = Agent(self, fn, config, schema=schema, payload=payload, batch=batch)
+            self.agents.append(agent)
+            if agent.codec is not None and payload != "fields":
+                self._packed[stream] = agent.codec
             return fn
 
         return register
@@ -269,7 +280,8 @@ class App:
         config = TimerConfig(interval=t, name=name or "", scope=scope)
 
         def register(fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
-            self.timers.append(Timer(fn, config))  # type: ignore[arg-type]
+            _check_coroutine(fn, "@app.timer")
+            self.timers.append(Timer(fn, config))
             return fn
 
         return register
@@ -299,7 +311,8 @@ class App:
         Cron.check(expr, tz, scope)  # a bad expression fails here, at import time
 
         def register(fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
-            self.crons.append(Cron(fn, expr, tz=tz, scope=scope, name=name))  # type: ignore[arg-type]
+            _check_coroutine(fn, "@app.cron")
+            self.crons.append(Cron(fn, expr, tz=tz, scope=scope, name=name))
             return fn
 
         return register
@@ -316,12 +329,12 @@ class App:
 
     def on_startup(self, fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
         """Register a coroutine function run before agents and timers start."""
-        self.startup_hooks.append(fn)  # type: ignore[arg-type]
+        self.startup_hooks.append(fn)
         return fn
 
     def on_shutdown(self, fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
         """Register a coroutine function run after agents and timers stopped."""
-        self.shutdown_hooks.append(fn)  # type: ignore[arg-type]
+        self.shutdown_hooks.append(fn)
         return fn
 
     # --- resources ---------------------------------------------------------------------------
@@ -375,345 +388,41 @@ class App:
 
         return FastOHLCConsumer(input_stream, app=self, **kwargs)
 
-    def partitioned(self, stream: str, partitions: int) -> None:
-        """Declare that `stream` has `partitions` partition streams, so `send` routes to them
-        (agents with `partitions=` declare it themselves; producers without agents call this).
+    def snapshot(self) -> Snapshot:
+        """What this process runs and its counters, as the instance heartbeat reports them.
 
         Example:
-            >>> app.partitioned("ticks", 4)
-            >>> await app.send("ticks", {"symbol": "AAPL"}, key="AAPL")  # doctest: +SKIP
+            >>> App(name="orders").snapshot().app
+            'orders'
         """
-        if partitions < 1:
-            raise ConfigError("partitions must be >= 1")
-        self._partitions[stream] = (partitions, itertools.count())
+        from .agent import LATENCY_BUCKETS_S
 
-    def route(self, topic: str, key: str | bytes | None = None) -> str:
-        """The stream a record for `topic` goes to: a partition chosen by a stable hash of `key`
-        (per-key order kept), round-robin without a key, or `topic` itself if unpartitioned."""
-        spec = self._partitions.get(topic)
-        if spec is None:
-            return topic
-        k, counter = spec
-        if key is None:
-            return f"{topic}:p{next(counter) % k}"
-        raw = key.encode() if isinstance(key, str) else key
-        return f"{topic}:p{zlib.crc32(raw) % k}"
-
-    async def send(
-        self,
-        topic: str,
-        record: Record,
-        *,
-        now: bool = False,
-        maxlen: int | None = None,
-        key: str | bytes | None = None,
-        delay_s: float | None = None,
-        at: datetime | float | None = None,
-    ) -> str | None:
-        """Append `record` to stream `topic`, now or later.
-
-        Inside a handler the write is buffered and committed atomically with the ack of the
-        message being handled, and None is returned; `now=True` writes at once. Elsewhere it
-        writes at once and returns the new entry id.
-
-        With `delay_s` (seconds from now) or `at` (a datetime, or epoch seconds) the entry is
-        kept in Redis until it is due, then appended by whichever app of this storage namespace
-        runs (each running app moves due entries, about every 0.2 s); it survives restarts and
-        is appended once, fields exact. The schedule id is returned (None while buffered).
-
-        Raises:
-            ValueError: the record is empty or has a field name that is not a str.
-            ConfigError: both `delay_s` and `at`, or a negative delay.
-
-        Example:
-            >>> await app.send("output_stream", {"processed": True})  # doctest: +SKIP
-            '1700000000000-0'
-            >>> await app.send("reminders", {"user": 7}, delay_s=3600)  # doctest: +SKIP
-            '1852d1b5a3c4e0f0a1b2c3d4'
-        """
-        fields = self._encode(topic, record)
-        topic = self.route(topic, key) if self._partitions else topic
-        if self.tracing is not None:
-            self.tracing.inject(topic, fields)
-        maxlen = maxlen or self.config.stream_maxlen
-        batch = current_batch.get()
-        due = due_ms(delay_s, at) if delay_s is not None or at is not None else None
-        if due is not None:
-            return (await self._send_later(topic, [fields], due, maxlen, now))[0]
-        if batch is not None and not batch.closed and not now:
-            batch.add(topic, maxlen, fields)
-            return None
-        entry_id = await self.redis.client.xadd(topic, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-
-    async def send_batch(
-        self,
-        topic: str,
-        records: Sequence[Record],
-        *,
-        now: bool = False,
-        maxlen: int | None = None,
-        key: str | bytes | None = None,
-        delay_s: float | None = None,
-        at: datetime | float | None = None,
-    ) -> list[str | None]:
-        """Append many records in one round trip; returns their ids (None while buffered).
-
-        `delay_s`/`at` keep them in Redis until due, as with `send` (their schedule ids are
-        returned).
-
-        Example:
-            >>> await app.send_batch("events", [{"n": 1}, {"n": 2}])  # doctest: +SKIP
-            ['1700000000000-0', '1700000000000-1']
-        """
-        if topic in self._partitions:
-            # Per record, so records without a key spread over the partitions.
-            return [
-                await self.send(topic, r, now=now, maxlen=maxlen, key=key, delay_s=delay_s, at=at)
-                for r in records
-            ]
-        encoded = [self._encode(topic, r) for r in records]
-        if self.tracing is not None:
-            for fields in encoded:
-                self.tracing.inject(topic, fields)
-        maxlen = maxlen or self.config.stream_maxlen
-        if delay_s is not None or at is not None:
-            due = due_ms(delay_s, at)
-            assert due is not None
-            return await self._send_later(topic, encoded, due, maxlen, now)
-        batch = current_batch.get()
-        if batch is not None and not batch.closed and not now:
-            for fields in encoded:
-                batch.add(topic, maxlen, fields)
-            return [None] * len(encoded)
-        ids = await self.redis.pipeline_xadd(topic, encoded, maxlen=maxlen)
-        return list(ids)
-
-    async def _send_later(
-        self,
-        topic: str,
-        encoded: list[dict[str | bytes, str | bytes]],
-        due: int,
-        maxlen: int | None,
-        now: bool,
-    ) -> list[str | None]:
-        batch = current_batch.get()
-        if batch is not None and not batch.closed and not now:
-            # Committed with the batch's acks, like any handler output.
-            for fields in encoded:
-                batch.add_delayed(
-                    topic, [x for kv in fields.items() for x in kv], due, maxlen=maxlen
+        # A supervised worker runs a part of the app: `run` records which as active_*.
+        agents = self.agents if self.active_agents is None else self.active_agents
+        timers = self.timers if self.active_timers is None else self.active_timers
+        return Snapshot(
+            app=self.name,
+            agents=[
+                AgentBeat(
+                    name=a.name,
+                    stream=a.config.stream,
+                    group=a.config.group,
+                    concurrency=a.config.concurrency,
+                    stats=AgentStats(**a.stats.as_dict()),
                 )
-            return [None] * len(encoded)
-        ids = await self.scheduler.schedule_many(topic, encoded, due, maxlen)
-        return list(ids)
-
-    def _encode(self, topic: str, record: Record) -> dict[str | bytes, str | bytes]:
-        # A Struct sent to a stream this app consumes packed is packed the same way.
-        codec = self._packed.get(topic)
-        if codec is not None and isinstance(record, codec.schema):
-            return codec.encode(record)
-        return encode_fields(record)
-
-    async def once(self, key: str, ttl_s: float) -> bool:
-        """True the first time `key` is seen within `ttl_s` (SET NX EX), for side effects
-        outside Redis that must not repeat when a message is redelivered.
-
-        Example:
-            >>> if await app.once(f"mail:{record.key}", ttl_s=86400):  # doctest: +SKIP
-            ...     send_mail()
-        """
-        ms = max(1, int(ttl_s * 1000))
-        return bool(await self.redis.client.set(f"streammachine:once:{key}", b"1", nx=True, px=ms))
-
-    # --- running -----------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Run the app until SIGINT/SIGTERM (blocking, on uvloop where available).
-
-        Example:
-            >>> if __name__ == "__main__":  # doctest: +SKIP
-            ...     app.start()
-        """
-        anyio.run(
-            lambda: self.run(install_signal_handlers=True),
-            backend="asyncio",
-            backend_options={"use_uvloop": os.name != "nt"},
+                for a in agents
+            ],
+            timers=[
+                TimerBeat(
+                    name=t.name,
+                    interval_s=float(t.config.interval),
+                    runs=t.runs,
+                    failures=t.failures,
+                )
+                for t in timers
+            ],
+            latency_buckets_s=list(LATENCY_BUCKETS_S),
         )
-
-    async def run(
-        self,
-        *,
-        install_signal_handlers: bool = False,
-        agents: Collection[str] | None = None,
-        timers: bool = True,
-        dashboard: bool | None = None,
-    ) -> int:
-        """Run in the current event loop until `shutdown()` (or a signal, when handled).
-
-        Args:
-            install_signal_handlers: stop on SIGINT/SIGTERM (a second one forces).
-            agents: run only the agents with these names (the supervisor's workers use it).
-            timers: run the timers and crons ("app"-scoped ones run in the process holding
-                the app's timer lease, "instance"-scoped ones here).
-            dashboard: serve the dashboard here (default: `dashboard_enabled`; the supervisor
-                serves it once per run instead of once per worker).
-
-        Returns 0 after a clean stop and 1 when a second signal forced it.
-        """
-        chosen = [a for a in self.agents if agents is None or a.name in agents]
-        self.tracing = get_tracing()
-        chosen_timers = self.timers if timers else []
-        chosen_crons = self.crons if timers else []
-        self.active_agents, self.active_timers = chosen, chosen_timers
-        extras = list(self.background)
-        # Every running app moves the due delayed entries of its namespace.
-        extras.append(self.scheduler.run_mover)
-        if self.dashboard_enabled if dashboard is None else dashboard:
-            from .dashboard.server import serve_dashboard
-
-            extras.append(
-                functools.partial(
-                    serve_dashboard,
-                    self.redis.url,
-                    self.dashboard_host,
-                    self.dashboard_port,
-                    app=self,  # so it serves this app's /asyncapi.json
-                )
-            )
-        self._stop = anyio.Event()
-        self._stopped = anyio.Event()
-        self.started = self.started or anyio.Event()
-        self._forced = False
-        self._exit_code = 0
-        token = _inside_app.set(True)
-        if install_signal_handlers:
-            self._install_signal_handlers()
-        try:
-            await self.redis.connect()
-            for hook in self.startup_hooks:
-                await hook()
-            for agent in chosen:
-                await agent.prepare()
-            async with anyio.create_task_group() as tg:
-                for agent in chosen:
-                    tg.start_soon(self._supervised, agent.run, self._stop)
-                # One process of the app (the lease holder) runs the "app" timers.
-                leased = [t for t in chosen_timers if t.config.scope == "app"]
-                if leased:
-                    tg.start_soon(
-                        self._supervised,
-                        functools.partial(run_leased_timers, self.redis, self.name, leased),
-                        self._stop,
-                    )
-                for t in chosen_timers:
-                    if t.config.scope == "instance":
-                        tg.start_soon(self._supervised, t.run, self._stop)
-                for c in chosen_crons:
-                    claim = self.redis if c.scope == "app" else None
-                    tg.start_soon(
-                        self._supervised,
-                        functools.partial(c.run, redis=claim, app_name=self.name),
-                        self._stop,
-                    )
-                for extra in extras:
-                    tg.start_soon(extra, self._stop)
-                tg.start_soon(self._deadline, tg.cancel_scope)
-                self.started.set()
-                log.info(
-                    "%s running: %d agents, %d timers on %s",
-                    self.name, len(chosen), len(chosen_timers), self.redis,
-                )  # fmt: skip
-            for hook in self.shutdown_hooks:
-                try:
-                    await hook()
-                except Exception:
-                    log.exception("on_shutdown hook %s failed", getattr(hook, "__name__", hook))
-        finally:
-            _inside_app.reset(token)
-            if install_signal_handlers:
-                self._remove_signal_handlers()
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
-            self._stopped.set()
-        return self._exit_code or (1 if self._forced else 0)
-
-    async def _supervised(
-        self, fn: Callable[[anyio.Event], Awaitable[None]], stop: anyio.Event
-    ) -> None:
-        self._tasks += 1
-        try:
-            await fn(stop)
-        finally:
-            self._tasks -= 1
-
-    async def _deadline(self, scope: anyio.CancelScope) -> None:
-        """After a stop request, give in-flight work `shutdown_timeout_s`, then cancel it."""
-        assert self._stop is not None
-        await self._stop.wait()
-        with anyio.move_on_after(self.config.shutdown_timeout_s):
-            while self._tasks and not self._forced:
-                await anyio.sleep(0.05)
-        if self._tasks:
-            log.warning("shutdown: cancelling work still running; its entries stay pending")
-            scope.cancel()
-
-    def fail(self, reason: str, code: int = 1) -> None:
-        """Stop at once with exit status `code` (e.g. Redis down for too long)."""
-        log.error("stopping: %s", reason)
-        self._exit_code = code
-        self.request_stop(force=True)
-
-    def request_stop(self, force: bool = False) -> None:
-        """Ask a running app to stop (thread-unsafe; from the app's loop)."""
-        if force:
-            self._forced = True
-        if self._stop is not None:
-            self._stop.set()
-
-    def _install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                log.debug("cannot handle %s here", sig)
-
-    def _remove_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(sig)
-
-    def _on_signal(self, sig: int) -> None:
-        if self._stop is not None and self._stop.is_set():
-            log.warning("second %s: forcing shutdown", signal.Signals(sig).name)
-            self.request_stop(force=True)
-            return
-        log.info("%s: draining (send it again to force)", signal.Signals(sig).name)
-        self.request_stop()
-
-    async def shutdown(self) -> None:
-        """Stop gracefully: stop reading, let in-flight handlers finish and commit, run the
-        `on_shutdown` hooks and close the pools. From inside the app it only requests the stop.
-        """
-        if self._stop is None:
-            await self.aclose()
-            return
-        self._stop.set()
-        if not _inside_app.get() and self._stopped is not None:
-            await self._stopped.wait()
-
-    async def aclose(self) -> None:
-        """Close pools and connections."""
-        if self._process_pool is not None:
-            self._process_pool.shutdown(wait=False, cancel_futures=True)
-            self._process_pool = None
-        if self._thread_pool is not None:
-            self._thread_pool.shutdown(wait=False, cancel_futures=True)
-            self._thread_pool = None
-        if self._redis is not None:
-            await self._redis.close()
 
     async def health_check(self) -> dict[str, Any]:
         """Health: ``{"status", "redis", "active_tasks", "registered_agents", "registered_timers"}``.

@@ -12,23 +12,20 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from .exceptions import SerializationError
+from .exceptions import ConfigError, SerializationError
 
 __all__ = [
     "StructCodec",
-    "_has_cython_decode",
+    "as_text",
     "decode_dict_bytes_to_utf8",
     "decode_fields",
     "decode_struct",
     "encode_fields",
     "encode_value",
+    "parse_entry_id",
 ]
 
 log = logging.getLogger("streammachine.codec")
-
-#: True when the fast decode path is active. The decoder is C-level str/bytes work driven by one
-#: dict comprehension, the fastest form CPython offers; kept for the reference's API.
-_has_cython_decode = True
 
 _json_encode = msgspec.json.Encoder().encode
 _warned_undecodable = False
@@ -67,7 +64,8 @@ def encode_fields(record: Mapping[str, Any] | msgspec.Struct) -> dict[str | byte
     """A record as stream fields.
 
     Raises:
-        ValueError: the record is empty, not a mapping, or has a key that is not a str.
+        SerializationError: (a ValueError) the record is empty, not a mapping, or has a key that
+            is not a str, or a value cannot be encoded.
 
     Example:
         >>> encode_fields({"n": 1, "ok": True})
@@ -86,11 +84,11 @@ def encode_fields(record: Mapping[str, Any] | msgspec.Struct) -> dict[str | byte
     if isinstance(record, msgspec.Struct):
         record = msgspec.structs.asdict(record)
     if not isinstance(record, Mapping):
-        raise ValueError(
+        raise SerializationError(
             f"a record must be a dict of field names to values, not {type(record).__name__}"
         )
     if not record:
-        raise ValueError(
+        raise SerializationError(
             "a record needs at least one field: Redis streams cannot hold empty entries"
         )
     out: dict[str | bytes, str | bytes] = {}
@@ -99,15 +97,40 @@ def encode_fields(record: Mapping[str, Any] | msgspec.Struct) -> dict[str | byte
             if isinstance(key, bytes):
                 out[key] = encode_value(value)
                 continue
-            raise ValueError(f"field names must be str, got {key!r} ({type(key).__name__})")
+            raise SerializationError(f"field names must be str, got {key!r} ({type(key).__name__})")
         out[key] = encode_value(value)
     return out
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """The one bytes→text rule for names, ids and values read from Redis: UTF-8, bad bytes
+    replaced (U+FFFD), anything else through `str`.
+
+    Example:
+        >>> as_text(b"orders"), as_text(b"\\xff"), as_text(7)
+        ('orders', '\\ufffd', '7')
+    """
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value if isinstance(value, str) else str(value)
+
+
+_text = as_text
+
+
+def parse_entry_id(entry_id: Any) -> tuple[int, int]:
+    """A stream entry id (`"1700000000000-3"`, bytes or text; a bare `"<ms>"` means sequence 0)
+    as `(ms, seq)`, which sorts as Redis orders ids.
+
+    Raises:
+        ValueError: it is not an entry id.
+
+    Example:
+        >>> parse_entry_id(b"1700000000000-3"), parse_entry_id("5")
+        ((1700000000000, 3), (5, 0))
+    """
+    ms, _, seq = as_text(entry_id).partition("-")
+    return (int(ms), int(seq or 0))
 
 
 def decode_dict_bytes_to_utf8(d: Mapping[Any, Any]) -> dict[str, str]:
@@ -167,7 +190,7 @@ class StructCodec:
 
     def __init__(self, schema: type[msgspec.Struct], payload: Payload = "fields") -> None:
         if payload not in ("fields", "msgpack", "json"):
-            raise ValueError(f"payload must be 'fields', 'msgpack' or 'json', not {payload!r}")
+            raise ConfigError(f"payload must be 'fields', 'msgpack' or 'json', not {payload!r}")
         self.schema = schema
         self.payload = payload
         self._decode: Callable[[bytes], Any]

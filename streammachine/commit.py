@@ -21,6 +21,8 @@ from typing import Any
 
 import msgspec
 
+from .codec import parse_entry_id
+
 XADD, ZADD = 0, 1
 
 __all__ = [
@@ -33,9 +35,9 @@ __all__ = [
     "acked_floor",
     "commit_commands",
     "current_batch",
-    "id_order",
     "pack",
     "sha1",
+    "write_outputs",
 ]
 
 # Writes outputs and acks only for entries this consumer still owns in the group's PEL, so a
@@ -275,6 +277,24 @@ def commit_commands(
     return [[*script, group, consumer, lo, hi, payload, margin, *extra]]
 
 
+async def write_outputs(client: Any, done: list[str], out: Batch) -> None:
+    """The at-least-once fallback when outputs live in another cluster slot than the input:
+    write the outputs of the `done` entries now (the commit then only acks)."""
+    async with client.pipeline(transaction=False) as pipe:
+        done_set = set(done)
+        for entry_id, key, maxlen, flat, kind in out.outputs:
+            if entry_id not in done_set:
+                continue
+            if kind == ZADD:
+                pipe.execute_command("ZADD", key, maxlen, *flat)
+                continue
+            trim = ["MAXLEN", "~", maxlen] if maxlen > 0 else []
+            trim = ["MAXLEN", -maxlen] if maxlen < 0 else trim
+            pipe.execute_command("XADD", key, *trim, "*", *flat)
+        await pipe.execute()
+    out.outputs.clear()
+
+
 async def acked_floor(client: Any, stream: str) -> bytes | None:
     """The lowest id any group still needs (oldest pending, or next undelivered): entries
     below it were delivered to and acked by every group. None when there are no groups."""
@@ -282,16 +302,12 @@ async def acked_floor(client: Any, stream: str) -> bytes | None:
     for g in await client.xinfo_groups(stream):
         summary = await client.xpending(stream, g["name"])
         if summary["pending"]:
-            cand = id_order(_text(summary["min"]))
+            cand = parse_entry_id(summary["min"])
         else:
-            ms, seq = id_order(_text(g["last-delivered-id"]))
+            ms, seq = parse_entry_id(g["last-delivered-id"])
             cand = (ms, seq + 1)
         floor = cand if floor is None or cand < floor else floor
     return None if floor is None else f"{floor[0]}-{floor[1]}".encode()
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 pack_msgpack = msgspec.msgpack.Encoder().encode
@@ -344,9 +360,3 @@ def pack(commands: Sequence[Sequence[Any]]) -> bytes:
                 )
             add(b"$%d\r\n%b\r\n" % (len(b), b))
     return b"".join(out)
-
-
-def id_order(entry_id: str) -> tuple[int, int]:
-    """An entry id as a sortable (ms, seq) pair."""
-    ms, _, seq = entry_id.partition("-")
-    return (int(ms), int(seq or 0))

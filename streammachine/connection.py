@@ -17,14 +17,15 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import RedisError, ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
-from .codec import encode_fields
-from .exceptions import ConfigError, RedisUnavailableError
+from .codec import as_text, encode_fields
+from .exceptions import REDIS_FAILURES, ConfigError, map_redis_errors
 from .message import Message, messages_from_reply
 from .settings import Settings
 
-__all__ = ["RedisConnection", "mask_url", "url_secrets", "validate_url"]
+__all__ = ["LoopClient", "RedisConnection", "mask_url", "url_secrets", "validate_url"]
 
 log = logging.getLogger("streammachine.connection")
 
@@ -244,7 +245,7 @@ class RedisConnection:
         *,
         settings: Settings | None = None,
     ) -> None:
-        s = settings or Settings.from_env()
+        s = settings or Settings.current()
         if url is None and (host is not None or port is not None or db is not None):
             url = (
                 f"redis://{host or s.redis_host}:{port or s.redis_port}/"
@@ -291,13 +292,12 @@ class RedisConnection:
 
     async def connect(self) -> None:
         """Ping the server; raise `RedisUnavailableError` naming the (masked) URL if unreachable."""
-        try:
+        hint = (
+            "Start redis-server or set REDIS_URL to a reachable server (memory:// runs in-process)"
+        )
+        # Any failure of the first call, an error reply included (e.g. NOPERM), means "not usable".
+        with map_redis_errors(f"Redis at {mask_url(self.url)}", hint, REDIS_FAILURES):
             await self.client.ping()
-        except (RedisError, OSError) as exc:
-            raise RedisUnavailableError(
-                f"cannot reach Redis at {mask_url(self.url)}: {str(exc).rstrip('.')}. "
-                "Start redis-server or set REDIS_URL to a reachable server (memory:// runs in-process)."
-            ) from exc
 
     async def new_connection(self, key: str | None = None) -> AbstractConnection:
         """A dedicated connection outside the pool's limit, for a consumer's blocking reads;
@@ -344,7 +344,7 @@ class RedisConnection:
         """Append one record; returns its id as str."""
         fields = encode_fields(record)
         entry_id = await self.client.xadd(topic, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return as_text(entry_id)
 
     async def pipeline_xadd(
         self, topic: str, records: Sequence[Mapping[str, Any] | Any], maxlen: int | None = None
@@ -357,7 +357,7 @@ class RedisConnection:
             for fields in encoded:
                 pipe.xadd(topic, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
             ids = await pipe.execute()
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        return [as_text(i) for i in ids]
 
     async def consumer(
         self,
@@ -385,7 +385,7 @@ class RedisConnection:
                 *(("BLOCK", block) if block else ()), "STREAMS", stream, ">",
                 NEVER_DECODE=True,
             )  # type: ignore[no-untyped-call]  # fmt: skip
-            messages = messages_from_reply(_raw_reply(reply), consumer)
+            messages = messages_from_reply(reply, consumer)
             if not messages:
                 if block is None:
                     await asyncio.sleep(0.02)
@@ -415,22 +415,54 @@ class RedisConnection:
         await self.close()
 
 
-def _raw_reply(reply: Any) -> Iterable[Any]:
-    """XREADGROUP's reply as a list of [stream, entries], whatever the client's parsing."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        return [
-            [
-                k,
-                v[0]
-                if isinstance(v, list)
-                and len(v) == 1
-                and isinstance(v[0], list)
-                and v
-                and isinstance(v[0][0], list)
-                else v,
-            ]
-            for k, v in reply.items()
-        ]
-    return cast(Iterable[Any], reply)
+class LoopClient:
+    """A redis client per running event loop, unless an existing `RedisConnection` is shared.
+
+    redis.asyncio connections belong to the loop that opened them, and a long-lived object (a
+    singleton, a test's storage) may be used from several loops in turn.
+    """
+
+    def __init__(
+        self,
+        url: str | None,
+        redis: RedisConnection | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self._shared = redis
+        self._settings = settings
+        if redis is not None:
+            self.url = redis.url
+        else:
+            self.url = url or (settings or Settings.current()).resolve_url()
+        self._own: RedisConnection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    @property
+    def conn(self) -> RedisConnection:
+        """The shared connection, or this event loop's own one."""
+        if self._shared is not None:
+            return self._shared
+        loop = asyncio.get_running_loop()
+        if self._own is None or self._loop is not loop:
+            self._own = RedisConnection(url=self.url, settings=self._settings)
+            self._loop = loop
+        return self._own
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self.conn.client
+
+    def script(self, source: str) -> AsyncScript:
+        """`source` registered with the current client (NOSCRIPT is handled by redis-py)."""
+        client = self.client
+        found = self._scripts.get(source)
+        if found is None or found.registered_client is not client:
+            found = self._scripts[source] = client.register_script(source)
+        return found
+
+    async def close(self) -> None:
+        """Close this loop's own connection (a shared one belongs to its owner)."""
+        own, loop, self._own, self._loop = self._own, self._loop, None, None
+        if own is not None and loop is asyncio.get_running_loop():
+            await own.close()

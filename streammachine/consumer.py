@@ -9,7 +9,7 @@ keepalive task refreshes every entry it owns so nobody claims them while it live
 consumer of each stream in a process tidies the group (dead consumers, acked entries).
 
 The connection is `wire.Wire`, the handler call and failures are `delivery`, the commit is
-`commit`; this module is only the loop.
+`commit`, the keepalive and tidying are `upkeep`; this module is only the loop.
 """
 
 from __future__ import annotations
@@ -21,21 +21,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from redis.exceptions import ResponseError
 
+from .codec import as_text, parse_entry_id
 from .commit import (
     DELCONSUMER_SCRIPT,
     RECLAIM_SCRIPT,
-    TOUCH_SCRIPT,
-    ZADD,
     Batch,
-    acked_floor,
     commit_commands,
     current_batch,
     sha1,
+    write_outputs,
 )
-from .liveness import is_live, live_prefixes
-from .wire import LOST, Read, Wire, WireLost
+from .upkeep import keepalive, tidy
+from .wire import Read, Wire, WireLost
 
 if TYPE_CHECKING:
     from .agent import AgentStats
@@ -65,13 +63,10 @@ class Consumer:
     """One consumer of an agent on one stream.
 
     Args:
-        cfg: the agent's configuration.
-        stream: the stream it reads (the agent's, or one of its partitions).
-        name: its consumer name in the group.
-        redis: the app's connection manager.
-        delivery: calls the handler over a batch.
-        failures: retries and dead letters.
-        stats: the agent's counters.
+        cfg, stream, name: the agent's configuration, the stream it reads (the agent's or one
+            of its partitions) and its consumer name in the group.
+        redis, delivery, failures, stats: the connection manager, the handler call, retries
+            and dead letters, the agent's counters.
         prepare: creates the group again (after NOGROUP or a reconnect).
         housekeeper: whether this consumer tidies the group (one per stream and process).
         wire: its connection (default: a new `Wire`).
@@ -116,7 +111,6 @@ class Consumer:
         self.wire = wire or Wire(redis, stream, name)
         self.namespace = namespace
         self.limiter = limiter
-        self.tokens = 0  # rate-limit tokens reserved and not used yet
         self.takeover = takeover
         self.holds = holds
         self.gate = gate
@@ -144,7 +138,10 @@ class Consumer:
         """Consume until `stop` is set, then drain: finish and commit the batch in hand."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_stop, stop)
-            tg.start_soon(self._keepalive)
+            cfg = self.cfg
+            tg.start_soon(
+                keepalive, self.redis, self.stream, cfg.group, self.name, cfg.claim_idle_ms
+            )
             try:
                 while True:
                     try:
@@ -244,7 +241,7 @@ class Consumer:
         lo, hi = batch[0].key or "-", batch[-1].key or "+"
         replies = await self._call([["XPENDING", self.stream, self.cfg.group, lo, hi, len(batch), self.name]])  # fmt: skip
         if replies and isinstance(replies[0], list):
-            counts = {_text(e[0]): int(e[3]) for e in replies[0]}
+            counts = {as_text(e[0]): int(e[3]) for e in replies[0]}
             for m in batch:
                 m.deliveries = counts.get(m.key or "", 1)
 
@@ -301,7 +298,7 @@ class Consumer:
                 # A batch whose entries were partly claimed away: nothing was written; handle
                 # the ones still owned again (the others are their new owner's).
                 for entry_id in reply:
-                    self.failures.later(_text(entry_id))
+                    self.failures.later(as_text(entry_id))
             elif isinstance(reply, Exception):
                 if "NOSCRIPT" in str(reply):
                     return True
@@ -363,7 +360,7 @@ class Consumer:
             out += await self._claim_stalled()
             if self.housekeeper and now >= self.next_housekeeping:
                 self.next_housekeeping = now + max(1.0, self.cfg.claim_interval_ms / 1000.0)
-                await self._housekeeping()
+                await tidy(self.redis, self.stream, self.cfg, self.name)
         return out
 
     async def _reclaim(self, retries: list[str]) -> list[Message]:
@@ -377,7 +374,7 @@ class Consumer:
                 self.failures.later(entry_id, 1.0)
             return []
         entries, counts = replies[0]
-        before = {_text(k): int(v) for k, v in zip(counts[::2], counts[1::2], strict=True)}
+        before = {as_text(k): int(v) for k, v in zip(counts[::2], counts[1::2], strict=True)}
         msgs = self._entries(entries)
         for m in msgs:
             m.deliveries = before.get(m.key or "", 0) + 1
@@ -399,15 +396,15 @@ class Consumer:
                 log.warning("%s: XPENDING failed: %s", self.name, replies[0])
             return []
         pending = replies[0]
-        self.claim_cursor = _after(_text(pending[-1][0])) if len(pending) == scan else "-"
-        theirs = {_text(e[0]): int(e[3]) for e in pending if _text(e[1]) != self.name}
+        self.claim_cursor = _after(as_text(pending[-1][0])) if len(pending) == scan else "-"
+        theirs = {as_text(e[0]): int(e[3]) for e in pending if as_text(e[1]) != self.name}
         if not theirs:
             return []
         ids = list(theirs)[: cfg.count]
         replies = await self._call([["XCLAIM", self.stream, cfg.group, self.name, cfg.claim_idle_ms, *ids]])  # fmt: skip
         if not replies or isinstance(replies[0], Exception):
             return []
-        gone = [_text(e[0]) for e in replies[0] if e and e[1] is None]
+        gone = [as_text(e[0]) for e in replies[0] if e and e[1] is None]
         if gone:  # deleted from the stream (trimmed) while pending: nothing left to handle
             await self._call([["XACK", self.stream, cfg.group, *gone]])
         msgs = self._entries(replies[0])
@@ -421,53 +418,13 @@ class Consumer:
         entries = [e for e in reply if e and e[1] is not None]
         return self._take(self.wire.read([(self.stream, entries)] if entries else []))
 
-    async def _keepalive(self) -> None:
-        """Keep every entry this consumer owns (in flight, prefetched, waiting for a retry) from
-        being claimed while it lives: refresh their idle time once they have been idle a quarter
-        of `claim_idle_ms`, well before anyone may claim them. A frozen or dead process stops
-        refreshing, and then its entries are claimed."""
-        quarter_ms = max(1, self.cfg.claim_idle_ms // 4)
-        touch = self.redis.client.register_script(TOUCH_SCRIPT)
-        while True:
-            await anyio.sleep(quarter_ms / 1000.0)
-            try:
-                await touch(
-                    keys=[self.stream], args=[self.cfg.group, self.name, quarter_ms, 10_000]
-                )
-            except Exception:
-                log.debug("keepalive failed", exc_info=True)
-
-    async def _housekeeping(self) -> None:
-        """Delete consumers of dead processes once they own nothing, and trim acked entries."""
-        client, cfg = self.redis.client, self.cfg
-        try:
-            consumers = await client.xinfo_consumers(self.stream, cfg.group)
-            idle = [c for c in consumers if int(c["idle"]) > cfg.claim_idle_ms]
-            if idle:
-                live = await live_prefixes(client)
-                delete = client.register_script(DELCONSUMER_SCRIPT)
-                for c in idle:
-                    name = _text(c["name"])
-                    if is_live(name, live):
-                        continue
-                    dropped = await delete(keys=[self.stream], args=[cfg.group, name])
-                    if int(dropped) > 0:
-                        log.error("%s: deleting %s dropped %s entries", self.name, name, dropped)
-                    elif int(dropped) == 0:
-                        log.info("%s: removed consumer %s of a stopped process", self.name, name)
-            if cfg.trim == "acked":
-                floor = await acked_floor(client, self.stream)
-                if floor is not None:
-                    await client.xtrim(self.stream, minid=floor, approximate=True)
-        except (*LOST, ResponseError) as exc:
-            log.debug("%s: housekeeping skipped: %s", self.name, exc)
-
     # --- handling ---------------------------------------------------------------------------
 
     async def _handle(self, batch: list[Message]) -> Commit:
         """Run the handler over `batch`; return the commit command for what succeeded."""
         if self.limiter is not None:
-            await self._rate_limit(len(batch))
+            # Sleeping costs no CPU, and the keepalive keeps the batch from being claimed.
+            await self.limiter.take(len(batch))
         if self.holds is not None and not self.holds():
             return None  # lost the partition (e.g. frozen past its lease): the batch is not ours
         out = Batch(maxlen=self.cfg.maxlen, namespace=self.namespace)
@@ -486,7 +443,7 @@ class Consumer:
         if failed:
             await self.failures.handle(failed)
         if out.outputs and not self._atomic(out):
-            await self._write_outputs(done, out)
+            await write_outputs(self.redis.client, done, out)
         # What else this consumer may own while the commit runs: retries waiting, and a batch
         # in hand (read, not handled yet) of up to `count` entries plus claimed ones.
         margin = len(self.failures.retry_at) + 2 * self.cfg.count + 100
@@ -494,24 +451,6 @@ class Consumer:
             self.stream, self.cfg.group, self.name, done, out, memory=self.memory, margin=margin
         )
         return Pending(cmds, done) if cmds else None
-
-    async def _rate_limit(self, n: int) -> None:
-        """Take `n` tokens of the agent's rate limit before handling `n` entries.
-
-        Tokens are reserved in Redis (GCRA, shared by every consumer, process and host) in
-        chunks of at least 50 ms worth, so a limit far above the agent's pace costs one call now
-        and then, not one per batch. Sleeping costs no CPU, and the keepalive keeps the entries
-        from being claimed meanwhile.
-        """
-        assert self.limiter is not None
-        if self.tokens >= n:
-            self.tokens -= n
-            return
-        chunk = max(n - self.tokens, int(self.limiter.rate_per_s * 0.05))
-        wait_s = await self.limiter.reserve(chunk)
-        self.tokens += chunk - n
-        if wait_s > 0:
-            await anyio.sleep(wait_s)
 
     def _atomic(self, out: Batch) -> bool:
         """Whether outputs and acks can be committed in one script (same node and slot)."""
@@ -527,22 +466,6 @@ class Consumer:
                 self.name, self.stream, sorted(topics),
             )  # fmt: skip
         return False
-
-    async def _write_outputs(self, done: list[str], out: Batch) -> None:
-        """The at-least-once fallback: write the outputs now; the commit then only acks."""
-        async with self.redis.client.pipeline(transaction=False) as pipe:
-            done_set = set(done)
-            for entry_id, key, maxlen, flat, kind in out.outputs:
-                if entry_id not in done_set:
-                    continue
-                if kind == ZADD:
-                    pipe.execute_command("ZADD", key, maxlen, *flat)
-                    continue
-                trim = ["MAXLEN", "~", maxlen] if maxlen > 0 else []
-                trim = ["MAXLEN", -maxlen] if maxlen < 0 else trim
-                pipe.execute_command("XADD", key, *trim, "*", *flat)
-            await pipe.execute()
-        out.outputs.clear()
 
     async def _flush(self, commit: Commit) -> None:
         """Write a pending commit now (at shutdown, or when no read rides with it)."""
@@ -570,11 +493,7 @@ class Consumer:
             log.debug("retire failed", exc_info=True)
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def _after(entry_id: str) -> str:
     """The smallest id after `entry_id` (XPENDING ranges are inclusive on Redis 6.2)."""
-    ms, _, seq = entry_id.partition("-")
-    return f"{ms}-{int(seq or 0) + 1}"
+    ms, seq = parse_entry_id(entry_id)
+    return f"{ms}-{seq + 1}"

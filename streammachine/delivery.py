@@ -21,7 +21,7 @@ from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .codec import StructCodec
+from .codec import StructCodec, as_text
 from .commit import Batch
 from .exceptions import Retry, SerializationError, Skip
 from .stats import LATENCY_BUCKETS_S
@@ -89,22 +89,18 @@ def split_dead(flat: list[Any]) -> tuple[list[Any], dict[str, Any]]:
         [b'n', b'\\xff']
     """
     n = 2 * len(DEAD_LETTER_FIELDS)
-    names = [_name(k) for k in flat[-n::2]] if len(flat) >= n else []
+    names = [as_text(k) for k in flat[-n::2]] if len(flat) >= n else []
     if names == list(DEAD_LETTER_FIELDS):
         tail = flat[-n:]
         return flat[:-n], dict(zip(names, tail[1::2], strict=True))
     original: list[Any] = []
     meta: dict[str, Any] = {}
     for k, v in zip(flat[::2], flat[1::2], strict=False):
-        if _name(k) in DEAD_LETTER_FIELDS:
-            meta[_name(k)] = v
+        if as_text(k) in DEAD_LETTER_FIELDS:
+            meta[as_text(k)] = v
         else:
             original += [k, v]
     return original, meta
-
-
-def _name(key: Any) -> str:
-    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
 
 
 class Delivery:

@@ -8,22 +8,37 @@ every message says what to do about it::
     │   └── AppImportError       `module:attr` could not be imported or is not an App
     ├── RedisUnavailableError    Redis could not be reached (also a ConnectionError)
     ├── SerializationError       a value could not be encoded or decoded (also a ValueError)
-    │   └── UnsafePickleError    a pickle is unsigned or its signature does not match
-    ├── HandlerError             a handler failed; wraps the original exception
+    │   ├── UnsafePickleError    a pickle is unsigned or its signature does not match
+    │   └── WrongTypeError       a value of a type that cannot be stored (also a TypeError)
     └── NotAvailableError        a feature whose optional dependency is missing
 
 Control flow, raised by handlers (not errors):
 
     Retry(delay_s)               handle this message again after `delay_s`
     Skip                         acknowledge this message without handling it
+
+A handler's own exception is never wrapped: it is logged, retried and dead-lettered as it is (its
+type and message are kept in the dead letter).
+
+redis-py's errors meet this tree at one boundary (httpx's `map_exceptions`): `UNREACHABLE` is
+the one list of the errors that mean "Redis cannot be reached", and `map_redis_errors` turns them
+into `RedisUnavailableError`; `REDIS_FAILURES` is any failure of a Redis call.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+from redis.exceptions import ConnectionError as _RedisConnectionError
+from redis.exceptions import RedisError as _RedisError
+from redis.exceptions import TimeoutError as _RedisTimeoutError
+
 __all__ = [
+    "REDIS_FAILURES",
+    "UNREACHABLE",
     "AppImportError",
     "ConfigError",
-    "HandlerError",
     "NotAvailableError",
     "RedisUnavailableError",
     "Retry",
@@ -31,6 +46,7 @@ __all__ = [
     "Skip",
     "StreamMachineError",
     "UnsafePickleError",
+    "WrongTypeError",
 ]
 
 
@@ -58,8 +74,9 @@ class UnsafePickleError(SerializationError):
     """A pickled value is unsigned or signed with another key, so it is not unpickled."""
 
 
-class HandlerError(StreamMachineError):
-    """A handler raised; `__cause__` is the original exception."""
+class WrongTypeError(SerializationError, TypeError):
+    """A value's type cannot be stored (or added to, for `incr`); the message names the key and
+    the types that can."""
 
 
 class NotAvailableError(StreamMachineError, ImportError):
@@ -80,3 +97,34 @@ class Retry(Exception):
 
 class Skip(Exception):
     """Raise in a handler to acknowledge the message without handling it further."""
+
+
+#: The errors that mean Redis cannot be reached (a refused or cut connection, a timeout); the
+#: builtin TimeoutError (anyio.fail_after) is an OSError. The one place this list is written.
+UNREACHABLE: tuple[type[BaseException], ...] = (_RedisConnectionError, _RedisTimeoutError, OSError)
+#: Any failure of a Redis call: unreachable, or an error reply (WRONGTYPE, NOGROUP, NOSCRIPT...).
+REDIS_FAILURES: tuple[type[BaseException], ...] = (_RedisError, OSError)
+
+
+@contextlib.contextmanager
+def map_redis_errors(
+    where: str = "Redis",
+    hint: str = "",
+    errors: tuple[type[BaseException], ...] = UNREACHABLE,
+) -> Iterator[None]:
+    """Turn redis-py's connection and timeout errors (or any of `errors`) raised inside into
+    `RedisUnavailableError` ("cannot reach <where>: <reason>[. <hint>]"); others pass through.
+
+    Example:
+        >>> with map_redis_errors("Redis at redis://localhost:6379/0"):  # doctest: +SKIP
+        ...     await client.ping()
+    """
+    try:
+        yield
+    except RedisUnavailableError:
+        raise
+    except errors as exc:
+        reason = str(exc).rstrip(".") or "no answer in time"
+        raise RedisUnavailableError(
+            f"cannot reach {where}: {reason}" + (f". {hint}" if hint else "")
+        ) from exc

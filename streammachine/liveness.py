@@ -1,7 +1,7 @@
 """Which processes are alive: the instance heartbeat keys, read by consumers' housekeeping.
 
 Every running App writes `streammachine:instances:<host>-<pid>-<random>` with a TTL (see
-`streammachine.dashboard.registry.heartbeat`). Consumer names start with `<host>-<pid>-`, so a
+`streammachine.heartbeat`). Consumer names start with `<host>-<pid>-`, so a
 consumer belongs to a live process exactly when some live instance id shares that prefix. This is
 the only liveness rule (DESIGN.md "consumer names and liveness"): XINFO's idle time is not one, as
 a blocked read on Redis ≤ 7.0 does not refresh it.
@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import socket
 from typing import Any
+
+from .codec import as_text
 
 __all__ = ["INSTANCE_PREFIX", "is_live", "live_prefixes", "process_prefix"]
 
@@ -32,8 +34,7 @@ async def live_prefixes(client: Any) -> set[str]:
     """The `<host>-<pid>-` prefixes of every process whose heartbeat has not expired."""
     out = {process_prefix()}
     async for key in client.scan_iter(match=INSTANCE_PREFIX + "*", count=1000):
-        text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
-        instance = text[len(INSTANCE_PREFIX) :]
+        instance = as_text(key)[len(INSTANCE_PREFIX) :]
         head, sep, _random = instance.rpartition("-")
         if sep:
             out.add(head + "-")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from typing import Any
 
-from .codec import decode_dict_bytes_to_utf8, decode_fields
+from .codec import as_text, decode_dict_bytes_to_utf8, decode_fields, parse_entry_id
 
-__all__ = ["Message", "messages_from_reply"]
+__all__ = ["Message", "messages_from_reply", "stream_entries"]
 
 _UNSET: Any = object()
 
@@ -134,31 +133,67 @@ class Message:
                 except ValueError:
                     s = None
             if s is None and self.key:
-                ms = self.key.partition("-")[0]
-                s = int(ms) / 1000.0 if ms.isdigit() else None
+                try:
+                    s = parse_entry_id(self.key)[0] / 1000.0
+                except ValueError:
+                    s = None
             self._sent = s
-        return s  # type: ignore[no-any-return]
+        return s
 
     @property
     def timer(self) -> str:
-        """Latency from send to now as ``"topic: task X.XX ms"``; ``""`` when `sent` is unknown."""
+        """Latency from send to receipt as ``"topic: task X.XX ms"`` (to now when `received` is
+        unset); ``""`` when `sent` is unknown.
+
+        Example:
+            >>> Message(topic="test", sent=100.0, received=100.5).timer
+            'test: task 500.00 ms'
+        """
         sent = self.sent
         if sent is None:
             return ""
-        return f"{self.topic}: task {(time.time() - sent) * 1000.0:.2f} ms"
+        received = self.received if self.received is not None else time.time()
+        return f"{self.topic}: task {(received - sent) * 1000:.2f} ms"
 
     def __repr__(self) -> str:
         return f"Message(topic={self.topic!r}, key={self.key!r}, message={self.message!r})"
 
 
-def messages_from_reply(reply: Iterable[Any], consumer: str | None) -> list[Message]:
-    """Messages from an XREAD/XREADGROUP reply (raw RESP2 lists or redis-py's parsed form)."""
+def stream_entries(reply: Any) -> list[tuple[Any, Any]]:
+    """An XREAD/XREADGROUP reply as `[(stream, entries), ...]`, whatever its shape: RESP2's list
+    of pairs, or RESP3's map (which redis-py may wrap in one more list per stream). The one
+    place that tells the two apart.
+
+    Example:
+        >>> stream_entries({b"s": [[[b"1-0", [b"a", b"1"]]]]})
+        [(b's', [[b'1-0', [b'a', b'1']]])]
+    """
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        out = []
+        for stream, entries in reply.items():
+            if (
+                isinstance(entries, list)
+                and len(entries) == 1
+                and isinstance(entries[0], list)
+                and entries[0]
+                and isinstance(entries[0][0], list)
+            ):
+                entries = entries[0]
+            out.append((stream, entries))
+        return out
+    return [(stream, entries) for stream, entries in reply]
+
+
+def messages_from_reply(reply: Any, consumer: str | None) -> list[Message]:
+    """Messages from an XREAD/XREADGROUP reply (RESP2 or RESP3, raw or parsed by redis-py)."""
     now = time.time()
     out: list[Message] = []
     add = out.append
     new = object.__new__
-    for stream, entries in reply:
-        topic = stream.decode() if isinstance(stream, bytes) else stream
+    for stream, entries in stream_entries(reply):
+        topic = as_text(stream)
         for entry_id, fields in entries:
             # `_from_entry` inlined: this runs once per message read.
             m = new(Message)

@@ -17,10 +17,10 @@ from typing import Any
 
 import msgspec
 
-from .connection import RedisConnection, mask_url
-from .exceptions import SerializationError, UnsafePickleError
+from .connection import LoopClient, RedisConnection, mask_url
+from .exceptions import SerializationError, UnsafePickleError, WrongTypeError
 from .settings import Settings
-from .storage import LoopClient, check_namespace, ttl_ms
+from .storage import check_namespace, ttl_ms
 
 __all__ = ["RedisObjectStorage"]
 
@@ -62,7 +62,7 @@ class RedisObjectStorage:
         self.namespace = check_namespace(namespace)
         self._redis = LoopClient(url, redis)
         self.url = self._redis.url
-        key = secret_key if secret_key is not None else Settings.from_env().secret_key
+        key = secret_key if secret_key is not None else Settings.current().secret_key
         self._secret = key.encode() if isinstance(key, str) else key
         self.allow_unsigned = allow_unsigned
         self._prefix = f"{PREFIX}:{self.namespace}:"
@@ -90,7 +90,7 @@ class RedisObjectStorage:
         try:
             payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            raise TypeError(
+            raise WrongTypeError(
                 f"object key {key!r}: cannot pickle a {type(obj).__name__}: {exc}"
             ) from exc
         await self._set(key, self._sign(payload), ttl_s)
@@ -128,7 +128,7 @@ class RedisObjectStorage:
         try:
             data = msgspec.msgpack.encode(obj)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(
+            raise WrongTypeError(
                 f"object key {key!r}: cannot store a value of type {type(obj).__name__} as "
                 f"msgpack ({exc}); use store_with_pickle for arbitrary Python objects"
             ) from None

@@ -6,11 +6,12 @@ beat the defaults. Every bad value raises `ConfigError` naming the variable and 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .exceptions import ConfigError
 
@@ -81,6 +82,9 @@ class Settings:
     dashboard: bool = False
     dashboard_host: str | None = None
     dashboard_port: int | None = None
+    dashboard_token: str | None = None
+    #: Where readiness is reported (sd_notify): systemd's NOTIFY_SOCKET, or the supervisor's.
+    notify_socket: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -108,13 +112,39 @@ class Settings:
             dashboard=_env_bool(e, "STREAMMACHINE_DASHBOARD"),
             dashboard_host=e.get("STREAMMACHINE_DASHBOARD_HOST") or None,
             dashboard_port=_env_int(e, "STREAMMACHINE_DASHBOARD_PORT", 0, 0) or None,
+            dashboard_token=e.get("STREAMMACHINE_DASHBOARD_TOKEN") or None,
+            notify_socket=e.get("NOTIFY_SOCKET") or None,
         )
+
+    @classmethod
+    def current(cls) -> Settings:
+        """This process's settings: the ones its runner installed (`install`), else the
+        environment's as of now. What `App`, `Storage` and the other defaults read.
+
+        Example:
+            >>> Settings.current().count >= 1
+            True
+        """
+        return _installed if _installed is not None else cls.from_env()
+
+    def install(self) -> None:
+        """Make these the process's settings (`current`): the runner reads the environment once,
+        applies its flags, installs the result and hands it to its worker processes."""
+        global _installed
+        _installed = self
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes` applied (e.g. the CLI's flags over the environment's values)."""
+        return dataclasses.replace(self, **changes)
 
     def resolve_url(self) -> str:
         """The Redis URL: `REDIS_URL` when set, else one built from host, port and db."""
         if self.redis_url:
             return self.redis_url
         return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+
+_installed: Settings | None = None
 
 
 @dataclass(slots=True)
@@ -204,7 +234,7 @@ class ConsumerConfig:
         if self.trim not in (None, "acked"):
             raise ConfigError(f"trim must be 'acked' or None, not {self.trim!r}")
         if self.rate_limit is not None:
-            from .schedule import parse_rate
+            from .timing import parse_rate
 
             parse_rate(self.rate_limit)
         if self.dead_letter is None:

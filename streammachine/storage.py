@@ -19,12 +19,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError, WatchError
 
-from .connection import RedisConnection, mask_url
-from .exceptions import ConfigError, SerializationError
+from .connection import LoopClient, RedisConnection, mask_url
+from .exceptions import ConfigError, SerializationError, WrongTypeError
 from .settings import Settings
 
 __all__ = ["Storage"]
@@ -83,7 +81,7 @@ def encode_value(key: str, value: Any) -> bytes:
     try:
         data = _encoder.encode(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(
+        raise WrongTypeError(
             f"storage key {key!r}: cannot store a value of type {type(value).__name__} ({exc}); "
             "store int, float, str, bytes, bool, None and lists/dicts of them, or pickle it with "
             "RedisObjectStorage.store_with_pickle"
@@ -114,43 +112,6 @@ def decode_value(key: str, raw: bytes) -> Any:
     )
 
 
-class LoopClient:
-    """A redis client per running event loop, unless an existing `RedisConnection` is shared.
-
-    redis.asyncio connections belong to the loop that opened them, and a long-lived object (a
-    singleton, a test's storage) may be used from several loops in turn.
-    """
-
-    def __init__(self, url: str | None, redis: RedisConnection | None) -> None:
-        self._shared = redis
-        self.url = redis.url if redis is not None else url or Settings.from_env().resolve_url()
-        self._own: RedisConnection | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._scripts: dict[str, AsyncScript] = {}
-
-    @property
-    def client(self) -> aioredis.Redis:
-        if self._shared is not None:
-            return self._shared.client
-        loop = asyncio.get_running_loop()
-        if self._own is None or self._loop is not loop:
-            self._own, self._loop = RedisConnection(url=self.url), loop
-        return self._own.client
-
-    def script(self, source: str) -> AsyncScript:
-        """`source` registered with the current client (NOSCRIPT is handled by redis-py)."""
-        client = self.client
-        found = self._scripts.get(source)
-        if found is None or found.registered_client is not client:
-            found = self._scripts[source] = client.register_script(source)
-        return found
-
-    async def close(self) -> None:
-        if self._own is not None and self._loop is asyncio.get_running_loop():
-            await self._own.close()
-        self._own = self._loop = None
-
-
 class Storage:
     """Shared state in Redis: every process and host of an app (and the CLI) sees the same keys.
 
@@ -175,7 +136,7 @@ class Storage:
         *,
         redis: RedisConnection | None = None,
     ) -> None:
-        self.namespace = check_namespace(namespace or Settings.from_env().storage_namespace)
+        self.namespace = check_namespace(namespace or Settings.current().storage_namespace)
         self._redis = LoopClient(url, redis)
         self.url = self._redis.url
         # The namespace is a hash tag: the hash and its ttl keys share one Redis Cluster slot, so
@@ -199,8 +160,8 @@ class Storage:
             >>> Storage.instance("orders", "memory://") is Storage.instance("orders", "memory://")
             True
         """
-        ns = check_namespace(namespace or Settings.from_env().storage_namespace)
-        resolved = redis.url if redis is not None else url or Settings.from_env().resolve_url()
+        ns = check_namespace(namespace or Settings.current().storage_namespace)
+        resolved = redis.url if redis is not None else url or Settings.current().resolve_url()
         found = cls._instances.get((ns, resolved))
         if found is None:
             found = cls._instances[(ns, resolved)] = cls(ns, resolved, redis=redis)
@@ -317,7 +278,7 @@ class Storage:
         """
         check_key(key)
         if isinstance(by, bool) or not isinstance(by, int | float):
-            raise TypeError(f"incr({key!r}, by={by!r}): by must be an int or a float")
+            raise WrongTypeError(f"incr({key!r}, by={by!r}): by must be an int or a float")
         if isinstance(by, int) and -_INT64 <= by < _INT64:
             keys = [self.hash_key, self._ttl_key(key)]
             try:
@@ -416,7 +377,7 @@ def ttl_ms(ttl_s: float) -> int:
 
 def _add(key: str, current: Any, by: int | float) -> int | float:
     if isinstance(current, bool) or not isinstance(current, int | float):
-        raise TypeError(
+        raise WrongTypeError(
             f"incr({key!r}): the stored value is a {type(current).__name__}, not a number; "
             "use update() to change it"
         )

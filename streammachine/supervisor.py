@@ -44,7 +44,17 @@ import anyio
 import msgspec
 
 from .exceptions import AppImportError, ConfigError, StreamMachineError
-from .worker import IMPORT_FAILED, Layout, Spec, _Probe, notify_systemd, run_loop, serve
+from .settings import Settings
+from .worker import (
+    IMPORT_FAILED,
+    ChildConfig,
+    Layout,
+    Spec,
+    _Probe,
+    notify_systemd,
+    run_loop,
+    serve,
+)
 
 if TYPE_CHECKING:
     from anyio.abc import Process, TaskGroup
@@ -96,6 +106,7 @@ class Supervisor:
         workers: int = 1,
         reload_dirs: Sequence[Path] | None = None,
         layout: Layout | None = None,
+        child: ChildConfig | None = None,
     ) -> None:
         self.target = target
         self.n_workers = workers
@@ -113,7 +124,16 @@ class Supervisor:
         self.stop_event = anyio.Event()
         self.wake = anyio.Event()
         self.folder = Path(tempfile.mkdtemp(prefix="streammachine-"))
-        self.env = {**os.environ, "NOTIFY_SOCKET": str(self.folder / "notify")}
+        # Children report to the runner's own socket (given in their settings, not the env).
+        self.notify_path = str(self.folder / "notify")
+        self.env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        # The children's configuration, in the runner's private folder (mode 0700).
+        self.config_path = self.folder / "config.json"
+        child = child or ChildConfig(Settings.current())
+        child = msgspec.structs.replace(
+            child, settings=child.settings.replace(notify_socket=self.notify_path)
+        )
+        self.config_path.write_bytes(msgspec.json.encode(child))
         if self.reload:
             # Same-size edits within one second would otherwise load a stale .pyc.
             self.env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -123,7 +143,7 @@ class Supervisor:
         """Supervise until stopped; returns the exit status (0 after a clean stop)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            sock.bind(self.env["NOTIFY_SOCKET"])
+            sock.bind(self.notify_path)
             sock.setblocking(False)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -163,6 +183,7 @@ class Supervisor:
         out = self.folder / "layout.json"
         out.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "streammachine.worker", "--describe", str(out)]
+        cmd += ["--config", str(self.config_path)]
         proc = await self._open([*cmd, self.target])
         try:
             with anyio.move_on_after(PROBE_TIMEOUT_S):
@@ -261,7 +282,7 @@ class Supervisor:
     async def _spawn(self, w: _Worker) -> Process:
         spec = w.spec
         cmd = [sys.executable, "-m", "streammachine.worker", "--worker", spec.label]
-        cmd += ["--parent", str(os.getpid())]
+        cmd += ["--parent", str(os.getpid()), "--config", str(self.config_path)]
         if spec.agents is not None:
             cmd += ["--agents", json.dumps(list(spec.agents))]
         if not spec.timers:
@@ -371,9 +392,19 @@ class Supervisor:
 
 
 def run_app(
-    target: str, *, workers: int = 1, reload: bool = False, reload_dirs: list[str] | None = None
+    target: str,
+    *,
+    workers: int = 1,
+    reload: bool = False,
+    reload_dirs: list[str] | None = None,
+    settings: Settings | None = None,
+    log_setup: str | None = None,
+    log_args: Sequence[str] = (),
 ) -> int:
     """Run the app named by `target` until it is stopped; returns the exit status.
+
+    `settings` (default: the environment's) become this process's and every worker's settings;
+    `log_setup` (`module:function`, called with `log_args`) is how each worker sets up logging.
 
     Raises:
         AppImportError: the app cannot be imported (bad reference, or an error in its module).
@@ -388,6 +419,9 @@ def run_app(
         raise ConfigError(f"workers must be at least 1, not {workers}")
     from .importer import app_dir, import_app
 
+    settings = settings or Settings.current()
+    settings.install()
+    child = ChildConfig(settings, log_setup, list(log_args))
     layout = None
     if workers == 1 and not reload:
         app = import_app(target)
@@ -403,6 +437,6 @@ def run_app(
         for d in dirs:
             if not d.is_dir():
                 raise ConfigError(f"cannot watch {d}: no such folder (check --reload-dir)")
-    supervisor = Supervisor(target, workers=workers, reload_dirs=dirs, layout=layout)
+    supervisor = Supervisor(target, workers=workers, reload_dirs=dirs, layout=layout, child=child)
     result: int = anyio.run(supervisor.run, backend="asyncio")
     return result

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .commit import COMMIT_SCRIPT, MEMORY_COMMIT_SCRIPT, RECLAIM_SCRIPT, pack
+from .exceptions import UNREACHABLE
 from .message import Message, messages_from_reply
 
 if TYPE_CHECKING:
@@ -32,8 +31,8 @@ __all__ = ["LOST", "Read", "Wire", "WireLost"]
 
 log = logging.getLogger("streammachine.agent")
 
-#: The errors that mean the connection is gone (the one place they are listed for consumers).
-LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+#: The errors that mean the connection is gone (`exceptions.UNREACHABLE`, the one list).
+LOST = UNREACHABLE
 
 
 class WireLost(Exception):
@@ -140,8 +139,6 @@ class Wire:
             return Read(fault="error")
         if not reply:
             return Read()
-        if isinstance(reply, dict):
-            reply = list(reply.items())
         return Read(messages_from_reply(reply, self.name))
 
     async def unblock(self) -> None:

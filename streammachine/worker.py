@@ -6,6 +6,11 @@ was given and the timers (the "app"-scoped ones run only in the process holding 
 lease in Redis, whichever worker or host that is), reports readiness with the sd_notify protocol and
 stops when its runner is gone. `--describe PATH` only imports the app and writes its `Layout`,
 which is how the supervisor learns an app's agents without importing user code itself.
+
+Each gets its configuration from the runner explicitly: `--config PATH`, a `ChildConfig` (the
+settings, and how to set up logging) in the runner's private folder — not environment variables.
+`serve` is the runner's side of one process (readiness, the parent watch, the dashboard); `App.start`
+uses it too.
 """
 
 from __future__ import annotations
@@ -17,35 +22,47 @@ import os
 import socket
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import msgspec
 
 from .exceptions import StreamMachineError
+from .settings import Settings
 
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["Layout", "Spec", "error_line", "main", "notify_systemd", "serve"]
+__all__ = [
+    "ChildConfig",
+    "Layout",
+    "Spec",
+    "error_line",
+    "main",
+    "notify_systemd",
+    "run_loop",
+    "serve",
+]
 
 log = logging.getLogger("streammachine.worker")
+T = TypeVar("T")
 
 #: Exit status of a worker that could not import its app (restarting it will not help).
 IMPORT_FAILED = 3
 
 
 def notify_systemd(state: str) -> bool:
-    """Send `state` (e.g. ``READY=1``) to systemd's NOTIFY_SOCKET when it is set.
+    """Send `state` (e.g. ``READY=1``) to the notify socket of the settings (systemd's
+    NOTIFY_SOCKET, or the supervisor's for a worker) when there is one.
 
     Example:
         >>> notify_systemd("READY=1")  # doctest: +SKIP
         True
     """
-    path = os.environ.get("NOTIFY_SOCKET")
+    where = path = Settings.current().notify_socket
     if not path:
         return False
     if path.startswith("@"):
@@ -55,7 +72,7 @@ def notify_systemd(state: str) -> bool:
             sock.connect(path)
             sock.sendall(state.encode())
     except OSError as exc:
-        log.warning("cannot notify systemd at %s: %s", os.environ["NOTIFY_SOCKET"], exc)
+        log.warning("cannot notify systemd at %s: %s", where, exc)
         return False
     return True
 
@@ -153,6 +170,28 @@ class Spec:
     timers: bool
 
 
+class ChildConfig(msgspec.Struct, frozen=True):
+    """What the runner hands each worker process (as uvicorn hands its Config to a child),
+    written to a file in the runner's private folder: nothing travels in environment variables.
+
+    `log_setup` is a `module:function` reference called with `log_args` before anything else
+    (the CLI's logging setup: the library itself never configures logging).
+    """
+
+    settings: Settings
+    log_setup: str | None = None
+    log_args: list[str] = []
+
+    def apply(self) -> None:
+        """In the child: set up logging as the runner asked, then install the settings."""
+        if self.log_setup:
+            import importlib
+
+            module, _, attr = self.log_setup.partition(":")
+            getattr(importlib.import_module(module), attr)(*self.log_args)
+        self.settings.install()
+
+
 class _Probe(msgspec.Struct):
     layout: Layout | None = None
     error: str | None = None
@@ -196,13 +235,27 @@ async def serve(
 
         app.background.append(watch_parent)
 
+    if app.dashboard_enabled if dashboard is None else dashboard:
+        import functools
+
+        from .dashboard.server import serve_dashboard
+
+        # The runner serves the dashboard beside the app, until the app stops.
+        app.background.append(
+            functools.partial(
+                serve_dashboard,
+                app.redis.url,
+                app.dashboard_host,
+                app.dashboard_port,
+                app=app,  # so it serves this app's /asyncapi.json
+            )
+        )
+
     code, error = 1, None
     async with anyio.create_task_group() as tg:
         tg.start_soon(announce)
         try:
-            code = await app.run(
-                install_signal_handlers=True, agents=agents, timers=timers, dashboard=dashboard
-            )
+            code = await app.run(install_signal_handlers=True, agents=agents, timers=timers)
         except Exception as exc:
             error = exc  # raised below, not wrapped in the task group's ExceptionGroup
         finally:
@@ -213,8 +266,14 @@ async def serve(
     return code
 
 
-def run_loop(fn: Any, *args: Any) -> int:
-    result: int = anyio.run(
+def run_loop(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run `fn(*args)` on a new asyncio event loop, uvloop where available (the one place that
+    picks the loop: `App.start`, `streammachine run` and the CLI commands use it).
+
+    Example:
+        >>> run_loop(anyio.sleep, 0)
+    """
+    result: T = anyio.run(
         fn, *args, backend="asyncio", backend_options={"use_uvloop": os.name != "nt"}
     )
     return result
@@ -232,15 +291,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--agents", help="JSON list of the agent names to run")
     parser.add_argument("--no-timers", action="store_true")
     parser.add_argument("--parent", type=int)
+    parser.add_argument("--config", metavar="PATH", help="the runner's ChildConfig (JSON)")
     args = parser.parse_args(argv)
-    from .cli.logs import setup_logging
     from .importer import import_app
 
-    env = os.environ
-    setup_logging(
-        env.get("STREAMMACHINE_LOG_LEVEL", "info"), env.get("STREAMMACHINE_LOG_FORMAT", "auto")
-    )
     try:
+        if args.config:
+            config = msgspec.json.decode(Path(args.config).read_bytes(), type=ChildConfig)
+        else:
+            config = ChildConfig(Settings.from_env())
+        config.apply()
         app = import_app(args.target)
         layout = Layout.of(app)
     except Exception as exc:

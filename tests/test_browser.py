@@ -15,7 +15,8 @@ import pytest
 import redis as syncredis
 
 from streammachine import App, Message
-from streammachine.dashboard import add_heartbeat, serve_dashboard
+from streammachine.dashboard import serve_dashboard
+from streammachine.heartbeat import add_heartbeat
 from streammachine.ohlc import format_candle_for_redis
 from streammachine.testing import TestApp, free_port
 

@@ -25,14 +25,8 @@ from typer.testing import CliRunner
 import streammachine
 from streammachine import App, Message
 from streammachine.cli import app as cli
-from streammachine.dashboard import (
-    add_heartbeat,
-    create_dashboard,
-    heartbeat,
-    list_instances,
-    serve_dashboard,
-)
-from streammachine.dashboard.registry import INSTANCE_PREFIX
+from streammachine.dashboard import create_dashboard, list_instances, serve_dashboard
+from streammachine.heartbeat import INSTANCE_PREFIX, add_heartbeat, heartbeat
 from streammachine.ohlc import format_candle_for_redis
 from streammachine.testing import RedisServer, TestApp, free_port
 from tests.util import Lines, eventually, wait_sync
@@ -176,7 +170,7 @@ DOOMED = """
 import sys
 import anyio
 from streammachine import App
-from streammachine.dashboard.registry import add_heartbeat
+from streammachine.heartbeat import add_heartbeat
 app = App(name="doomed", redis_url=sys.argv[1])
 add_heartbeat(app, ttl_s=1.0, interval_s=0.1)
 anyio.run(app.run)

@@ -13,8 +13,8 @@ import pytest
 import redis as syncredis
 
 from streammachine import App, Message
-from streammachine.dashboard import add_heartbeat, serve_dashboard
-from streammachine.dashboard.registry import INSTANCE_PREFIX
+from streammachine.dashboard import serve_dashboard
+from streammachine.heartbeat import INSTANCE_PREFIX, add_heartbeat
 from streammachine.testing import TestApp, free_port
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 

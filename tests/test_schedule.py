@@ -344,8 +344,8 @@ async def test_dashboard_status_and_metrics_show_what_waits(redis_url: str) -> N
 
 
 async def test_mcp_stream_send_with_delay_s_schedules_the_entry(redis_url: str) -> None:
-    from streammachine.mcp_streams import StreamTools
-    from streammachine.mcp_tools import Tools
+    from streammachine.mcp.streams import StreamTools
+    from streammachine.mcp.tools import Tools
     from streammachine.settings import Settings
 
     tools = Tools(redis_url, Settings(), read_only=False, timeout_s=10)

@@ -47,6 +47,8 @@ def test_timer_string() -> None:
     assert text.startswith("orders: task ") and text.endswith(" ms")
     assert float(text.split()[2]) >= 4.0
     assert Message(topic="x").timer == ""
+    # The reference's definition: the latency from send to receipt.
+    assert Message(topic="test", sent=100.0, received=100.5).timer == "test: task 500.00 ms"
 
 
 def test_encode_fields_rules() -> None:
@@ -195,3 +197,22 @@ def test_public_api_imports() -> None:
 @pytest.mark.parametrize("n", [1, 2])
 async def test_parametrized_async_tests_keep_their_parameters(n: int) -> None:
     assert n in (1, 2)
+
+
+def test_registration_refuses_a_function_that_is_not_a_coroutine_function() -> None:
+    from streammachine import App
+    from streammachine.exceptions import ConfigError
+
+    app = App(name="reg", redis_url="memory://")
+
+    def plain(record: Message) -> None: ...
+
+    def tick() -> None: ...
+
+    with pytest.raises(ConfigError, match=r"@app.agent .*plain"):
+        app.agent("s")(plain)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"@app.timer .*tick"):
+        app.timer(1)(tick)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"@app.cron .*tick"):
+        app.cron("* * * * *")(tick)  # type: ignore[arg-type]
+    assert not app.agents and not app.timers and not app.crons

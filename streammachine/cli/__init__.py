@@ -7,10 +7,11 @@ Each command group lives in its own module and imports what it needs inside the 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
-from . import asyncapi, dashboard, mcp, ohlc, ops, schedule, streams
+from . import asyncapi, dashboard, mcp, ohlc, ops, schedule, streams, tail
 from . import run as run_cmd
 from .common import check_argv, fail
 
@@ -22,32 +23,30 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for module in (run_cmd, streams, schedule, ops, ohlc, mcp, dashboard, asyncapi):
+for module in (run_cmd, streams, tail, schedule, ops, ohlc, mcp, dashboard, asyncapi):
     module.register(app)
 
 
 def main() -> None:
     """Entry point of the `streammachine` console script."""
-    # Typer vendors click; its exceptions are not public names, so they come from there.
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
-
     from ..exceptions import StreamMachineError
 
     check_argv(sys.argv[1:])
     try:
         # Not standalone: usage errors come back here and are shown as one line, like ours.
         code = app(standalone_mode=False)
-    except NoArgsIsHelpError as exc:
-        if exc.ctx is not None:
-            sys.stdout.write(exc.ctx.get_help() + "\n")
-        sys.exit(0 if exc.ctx is not None and exc.ctx.parent is None else 2)
-    except UsageError as exc:
-        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
-        fail(f"{exc.format_message()}{hint}", 2)
-    except ClickException as exc:
-        fail(exc.format_message(), exc.exit_code)
     except typer.Abort:
         sys.exit(130)
+    except typer.TyperException as exc:  # Typer's public base of its (vendored) click errors
+        ctx: Any = getattr(exc, "ctx", None)
+        format_message = getattr(exc, "format_message", None)
+        message = format_message() if format_message is not None else str(exc)
+        if ctx is not None and message == ctx.get_help():  # a group given no command
+            sys.stdout.write(message + "\n")
+            sys.exit(0 if ctx.parent is None else 2)
+        exit_code = int(getattr(exc, "exit_code", 1))
+        hint = f" (see: {ctx.command_path} --help)" if exit_code == 2 and ctx else ""
+        fail(f"{message}{hint}", exit_code)
     except StreamMachineError as exc:
         fail(str(exc))
     except KeyboardInterrupt:

@@ -7,13 +7,13 @@ from typing import Annotated
 
 import typer
 
-from .common import LogFormat, LogLevel, RedisUrl, fail, setup
+from .common import command, fail
 
 
 def register(app: typer.Typer) -> None:
     """Add the `asyncapi` command to the CLI."""
 
-    @app.command("asyncapi")
+    @command(app, "asyncapi")
     def asyncapi(
         target: Annotated[
             str, typer.Argument(metavar="APP", help="module:attr, module, or path/file.py:attr")
@@ -30,24 +30,24 @@ def register(app: typer.Typer) -> None:
         version: Annotated[
             str, typer.Option("--app-version", help="The document's info.version.")
         ] = "1.0.0",
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Print the app's AsyncAPI 3.0 document: its channels (streams), its agents'
         receive operations and the sends it declares with App.produces. Nothing connects to
         Redis; --redis-url only names the server in the document."""
-        setup(log_level, log_format)
         if fmt is None:
             fmt = "yaml" if output and output.endswith((".yaml", ".yml")) else "json"
         if fmt not in ("json", "yaml"):
             fail(f"--format must be json or yaml, not {fmt!r}", 2)
         from ..asyncapi import asyncapi_document, to_json, to_yaml
         from ..exceptions import StreamMachineError
-        from ..importer import import_app
+        from ..importer import AppModuleError, import_app
 
         try:
             loaded = import_app(target)
+        except AppModuleError as exc:  # the user's module raised while importing: say what
+            cause = exc.__cause__
+            fail(f"cannot import {target}: {type(cause).__name__}: {cause}" if cause else str(exc))
         except StreamMachineError as exc:
             fail(str(exc))
         except SyntaxError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 import sys
@@ -42,6 +44,52 @@ LogFormat = Annotated[
 JsonOut = Annotated[bool, typer.Option("--json", help="One JSON object per line, stable keys.")]
 
 
+SHARED = ("redis_url", "log_level", "log_format")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(group: typer.Typer, name: str, *, log_level: str = "warning") -> Callable[[F], F]:
+    """Register `fn` as command `name` of `group` with the options every command shares, declared
+    here once: `--redis-url`, `--log-level` (default `log_level`) and `--log-format`.
+
+    Logging is set up (and the two log options checked) before the command runs; the command gets
+    each of `redis_url`, `log_level`, `log_format` it has a parameter for (plain parameters: their
+    declaration is this one).
+
+    Example:
+        >>> @command(app, "health")  # doctest: +SKIP
+        ... def health(json_out: JsonOut = False, redis_url: str | None = None) -> None: ...
+    """
+
+    def register(fn: F) -> F:
+        own = inspect.signature(fn, eval_str=True)
+        wanted = [name for name in SHARED if name in own.parameters]
+        kw = inspect.Parameter.KEYWORD_ONLY
+        shared = [
+            inspect.Parameter("redis_url", kw, default=None, annotation=RedisUrl),
+            inspect.Parameter("log_level", kw, default=log_level, annotation=LogLevel),
+            inspect.Parameter("log_format", kw, default="auto", annotation=LogFormat),
+        ]
+        params = [p for p in own.parameters.values() if p.name not in SHARED]
+        params = [p.replace(kind=kw) for p in params] + shared
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            given = {name: kwargs.pop(name) for name in SHARED}
+            setup(given["log_level"], given["log_format"])
+            kwargs.update({name: given[name] for name in wanted})
+            return fn(*args, **kwargs)
+
+        signature = own.replace(parameters=params)
+        run.__signature__ = signature  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        del run.__wrapped__  # typer must read this signature, not the function's own
+        group.command(name)(run)
+        return fn
+
+    return register
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one clear line on stderr and exit non-zero (user mistakes never show a traceback)."""
     sys.stderr.write(f"error: {message}\n")
@@ -56,7 +104,7 @@ def resolve_url(redis_url: str | None) -> str:
 
     if redis_url is not None:  # an explicit --redis-url '' is a mistake, not "use the default"
         return validate_url(redis_url)
-    return validate_url(Settings.from_env(os.environ).resolve_url())
+    return validate_url(Settings.current().resolve_url())
 
 
 def setup(log_level: str, log_format: str) -> None:
@@ -74,12 +122,11 @@ def with_redis(redis_url: str | None, fn: Callable[[RedisConnection], Awaitable[
     """Run `fn(conn)` on a fresh connection; a bad URL, an unreachable server, a wrong-type key
     or any StreamMachineError becomes one line on stderr and exit 1."""
     import anyio
-    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError, ResponseError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from ..connection import RedisConnection, mask_url
-    from ..exceptions import StreamMachineError
+    from ..exceptions import StreamMachineError, map_redis_errors
+    from ..worker import run_loop
 
     try:
         url = resolve_url(redis_url)
@@ -89,26 +136,46 @@ def with_redis(redis_url: str | None, fn: Callable[[RedisConnection], Awaitable[
     async def main() -> T:
         conn = RedisConnection(url=url)
         try:
-            with anyio.fail_after(CONNECT_TIMEOUT_S):
-                await conn.client.ping()
-            return await fn(conn)
+            with map_redis_errors(f"Redis at {mask_url(url)}"):
+                try:
+                    with anyio.fail_after(CONNECT_TIMEOUT_S):
+                        await conn.client.ping()
+                except TimeoutError:
+                    raise TimeoutError(f"no answer within {CONNECT_TIMEOUT_S:g} s") from None
+                return await fn(conn)
         finally:
             with anyio.CancelScope(shield=True):
                 await conn.close()
 
     try:
-        return anyio.run(main, backend_options={"use_uvloop": os.name != "nt"})
+        return run_loop(main)
     except StreamMachineError as exc:
         fail(str(exc))
     except ResponseError as exc:
         if "WRONGTYPE" in str(exc):
             fail(f"a key holds another type than the command needs ({exc}); check the name")
         fail(f"Redis refused the command: {exc}")
-    except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
-        reason = str(exc) or f"no answer within {CONNECT_TIMEOUT_S:g} s"
-        fail(f"cannot reach Redis at {mask_url(url)}: {reason}")
     except RedisError as exc:
         fail(f"Redis error: {exc}")
+
+
+async def until_signal(body: Callable[[], Awaitable[None]]) -> None:
+    """Run `body` until it returns or SIGINT/SIGTERM arrives (then stop quietly)."""
+    import signal
+
+    import anyio
+
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        await body()
+        tg.cancel_scope.cancel()
 
 
 def out(line: str) -> None:
@@ -199,7 +266,9 @@ def _key(key: Any) -> Any:
     if key is None or isinstance(key, str | int) or (isinstance(key, float) and math.isfinite(key)):
         return key  # json.dumps writes these keys itself
     if isinstance(key, bytes):
-        return key.decode("utf-8", "replace")
+        from ..codec import as_text
+
+        return as_text(key)
     return repr(key) if isinstance(key, float) else str(key)
 
 
@@ -208,7 +277,6 @@ def dumps(obj: Any) -> str:
     else as str)."""
     import json
 
-    def default(value: Any) -> Any:
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    from ..codec import as_text
 
-    return json.dumps(_plain(obj), ensure_ascii=False, default=default, allow_nan=False)
+    return json.dumps(_plain(obj), ensure_ascii=False, default=as_text, allow_nan=False)

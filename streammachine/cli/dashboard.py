@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import JsonOut, LogFormat, LogLevel, RedisUrl, fail, out, resolve_url, setup
+from .common import JsonOut, command, fail, out, resolve_url
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -19,7 +19,7 @@ TOKEN_ENV = "STREAMMACHINE_DASHBOARD_TOKEN"
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
 
-    @app.command("dashboard")
+    @command(app, "dashboard", log_level="info")
     def dashboard(
         host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port.")] = 8000,
@@ -32,12 +32,9 @@ def register(app: typer.Typer) -> None:
                 help="Require 'Authorization: Bearer <token>' (or ?token=) on all but /healthz.",
             ),
         ] = None,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "info",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Serve the web dashboard, /metrics, /healthz and /readyz, reading Redis only."""
-        setup(log_level, log_format)
         url = resolve_url(redis_url)
         import anyio
 
@@ -61,7 +58,7 @@ def register(app: typer.Typer) -> None:
         if not anyio.run(main):
             fail(f"cannot serve the dashboard on {host}:{port}; pick another --port")
 
-    @app.command("top")
+    @command(app, "top")
     def top(
         once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
         interval: Annotated[
@@ -69,14 +66,11 @@ def register(app: typer.Typer) -> None:
             typer.Option("--interval", min=0.1, max=3600, help="Seconds between refreshes."),
         ] = 1.0,
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Live instances, agents, streams, groups, dead letters and timers (Ctrl-C exits)."""
         import math
 
-        setup(log_level, log_format)
         if not math.isfinite(interval):
             fail(f"--interval {interval} is not a number of seconds: give e.g. --interval 2", 2)
         if json_out and not once:
@@ -92,19 +86,19 @@ def register(app: typer.Typer) -> None:
 
 async def _top(url: str, once: bool, json_out: bool, interval_s: float) -> None:
     import anyio
-    from redis.exceptions import RedisError
     from rich.console import Console
     from rich.live import Live
 
     from ..connection import create_client, mask_url
     from ..dashboard.status import collect_status
+    from ..exceptions import REDIS_FAILURES
 
     client = create_client(url, max_connections=2)
     rates = _Rates()
     try:
         try:
             status = await collect_status(client)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             fail(f"cannot read Redis at {mask_url(url)}: {exc}")
         if once:
             if json_out:
@@ -117,7 +111,7 @@ async def _top(url: str, once: bool, json_out: bool, interval_s: float) -> None:
                 await anyio.sleep(interval_s)
                 try:
                     status = await collect_status(client)
-                except (RedisError, OSError) as exc:
+                except REDIS_FAILURES as exc:
                     from rich.text import Text
 
                     live.update(Text(f"cannot read Redis at {mask_url(url)}: {exc}", "red"))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import LogFormat, LogLevel, RedisUrl, fail, setup
+from .common import command, fail
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -14,7 +14,7 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def register(app: typer.Typer) -> None:
     """Add `mcp` to the CLI."""
 
-    @app.command("mcp")
+    @command(app, "mcp", log_level="info")
     def mcp(
         transport: Annotated[
             str, typer.Option("--transport", help="stdio (for a client that starts us) or http.")
@@ -28,9 +28,7 @@ def register(app: typer.Typer) -> None:
         read_only: Annotated[
             bool, typer.Option("--read-only", help="Offer the read-only tools only.")
         ] = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "info",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Serve StreamMachine's tools, resources and prompts to LLM clients over MCP.
 
@@ -47,10 +45,9 @@ def register(app: typer.Typer) -> None:
 
         if transport not in ("stdio", "http"):
             fail(f"--transport must be stdio or http, not {transport!r}", 2)
-        setup(log_level, log_format)
         url = resolve_url(redis_url)
         try:
-            from ..mcp_server import create_server, serve
+            from ..mcp.server import create_server, serve
         except ImportError as exc:
             fail(f"the MCP server needs the mcp extra: pip install 'streammachine[mcp]' ({exc})")
         from ..connection import mask_url

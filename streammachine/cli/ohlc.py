@@ -9,14 +9,11 @@ import typer
 
 from .common import (
     JsonOut,
-    LogFormat,
-    LogLevel,
-    RedisUrl,
     check_name,
+    command,
     dumps,
     fail,
     out,
-    setup,
     with_redis,
 )
 from .progress import MIN_ENTRIES, interactive, progress_bar
@@ -62,7 +59,7 @@ def _table(rows: list[dict[str, str]], title: str) -> Any:
 def register(app: typer.Typer) -> None:
     """Add the `ohlc` command to the CLI."""
 
-    @app.command("ohlc")
+    @command(app, "ohlc")
     def ohlc(
         stream: Annotated[str, typer.Argument(help="The tick stream.")],
         interval: Annotated[
@@ -83,12 +80,9 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--timestamp-field", help="Tick time in ms (default: id).")
         ] = None,
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Compute OHLC candles from a tick stream: its history, then live with --follow."""
-        setup(log_level, log_format)
         check_name("stream name", stream)
         if emit is not None:
             check_name("--emit prefix", emit)
@@ -119,7 +113,7 @@ def register(app: typer.Typer) -> None:
             return [t for t in completed if symbol is None or t[0] == symbol]
 
         async def history(conn: RedisConnection) -> str:
-            from ..inspect import check_stream
+            from ..queries import check_stream
 
             if not await check_stream(conn, stream) and not follow:
                 fail(f"no stream named {stream!r} (see: streammachine streams)")
@@ -159,7 +153,7 @@ def register(app: typer.Typer) -> None:
 
         async def live(conn: RedisConnection, last: str) -> None:
             from ..ohlc import format_candle_for_redis
-            from .streams import _until_signal
+            from .common import until_signal
 
             interactive = sys.stdout.isatty() and not json_out
             recent: list[dict[str, str]] = []
@@ -195,6 +189,6 @@ def register(app: typer.Typer) -> None:
                     if view is not None:
                         view.stop()
 
-            await _until_signal(loop)
+            await until_signal(loop)
 
         with_redis(redis_url, main)

@@ -8,18 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from ..codec import as_text
 from .common import (
     JsonOut,
-    LogFormat,
-    LogLevel,
-    RedisUrl,
     TooDeep,
     check_name,
+    command,
     dumps,
     fail,
     out,
     parse_json,
-    setup,
     with_redis,
 )
 from .progress import MIN_ENTRIES, interactive, progress_bar
@@ -64,14 +62,13 @@ def _fmt_time(ts: float | None) -> str:
 
 
 def _health(redis_url: str | None, json_out: bool) -> None:
-    import os
 
     import anyio
     from redis.exceptions import ResponseError
 
     from ..connection import RedisConnection, mask_url
     from ..exceptions import StreamMachineError
-    from ..inspect import list_instances, server_info
+    from ..queries import list_instances, server_info
     from .common import resolve_url
 
     try:
@@ -94,7 +91,9 @@ def _health(redis_url: str | None, json_out: bool) -> None:
                 await conn.close()
 
     try:
-        report = anyio.run(check, backend_options={"use_uvloop": os.name != "nt"})
+        from ..worker import run_loop
+
+        report = run_loop(check)
     except Exception as exc:  # any failure to talk to Redis means "unhealthy"
         reason = str(exc) or f"no answer within {HEALTH_TIMEOUT_S:g} s"
         message = f"cannot reach Redis at {mask_url(url)}: {reason}"
@@ -161,25 +160,22 @@ def _register_storage(app: typer.Typer) -> None:
     )
     app.add_typer(storage)
 
-    @storage.command("get")
+    @command(storage, "get")
     def get(
         key: str,
         namespace: Namespace = None,
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Print a key's value (text as it is, anything else as JSON; NaN and ±infinity, which
         JSON cannot hold, as the strings "nan", "inf" and "-inf")."""
-        setup(log_level, log_format)
         check_name("storage key", key)
         ns, value = _storage(redis_url, namespace, _get, key)
         if value is _MISSING:
             fail(f"key {key!r} not found in storage namespace {ns!r}")
         out(dumps(value) if json_out or not isinstance(value, str) else value)
 
-    @storage.command("set")
+    @command(storage, "set")
     def set_(
         key: str,
         value: Annotated[
@@ -192,14 +188,11 @@ def _register_storage(app: typer.Typer) -> None:
             ),
         ] = None,
         namespace: Namespace = None,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Store a value (parsed as JSON when it parses, else kept as a string)."""
         import math
 
-        setup(log_level, log_format)
         check_name("storage key", key)
         if ttl is not None and not math.isfinite(ttl):
             fail(f"--ttl {ttl} is not a number of seconds: give e.g. --ttl 60", 2)
@@ -211,48 +204,39 @@ def _register_storage(app: typer.Typer) -> None:
             parsed = value
         _storage(redis_url, namespace, _set, key, parsed, ttl)
 
-    @storage.command("delete")
+    @command(storage, "delete")
     def delete(
         key: str,
         namespace: Namespace = None,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Delete a key (exit 1 when it did not exist)."""
-        setup(log_level, log_format)
         check_name("storage key", key)
         ns, existed = _storage(redis_url, namespace, _delete, key)
         if not existed:
             fail(f"key {key!r} not found in storage namespace {ns!r}")
 
-    @storage.command("keys")
+    @command(storage, "keys")
     def keys(
         pattern: Annotated[str | None, typer.Argument(help="Glob, e.g. 'user:*'.")] = None,
         namespace: Namespace = None,
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """List the keys, sorted (all, or those matching PATTERN)."""
-        setup(log_level, log_format)
         if pattern is not None:
             check_name("pattern", pattern)
         ns, found = _storage(redis_url, namespace, _keys, pattern)
         for k in found:
             out(dumps({"namespace": ns, "key": k}) if json_out else k)
 
-    @storage.command("clear")
+    @command(storage, "clear")
     def clear(
         yes: Annotated[bool, typer.Option("--yes", help="Really delete every key.")] = False,
         namespace: Namespace = None,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Delete every key of the namespace (needs --yes)."""
-        setup(log_level, log_format)
         if not yes:
             fail("clear deletes every key of the storage namespace; add --yes to do it", 2)
         ns, n = _storage(redis_url, namespace, _clear)
@@ -263,7 +247,7 @@ def _register_storage(app: typer.Typer) -> None:
 
 
 async def _dead_list(conn: RedisConnection, stream: str, count: int) -> tuple[int, list[Any]]:
-    from ..inspect import check_stream, dead_letter_stream, list_dead
+    from ..queries import check_stream, dead_letter_stream, list_dead
 
     dead = dead_letter_stream(stream)
     if not await check_stream(conn, dead):
@@ -279,7 +263,7 @@ def _print_dead(stream: str, total: int, items: list[dict[str, Any]], json_out: 
         for d in items:
             out(dumps(d))
         return
-    from ..inspect import dead_letter_stream
+    from ..queries import dead_letter_stream
 
     dead = dead_letter_stream(stream)
     sys.stderr.write(
@@ -313,28 +297,25 @@ def _print_dead(stream: str, total: int, items: list[dict[str, Any]], json_out: 
 async def _replay_all_with_progress(conn: RedisConnection, stream: str) -> int:
     """`replay_dead(conn, stream)` page by page, so a terminal sees a progress bar: like it,
     it stops at the newest entry present at the start (re-failing messages cannot loop)."""
-    from ..inspect import dead_letter_stream, replay_dead
+    from ..queries import dead_letter_stream
+    from ..replay import replay_dead
 
     dead, page = dead_letter_stream(stream), 500
     total = int(await conn.client.xlen(dead))
     newest = await conn.client.xrevrange(dead, "+", "-", count=1)
     if not newest:
         return 0
-    last, cursor, replayed = _text(newest[0][0]), "-", 0
+    last, cursor, replayed = as_text(newest[0][0]), "-", 0
     with progress_bar(f"replaying {dead}", total, enabled=total >= MIN_ENTRIES) as advance:
         while True:
             batch = await conn.client.xrange(dead, cursor, last, count=page)
-            ids = [_text(i) for i, _ in batch or []]
+            ids = [as_text(i) for i, _ in batch or []]
             if ids:
                 replayed += await replay_dead(conn, stream, ids)
                 advance(len(ids))
             if len(ids) < page:
                 return replayed
             cursor = "(" + ids[-1]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _register_dead(app: typer.Typer) -> None:
@@ -346,38 +327,33 @@ def _register_dead(app: typer.Typer) -> None:
     )
     app.add_typer(dead)
 
-    @dead.command("list")
+    @command(dead, "list")
     def list_(
         stream: Annotated[str, typer.Argument(help="The stream, or its dead-letter stream.")],
         count: Annotated[
             int, typer.Option("--count", min=1, max=1_000_000, help="At most this many.")
         ] = 100,
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """List the dead letters of STREAM (kept in STREAM:dead), oldest first."""
-        setup(log_level, log_format)
         check_name("stream name", stream)
         total, items = with_redis(redis_url, lambda c: _dead_list(c, stream, count))
         _print_dead(stream, total, items, json_out)
 
-    @dead.command("replay")
+    @command(dead, "replay")
     def replay(
         stream: Annotated[str, typer.Argument(help="The stream, or its dead-letter stream.")],
         ids: Annotated[
             list[str] | None, typer.Option("--id", help="A dead letter's id (repeatable).")
         ] = None,
         all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Send dead letters back to their source stream (and delete them from STREAM:dead)."""
-        from ..inspect import dead_letter_stream, replay_dead
+        from ..queries import dead_letter_stream
+        from ..replay import replay_dead
 
-        setup(log_level, log_format)
         check_name("stream name", stream)
         if bool(ids) == all_:
             fail("say which dead letters to replay: --id ID (repeatable) or --all", 2)
@@ -393,18 +369,15 @@ def _register_dead(app: typer.Typer) -> None:
 def register(app: typer.Typer) -> None:
     """Add `health`, `storage` and `dead` to the CLI."""
 
-    @app.command("health")
+    @command(app, "health")
     def health(
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """Check Redis (PING, version) and list registered app instances; exit 1 if unhealthy.
 
         Usable as a Docker HEALTHCHECK: `streammachine health`.
         """
-        setup(log_level, log_format)
         _health(redis_url, json_out)
 
     _register_storage(app)

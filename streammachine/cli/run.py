@@ -6,13 +6,13 @@ from typing import Annotated
 
 import typer
 
-from .common import LogFormat, LogLevel, RedisUrl, fail, resolve_url, setup
+from .common import command, fail, resolve_url
 
 
 def register(app: typer.Typer) -> None:
     """Add the `run` command to the CLI."""
 
-    @app.command("run")
+    @command(app, "run", log_level="info")
     def run(
         target: Annotated[
             str, typer.Argument(metavar="APP", help="module:attr, module, or path/file.py:attr")
@@ -42,31 +42,39 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option("--dashboard-port", min=1, max=65535, help="Dashboard port (8000)."),
         ] = None,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "info",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
+        log_level: str = "info",
+        log_format: str = "auto",
     ) -> None:
         """Run an app's agents and timers until SIGINT/SIGTERM."""
-        import os
+        from ..settings import Settings
 
-        setup(log_level, log_format)
-        # Worker processes configure their logging from these.
-        os.environ["STREAMMACHINE_LOG_LEVEL"] = log_level
-        os.environ["STREAMMACHINE_LOG_FORMAT"] = log_format
+        # The one place `run` reads the environment; flags beat it, and the workers get the
+        # result (and how to log) from the supervisor, not through environment variables.
+        settings = Settings.from_env()
+        changes: dict[str, object] = {}
         if redis_url is not None:
-            os.environ["REDIS_URL"] = resolve_url(redis_url)
+            changes["redis_url"] = resolve_url(redis_url)
         if shutdown_timeout is not None:
-            os.environ["STREAMMACHINE_SHUTDOWN_TIMEOUT_S"] = str(shutdown_timeout)
+            changes["shutdown_timeout_s"] = shutdown_timeout
         if dashboard or dashboard_port:
-            os.environ["STREAMMACHINE_DASHBOARD"] = "1"
+            changes["dashboard"] = True
         if dashboard_port:
-            os.environ["STREAMMACHINE_DASHBOARD_PORT"] = str(dashboard_port)
+            changes["dashboard_port"] = dashboard_port
+        settings = settings.replace(**changes)
         from ..importer import AppModuleError
         from ..supervisor import run_app
 
         try:
             code = run_app(
-                target, workers=workers, reload=reload or bool(reload_dir), reload_dirs=reload_dir
+                target,
+                workers=workers,
+                reload=reload or bool(reload_dir),
+                reload_dirs=reload_dir,
+                settings=settings,
+                # The workers set up logging as this process did.
+                log_setup="streammachine.cli.logs:setup_logging",
+                log_args=[log_level, log_format],
             )
         except SyntaxError as exc:
             fail(f"syntax error in {exc.filename}:{exc.lineno}: {exc.msg}")

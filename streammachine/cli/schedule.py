@@ -10,14 +10,11 @@ import typer
 
 from .common import (
     JsonOut,
-    LogFormat,
-    LogLevel,
-    RedisUrl,
     check_name,
+    command,
     dumps,
     fail,
     out,
-    setup,
     with_redis,
 )
 
@@ -39,7 +36,7 @@ def due_from_flags(delay: str | None, at: str | None) -> int | None:
     from datetime import datetime
 
     from ..exceptions import ConfigError
-    from ..schedule import due_ms, parse_duration
+    from ..timing import due_ms, parse_duration
 
     if delay is not None and at is not None:
         fail("give --delay or --at, not both", 2)
@@ -70,8 +67,8 @@ async def send_later(
     namespace: str | None,
 ) -> None:
     """Keep `records` (each `count` times) until `due`; print each schedule id."""
-    from ..inspect import check_stream
-    from ..schedule import Scheduler
+    from ..delayed import Scheduler
+    from ..queries import check_stream
     from ..storage import check_namespace
 
     await check_stream(conn, stream)
@@ -91,7 +88,7 @@ def _when(ms: int) -> str:
 def register(app: typer.Typer) -> None:
     """Add `scheduled` to the CLI."""
 
-    @app.command("scheduled")
+    @command(app, "scheduled")
     def scheduled(
         stream: Annotated[
             str | None, typer.Argument(help="Only the entries for this stream.")
@@ -101,15 +98,12 @@ def register(app: typer.Typer) -> None:
         ] = 100,
         namespace: Namespace = None,
         json_out: JsonOut = False,
-        redis_url: RedisUrl = None,
-        log_level: LogLevel = "warning",
-        log_format: LogFormat = "auto",
+        redis_url: str | None = None,
     ) -> None:
         """List the delayed entries waiting in Redis, soonest first (`send --delay/--at`).
 
         Examples: `scheduled`, `scheduled reminders --json`.
         """
-        setup(log_level, log_format)
         from ..exceptions import ConfigError
         from ..storage import check_namespace
 
@@ -121,7 +115,7 @@ def register(app: typer.Typer) -> None:
             fail(str(exc), 2)
 
         async def read(conn: RedisConnection) -> tuple[list[Any], dict[str, Any]]:
-            from ..schedule import Scheduler
+            from ..delayed import Scheduler
 
             sched = Scheduler(conn, ns)
             return await sched.entries(stream, count), await sched.summary()

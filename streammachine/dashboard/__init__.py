@@ -1,6 +1,7 @@
-"""Observability: the instance registry, the web dashboard, Prometheus metrics and `top`.
+"""Observability: the web dashboard, Prometheus metrics and `top`, reading the heartbeats every
+App writes (`streammachine.heartbeat`; the core never imports this package).
 
-`registry` (the heartbeat every App runs) imports no web framework; the Starlette server and
+`registry` (reading heartbeats back) imports no web framework; the Starlette server and
 prometheus-client load only when their names are used.
 
 Example:
@@ -13,7 +14,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .registry import INSTANCE_PREFIX, add_heartbeat, heartbeat, list_instances
+# add_heartbeat/heartbeat: the writer, in the core since the heartbeat moved there; kept importable.
+from ..heartbeat import add_heartbeat, heartbeat
+from .registry import INSTANCE_PREFIX, list_instances
 
 if TYPE_CHECKING:
     from .metrics import StatusCollector, render_metrics

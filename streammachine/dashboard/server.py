@@ -16,7 +16,6 @@ import hmac
 import html
 import json
 import logging
-import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
@@ -26,7 +25,6 @@ from urllib.parse import parse_qs, quote
 import anyio
 import redis.asyncio as aioredis
 import uvicorn
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -34,6 +32,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..connection import create_client, mask_url
+from ..exceptions import REDIS_FAILURES
 from .history import History
 from .metrics import render_metrics
 from .status import collect_status, unavailable
@@ -157,13 +156,13 @@ class _Backend:
         try:
             with anyio.fail_after(READ_TIMEOUT_S):
                 return await collect_status(self.client)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:  # TimeoutError (fail_after) is an OSError
             return unavailable(f"cannot read Redis at {mask_url(self.url)}: {exc or 'timeout'}")
 
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_FAILURES):
                 await client.aclose()
 
 
@@ -196,7 +195,10 @@ def create_dashboard(
         >>> import uvicorn  # doctest: +SKIP
         >>> uvicorn.run(create_dashboard("redis://localhost:6379/0"), port=8000)  # doctest: +SKIP
     """
-    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    if token is None:
+        from ..settings import Settings
+
+        token = Settings.current().dashboard_token
     backend = _Backend(redis_url, History(history_interval_s, history_window_s))
     asyncapi: list[dict[str, Any]] = []  # built on first request: agents are registered by then
     page = _asset("index.html")
@@ -253,7 +255,7 @@ def create_dashboard(
                 from .registry import list_instances
 
                 instances = await list_instances(backend.client)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:  # TimeoutError (fail_after) is an OSError
             reason = f"redis unreachable at {mask_url(redis_url)}: {exc or 'timeout'}"
             return JSON({"ready": False, "reason": reason}, status_code=503)
         late = [str(i.get("id")) for i in instances if not i.get("fresh")]

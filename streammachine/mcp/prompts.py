@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+from ..exceptions import ConfigError
+
 __all__ = ["GUIDE", "PATTERNS", "guide", "instructions", "patterns"]
 
 GUIDE = """\
@@ -252,7 +254,7 @@ def patterns(pattern: str = "") -> str:
     """
     if pattern and pattern not in PATTERNS:
         names = ", ".join(PATTERNS)
-        raise ValueError(f"argument 'pattern': {pattern!r} is not one of {names}")
+        raise ConfigError(f"argument 'pattern': {pattern!r} is not one of {names}")
     chosen = [pattern] if pattern else list(PATTERNS)
     parts = ["# Stream processing patterns with StreamMachine\n"]
     for name in chosen:

@@ -1,6 +1,6 @@
 """The OHLC tools of the MCP server and their output models, without the `mcp` SDK: candle
 aggregators (`FastOHLC`) that live in the server process, shared by its sessions, kept in
-`Tools.aggregators`; `mcp_server` registers them.
+`Tools.aggregators`; `server` registers them.
 
 Example:
     >>> ohlc = OhlcTools(tools)  # doctest: +SKIP
@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import anyio
 from pydantic import BaseModel, Field
 
-from .mcp_tools import Bounded, ConfirmedBy, ToolFailure, Tools, fit, jsonable
+from .tools import Bounded, ConfirmedBy, ToolFailure, Tools, fit, jsonable
 
 __all__ = ["OhlcTools"]
 
@@ -118,7 +118,7 @@ class OhlcTools:
         return self._lock
 
     def _info(self, name: str, agg: Any, created: bool = False) -> AggregatorInfo:
-        from .ohlc import interval_name
+        from ..ohlc import interval_name
 
         return AggregatorInfo(
             name=name, intervals_ms=list(agg.intervals),
@@ -137,7 +137,7 @@ class OhlcTools:
     ) -> AggregatorInfo:
         """Create an in-memory OHLC candle aggregator (FastOHLC) with intervals in ms or names
         ('1m', '5m'). Calling it again with the same settings keeps the existing one."""
-        from .ohlc import FastOHLC, parse_interval
+        from ..ohlc import FastOHLC, parse_interval
 
         found = self.aggregators.get(name)
         if found is not None:
@@ -174,7 +174,7 @@ class OhlcTools:
     def _candles(
         self, name: str, symbol: str, interval: int | str, rows: list[Any]
     ) -> CandlesResult:
-        from .ohlc import interval_name, parse_interval
+        from ..ohlc import interval_name, parse_interval
 
         ms = parse_interval(interval)
         candles = [Candle(**c._asdict()) for c in rows]
@@ -219,7 +219,7 @@ class OhlcTools:
         """Remove the completed candles of a symbol and interval from memory and return them;
         with emit_to they are first appended to that stream (one entry per candle). A later
         tick for a flushed candle is counted as late and dropped."""
-        from .ohlc import format_candle_for_redis, parse_interval
+        from ..ohlc import format_candle_for_redis, parse_interval
 
         agg = self.agg(name)
         async with self.lock():

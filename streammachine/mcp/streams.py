@@ -1,5 +1,5 @@
 """The stream tools of the MCP server (send, read, describe, list, pending entries, dead letters)
-and their output models, without the `mcp` SDK; `mcp_server` registers them.
+and their output models, without the `mcp` SDK; `server` registers them.
 
 Example:
     >>> streams = StreamTools(tools)  # doctest: +SKIP
@@ -15,8 +15,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 from redis.exceptions import ResponseError
 
-from . import inspect as sm_inspect
-from .mcp_tools import MAX_VALUE_CHARS, Bounded, ToolFailure, Tools, as_text, clip, clip_fields, fit
+from .. import queries as sm_queries
+from ..codec import as_text
+from .tools import MAX_VALUE_CHARS, Bounded, ToolFailure, Tools, clip, clip_fields, fit
 
 __all__ = ["StreamTools"]
 
@@ -178,10 +179,11 @@ class StreamTools:
         of the storage namespace appends it (then the schedule id is returned)."""
         maxlen = maxlen or self.tools.settings.stream_maxlen
         if delay_s is not None:
-            from .codec import encode_fields
-            from .schedule import Scheduler, due_ms
+            from ..codec import encode_fields
+            from ..delayed import Scheduler
+            from ..timing import due_ms
 
-            await sm_inspect.check_stream(self.tools.conn, stream)
+            await sm_queries.check_stream(self.tools.conn, stream)
             due = due_ms(delay_s=delay_s)
             assert due is not None
             sched = Scheduler(self.tools.conn, self.tools.settings.storage_namespace)
@@ -215,7 +217,7 @@ class StreamTools:
         _check_id("start", start)
         _check_id("end", end)
         c = self.tools.conn.client
-        if not await sm_inspect.check_stream(c, stream):
+        if not await sm_queries.check_stream(c, stream):
             return ReadResult(stream=stream, exists=False, note=f"stream {stream!r} does not exist")
         lo, hi = start or "-", end or "+"
         if newest_first:
@@ -245,17 +247,17 @@ class StreamTools:
         """Length, first and last ids, and every consumer group of a stream with its consumers,
         pending count, lag (entries not yet delivered) and oldest pending entry."""
         c = self.tools.conn.client
-        info = await sm_inspect.stream_info(c, stream)
+        info = await sm_queries.stream_info(c, stream)
         if info is None:
             return StreamInfo(stream=stream, exists=False, note=f"stream {stream!r} does not exist")
         groups = [Group(**g) for g in info.pop("groups")]
         for g in groups[:50]:
             try:
-                found = await sm_inspect.list_consumers(c, stream, g.name)
+                found = await sm_queries.list_consumers(c, stream, g.name)
             except ResponseError:  # the group was deleted meanwhile
                 found = []
             g.consumer_list = [Consumer(**x) for x in found[:50]]
-        dead = sm_inspect.dead_letter_stream(stream)
+        dead = sm_queries.dead_letter_stream(stream)
         n_dead = 0
         if dead != stream and as_text(await c.type(dead)) == "stream":
             n_dead = int(await c.xlen(dead))
@@ -272,7 +274,7 @@ class StreamTools:
     ) -> StreamList:
         """List the streams whose names match a glob pattern (SCAN, never KEYS), sorted, with
         length, first/last id and their consumer groups."""
-        found = await sm_inspect.list_streams(self.tools.conn.client, pattern, limit + 1)
+        found = await sm_queries.list_streams(self.tools.conn.client, pattern, limit + 1)
         streams = [
             StreamSummary(groups=[Group(**g) for g in s.pop("groups")], **s) for s in found[:limit]
         ]
@@ -294,7 +296,7 @@ class StreamTools:
         group (totals per consumer, then the oldest entries with consumer, idle time and
         delivery count). Entries idle long are being retried or belong to a dead consumer."""
         c = self.tools.conn.client
-        if not await sm_inspect.check_stream(c, stream):
+        if not await sm_queries.check_stream(c, stream):
             return PendingResult(
                 stream=stream, exists=False, note=f"stream {stream!r} does not exist"
             )
@@ -323,10 +325,10 @@ class StreamTools:
         """The oldest dead letters of a stream (`<stream>:dead`): messages a handler failed on
         `max_deliveries` times, with the error, traceback, group and the original fields."""
         c = self.tools.conn.client
-        dead = sm_inspect.dead_letter_stream(stream)
-        total = int(await c.xlen(dead)) if await sm_inspect.check_stream(c, dead) else 0
+        dead = sm_queries.dead_letter_stream(stream)
+        total = int(await c.xlen(dead)) if await sm_queries.check_stream(c, dead) else 0
         items, clipped = [], False
-        for d in await sm_inspect.list_dead(c, stream, count) if total else []:
+        for d in await sm_queries.list_dead(c, stream, count) if total else []:
             d["fields"], cut = clip_fields(d["fields"])
             for k in ("error", "traceback"):
                 if d[k] is not None:

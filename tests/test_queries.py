@@ -1,4 +1,4 @@
-"""The read-only queries and dead-letter replay of `streammachine.inspect`, on a real Redis."""
+"""The read-only queries and dead-letter replay of `streammachine.queries` and `streammachine.replay`, on a real Redis."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import redis as syncredis
 from streammachine import App, Message
 from streammachine.connection import RedisConnection
 from streammachine.exceptions import ConfigError
-from streammachine.inspect import (
+from streammachine.queries import (
     check_stream,
     dead_letter_stream,
     list_consumers,
@@ -22,10 +22,10 @@ from streammachine.inspect import (
     list_instances,
     list_streams,
     read_entries,
-    replay_dead,
     server_info,
     stream_info,
 )
+from streammachine.replay import replay_dead
 from streammachine.testing import TestApp
 from tests.util import eventually
 

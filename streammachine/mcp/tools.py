@@ -1,8 +1,8 @@
 """The operations behind the MCP server's tools, without the `mcp` SDK: the server's state (Redis
 URL, settings, connection), the size limits, the masking of secrets, the translation of errors
 into messages that say what to do, the Redis and instance tools with their output models, and the
-config and status resources. `mcp_streams`, `mcp_storage` and `mcp_ohlc` hold the other tools;
-`mcp_server` wires them all into the SDK.
+config and status resources. `streams`, `storage` and `ohlc` hold the other tools;
+`server` wires them all into the SDK.
 
 A tool is an async method whose signature (pydantic-annotated arguments) and docstring become the
 MCP tool's input schema and description, and whose pydantic return type its output schema. A tool
@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -30,13 +29,14 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 from pydantic import BaseModel, Field, StrictBool
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, ResponseError
 
-from . import inspect as sm_inspect
-from .connection import RedisConnection, mask_url, url_secrets
-from .exceptions import RedisUnavailableError, StreamMachineError
-from .settings import Settings
-from .storage import Storage
+from .. import queries as sm_queries
+from ..codec import as_text
+from ..connection import LoopClient, RedisConnection, mask_url, url_secrets
+from ..exceptions import REDIS_FAILURES, StreamMachineError
+from ..settings import Settings
+from ..storage import Storage
 
 __all__ = ["CALL_TIMEOUT_S", "MAX_RESULT_BYTES", "MAX_VALUE_CHARS", "ToolFailure", "Tools"]
 
@@ -120,11 +120,6 @@ class InstancesResult(Bounded):
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def as_text(value: Any) -> str:
-    """`value` as text: bytes decoded as UTF-8 (bad bytes replaced)."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
 def clip(text: str, limit: int = MAX_VALUE_CHARS) -> tuple[str, bool]:
     """`text` cut at `limit` characters (saying how many more there were), and whether it was."""
     if len(text) <= limit:
@@ -205,9 +200,8 @@ class Tools:
         self.read_only = read_only
         self.timeout_s = timeout_s
         self.tool_names = list(tool_names)
-        self.aggregators: dict[str, Any] = {}  # the OHLC aggregators (see mcp_ohlc)
-        self._conn: RedisConnection | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.aggregators: dict[str, Any] = {}  # the OHLC aggregators (see ohlc)
+        self._redis = LoopClient(url, settings=settings)
         self._users = 0
         # Every credential of the URL (userinfo and query forms), and those of REDIS_URL when
         # the server was given another URL: a server error may quote one back.
@@ -219,10 +213,7 @@ class Tools:
     @property
     def conn(self) -> RedisConnection:
         """This event loop's connection (redis-py connections belong to one loop)."""
-        loop = asyncio.get_running_loop()
-        if self._conn is None or self._loop is not loop:
-            self._conn, self._loop = RedisConnection(url=self.url, settings=self.settings), loop
-        return self._conn
+        return self._redis.conn
 
     @property
     def masked_url(self) -> str:
@@ -249,10 +240,9 @@ class Tools:
             yield
         finally:
             self._users -= 1
-            if self._users == 0 and self._conn is not None:
-                conn, self._conn = self._conn, None
+            if self._users == 0:
                 with anyio.CancelScope(shield=True):
-                    await conn.close()
+                    await self._redis.close()
 
     def failure(self, name: str, exc: Exception) -> str:
         """The error result's text for tool `name` failing with `exc`, secrets masked."""
@@ -273,7 +263,7 @@ class Tools:
             if text.startswith("NOGROUP"):
                 return f"{name}: no such consumer group ({text}); see stream_info for the groups"
             return f"{name}: Redis refused the command: {text}"
-        if isinstance(exc, RedisError | OSError | RedisUnavailableError):
+        if isinstance(exc, REDIS_FAILURES):  # RedisUnavailableError is an OSError
             return (
                 f"cannot reach Redis at {self.masked_url}: "
                 f"{str(exc).rstrip('. ') or type(exc).__name__}. "
@@ -294,11 +284,11 @@ class Tools:
         app instances. An unreachable Redis is an error result."""
         c = self.conn.client
         try:
-            info = await sm_inspect.server_info(c)
+            info = await sm_queries.server_info(c)
         except Exception as exc:
             raise ToolFailure(f"unhealthy: {self.explain('health_check', exc)}") from None
         try:
-            instances = len(await sm_inspect.list_instances(c))
+            instances = len(await sm_queries.list_instances(c))
         except ResponseError:  # an ACL without SCAN: Redis itself is fine
             instances = 0
         return HealthResult(
@@ -359,7 +349,7 @@ class Tools:
     ) -> InstancesResult:
         """Running StreamMachine processes (their heartbeat records in Redis): app, host, pid,
         version, heartbeat age, and each agent's stream, group and counters."""
-        from .dashboard.registry import list_instances
+        from ..dashboard.registry import list_instances
 
         found = [i for i in await list_instances(self.conn.client) if app in (None, i.get("app"))]
         out = [_instance(r) for r in found[:limit]]
@@ -380,7 +370,7 @@ class Tools:
             for k, v in sorted(os.environ.items())
             if k.startswith(("REDIS_", "STREAMMACHINE_"))
         }
-        from . import __version__
+        from .. import __version__
 
         return json.dumps(
             {
@@ -401,13 +391,13 @@ class Tools:
 
     async def status(self) -> str:
         """Redis health and version, stream count, app instances, storage and OHLC state."""
-        from . import __version__
+        from .. import __version__
 
         out: dict[str, Any] = {"server": {"version": __version__, "read_only": self.read_only}}
         c = self.conn.client
         try:
             with anyio.fail_after(self.timeout_s):
-                info = await sm_inspect.server_info(c)
+                info = await sm_queries.server_info(c)
                 out["redis"] = {"healthy": True, "url": self.masked_url, **info}
                 n = 0
                 async for _ in c.scan_iter(count=1000, _type="stream"):
@@ -415,7 +405,7 @@ class Tools:
                     if n >= 10000:
                         break
                 out["streams"] = {"count": n, "capped": n >= 10000}
-                instances = await sm_inspect.list_instances(c, limit=100)
+                instances = await sm_queries.list_instances(c, limit=100)
                 out["instances"] = [
                     {k: i[k] for k in ("key", "app", "host", "pid", "age_s")} for i in instances
                 ]

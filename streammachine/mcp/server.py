@@ -1,0 +1,428 @@
+"""The MCP server: StreamMachine's streams, storage, objects, OHLC aggregators and Redis health as
+tools an LLM client can call (the only module importing the `mcp` SDK, 2.x). This module wires
+the SDK; the tools are in `tools`, `streams`, `storage` and `ohlc`, the texts
+in `prompts`.
+
+Safety model:
+    - Every tool carries all four MCP annotations (readOnly, destructive, idempotent, openWorld).
+      `read_only=True` (`streammachine mcp --read-only`) registers the read-only tools only.
+    - The tools that delete data (`storage_delete`, `storage_clear`, `obj_delete`, `ohlc_clear`)
+      need a confirmation: a client that supports elicitation is asked (the user must accept
+      `confirm: true`); any other client must pass `confirm: true`. Without it nothing changes.
+    - Bad arguments, Redis errors (unreachable, WRONGTYPE, NOGROUP) and refusals are error results
+      (`isError`) with a message that names the argument or says what to do; never a crash, never
+      a success. Passwords never appear in results or messages.
+    - Results are JSON with output schemas, ids and values as text, bounded in entries and bytes;
+      a cut result says so in `note` (and `stream_read` returns a `next` cursor).
+    - `obj_get` unpickles only values signed with `STREAMMACHINE_SECRET_KEY`.
+
+Example:
+    >>> server = create_server("redis://localhost:6379/0", read_only=True)  # doctest: +SKIP
+    >>> anyio.run(serve, server)  # stdio  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+import anyio
+from mcp.server import MCPServer
+from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, Resolve
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS, ToolAnnotations
+from mcp.types.version import is_version_at_least
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..connection import validate_url
+from ..exceptions import ConfigError
+from ..settings import Settings
+from . import prompts as texts
+from .ohlc import AggName, ClearResult, Drop, OhlcTools
+from .storage import DeleteResult, Key, Namespace, ObjNamespace, ObjPattern, StorageTools
+from .streams import StreamTools
+from .tools import CALL_TIMEOUT_S, Confirm, ConfirmedBy, ToolFailure, Tools
+
+__all__ = ["CONFIRMED_TOOLS", "TOOLS", "create_server", "serve", "tidy_validation_error"]
+
+# name: (title, readOnlyHint, destructiveHint, idempotentHint); openWorldHint is False for all:
+# every tool acts on this one Redis and this process, never on an open set of outside systems.
+TOOLS: dict[str, tuple[str, bool, bool, bool]] = {
+    "stream_send": ("Send a message to a stream", False, False, False),
+    "stream_send_batch": ("Send messages to a stream", False, False, False),
+    "stream_read": ("Read stream entries", True, False, True),
+    "stream_info": ("Describe a stream", True, False, True),
+    "stream_list": ("List streams", True, False, True),
+    "stream_pending": ("Pending entries of consumer groups", True, False, True),
+    "stream_dead_letters": ("Dead letters of a stream", True, False, True),
+    "storage_read": ("Read a storage key", True, False, True),
+    "storage_write": ("Write a storage key", False, True, True),
+    "storage_delete": ("Delete a storage key", False, True, True),
+    "storage_keys": ("List storage keys", True, False, True),
+    "storage_clear": ("Delete every storage key of a namespace", False, True, True),
+    "health_check": ("Check Redis health", True, False, True),
+    "redis_info": ("Redis server INFO", True, False, True),
+    "redis_ping": ("Ping Redis", True, False, True),
+    "obj_get": ("Read a stored object", True, False, True),
+    "obj_list": ("List stored objects", True, False, True),
+    "obj_delete": ("Delete stored objects", False, True, True),
+    "ohlc_create": ("Create an OHLC aggregator", False, False, True),
+    "ohlc_update": ("Add a tick to an OHLC aggregator", False, False, False),
+    "ohlc_get_candles": ("Candles of a symbol", True, False, True),
+    "ohlc_get_completed": ("Completed candles of a symbol", True, False, True),
+    "ohlc_flush": ("Remove (and emit) completed candles", False, True, True),
+    "ohlc_clear": ("Clear an OHLC aggregator", False, True, True),
+    "ohlc_stats": ("OHLC aggregator statistics", True, False, True),
+    "ohlc_list": ("List OHLC aggregators", True, False, True),
+    "app_instances": ("Running StreamMachine instances", True, False, True),
+}
+#: The tools that delete data and so need a confirmation.
+CONFIRMED_TOOLS = ("storage_delete", "storage_clear", "obj_delete", "ohlc_clear")
+
+ToolFn = Callable[..., Awaitable[Any]]
+
+# -- confirmation of destructive tools ------------------------------------------------------------
+
+
+class ConfirmForm(BaseModel):
+    """What the user is asked to accept."""
+
+    confirm: bool = Field(description="true to go ahead")
+
+
+class Confirmation(BaseModel):
+    """The decision without elicitation: the `confirm` argument."""
+
+    ok: bool
+
+
+async def _ask(ctx: Context, confirm: bool, question: str) -> Elicit[ConfirmForm] | Confirmation:
+    caps = ctx.client_capabilities
+    form = caps.elicitation if caps is not None else None
+    if form is not None and (form.form is not None or form.url is None):
+        version = ctx.protocol_version or ""
+        # Before 2026-07-28 the question is a request back to the client, which needs a channel.
+        modern = version and is_version_at_least(version, "2026-07-28")
+        if modern or ctx.session.can_send_request:
+            return Elicit(question + " This cannot be undone.", ConfirmForm)
+    return Confirmation(ok=confirm)
+
+
+# Resolvers (run before the tool body, from the tool's own arguments): the question shown is
+# fixed by the arguments, so a retried round of the 2026-07-28 protocol asks the same one.
+async def _ask_storage_delete(
+    ctx: Context, confirm: bool, key: str, namespace: str | None
+) -> Elicit[ConfirmForm] | Confirmation:
+    where = f"namespace {namespace!r}" if namespace else "the default namespace"
+    return await _ask(ctx, confirm, f"Delete the storage key {key!r} of {where}?")
+
+
+async def _ask_storage_clear(
+    ctx: Context, confirm: bool, namespace: str | None
+) -> Elicit[ConfirmForm] | Confirmation:
+    where = f"namespace {namespace!r}" if namespace else "the default namespace"
+    return await _ask(ctx, confirm, f"Delete EVERY storage key of {where}?")
+
+
+async def _ask_obj_delete(
+    ctx: Context, confirm: bool, pattern: str, namespace: str
+) -> Elicit[ConfirmForm] | Confirmation:
+    return await _ask(
+        ctx, confirm, f"Delete the stored objects of namespace {namespace!r} matching {pattern!r}?"
+    )
+
+
+async def _ask_ohlc_clear(
+    ctx: Context, confirm: bool, name: str, drop: bool
+) -> Elicit[ConfirmForm] | Confirmation:
+    what = "and remove" if drop else "of"
+    return await _ask(ctx, confirm, f"Delete every candle {what} OHLC aggregator {name!r}?")
+
+
+Confirmed = ElicitationResult[ConfirmForm]
+
+
+def _confirmed_by(outcome: Any, tool: str) -> ConfirmedBy:
+    """How a destructive call was confirmed; a `ToolFailure` (nothing changed) when it was not."""
+    if isinstance(outcome, AcceptedElicitation):
+        data = outcome.data
+        if isinstance(data, Confirmation):
+            if data.ok:
+                return "argument"
+            raise ToolFailure(
+                f"{tool} deletes data and was not confirmed, so nothing was changed. Ask the user; "
+                "if they agree, call it again with confirm: true."
+            )
+        if isinstance(data, ConfirmForm) and data.confirm:
+            return "elicitation"
+        raise ToolFailure(f"the user did not confirm {tool}, so nothing was changed")
+    action = getattr(outcome, "action", "declined")
+    raise ToolFailure(f"the user answered {action!r} to {tool}, so nothing was changed")
+
+
+def _confirmed_tools(store: StorageTools, ohlc: OhlcTools) -> dict[str, ToolFn]:
+    """The destructive tools: their arguments (`confirm` is read by the resolvers, not the bodies)
+    and the confirmation the SDK resolves before the body runs."""
+
+    async def storage_delete(
+        key: Key,
+        namespace: Namespace = None,
+        confirm: Confirm = False,
+        *,
+        confirmation: Annotated[Confirmed, Resolve(_ask_storage_delete)],
+    ) -> DeleteResult:
+        how = _confirmed_by(confirmation, "storage_delete")
+        return await store.storage_delete(key, namespace, how)
+
+    async def storage_clear(
+        namespace: Namespace = None,
+        confirm: Confirm = False,
+        *,
+        confirmation: Annotated[Confirmed, Resolve(_ask_storage_clear)],
+    ) -> DeleteResult:
+        return await store.storage_clear(namespace, _confirmed_by(confirmation, "storage_clear"))
+
+    async def obj_delete(
+        pattern: ObjPattern,
+        namespace: ObjNamespace = "objects",
+        confirm: Confirm = False,
+        *,
+        confirmation: Annotated[Confirmed, Resolve(_ask_obj_delete)],
+    ) -> DeleteResult:
+        how = _confirmed_by(confirmation, "obj_delete")
+        return await store.obj_delete(pattern, namespace, how)
+
+    async def ohlc_clear(
+        name: AggName,
+        drop: Drop = False,
+        confirm: Confirm = False,
+        *,
+        confirmation: Annotated[Confirmed, Resolve(_ask_ohlc_clear)],
+    ) -> ClearResult:
+        ohlc.agg(name)  # an unknown aggregator is reported before the confirmation
+        return await ohlc.ohlc_clear(name, drop, _confirmed_by(confirmation, "ohlc_clear"))
+
+    return {f.__name__: f for f in (storage_delete, storage_clear, obj_delete, ohlc_clear)}
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def _strict(tool: Tool) -> Tool:
+    """`tool` validating its arguments strictly against its input schema: `"10"` is not an
+    integer, and an argument the schema does not name is refused (`additionalProperties: false`)
+    rather than ignored, so a client's mistake is reported instead of half-obeyed."""
+    base = tool.fn_metadata.arg_model
+    config = ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=True)
+    strict: type[ArgModelBase] = type(
+        base.__name__, (base,), {"model_config": config, "__module__": base.__module__}
+    )
+    tool.fn_metadata.arg_model = strict
+    tool.parameters = strict.model_json_schema(by_alias=True)
+    return tool
+
+
+def _guard(tools: Tools, name: str, fn: ToolFn) -> ToolFn:
+    """`fn` with a time limit, and every failure turned into an error result that says why."""
+
+    @functools.wraps(fn)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with anyio.fail_after(tools.timeout_s):
+                return await fn(*args, **kwargs)
+        except Exception as exc:
+            raise ToolError(tools.failure(name, exc)) from None
+
+    return call
+
+
+_INVALID = re.compile(r"^(Error executing tool \w+: )\d+ validation errors? for \w+\n(.*)$", re.S)
+_DETAIL = re.compile(r"\s*\[type=[^,\]]*(?:, input_value=(.*?), input_type=\w+)?\]\s*$")
+
+
+def tidy_validation_error(text: str) -> str:
+    """Pydantic's report on bad tool arguments as one line per argument, e.g.
+    `Error executing tool stream_read: argument 'count': Input should be <= 1000 (got 5000)`."""
+    m = _INVALID.match(text)
+    if m is None:
+        return text
+    lines = [ln for ln in m.group(2).splitlines() if ln.strip() and "errors.pydantic.dev" not in ln]
+    problems = []
+    for loc, msg in zip(lines[::2], lines[1::2], strict=False):
+        detail = _DETAIL.search(msg)
+        got = f" (got {detail.group(1)})" if detail and detail.group(1) else ""
+        text = _DETAIL.sub("", msg).strip()
+        if text == "Extra inputs are not permitted":
+            text, got = "this tool has no such argument (see its input schema)", ""
+        problems.append(f"argument {loc.strip()!r}: {text}{got}")
+    return m.group(1) + "; ".join(problems) if problems else text
+
+
+async def _tidy_errors(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+    result = await call_next(ctx)  # the wire form: a dict
+    if isinstance(result, dict) and result.get("isError"):
+        for block in result.get("content") or []:
+            if isinstance(block, dict) and isinstance(block.get("text"), str):
+                block["text"] = tidy_validation_error(block["text"])
+    return result
+
+
+# -- the server -----------------------------------------------------------------------------------
+
+
+def _prompt_names_checked(prompts: list[str]) -> Any:
+    """A middleware answering `prompts/get` of an unknown name with the names there are (the
+    SDK's own answer is "Internal server error")."""
+
+    async def check(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+        if ctx.method == "prompts/get":
+            name = (ctx.params or {}).get("name")
+            if name not in prompts:
+                raise MCPError(
+                    INVALID_PARAMS,
+                    f"no prompt named {name!r}: this server's prompts are {', '.join(prompts)}",
+                )
+        return await call_next(ctx)
+
+    return check
+
+
+def _register_prompts(server: MCPServer[Any], read_only: bool) -> list[str]:
+    """Register the prompts; returns their names."""
+    names = ", ".join(texts.PATTERNS)
+
+    @server.prompt(
+        name="streammachine-guide",
+        title="StreamMachine guide",
+        description="How StreamMachine works, what each tool of this server does, how to start.",
+    )
+    def streammachine_guide(task: str = "") -> str:
+        return texts.guide(read_only, task)
+
+    @server.prompt(
+        name="stream-processing-patterns",
+        title="Stream processing patterns",
+        description=f"Common StreamMachine patterns with working code: {names}.",
+    )
+    def stream_processing_patterns(pattern: str = "") -> str:
+        try:
+            return texts.patterns(pattern)
+        except ValueError as exc:
+            raise MCPError(INVALID_PARAMS, str(exc)) from None
+
+    return ["streammachine-guide", "stream-processing-patterns"]
+
+
+def create_server(
+    url: str | None = None,
+    *,
+    read_only: bool = False,
+    settings: Settings | None = None,
+    timeout_s: float = CALL_TIMEOUT_S,
+) -> MCPServer[Any]:
+    """An MCP server with StreamMachine's tools, resources and prompts, for one Redis.
+
+    Args:
+        url: the Redis URL (default: `REDIS_URL`, else `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`).
+        read_only: register only the read-only tools.
+        settings: the settings to use (default: `Settings.current()`).
+        timeout_s: the time limit of one tool call.
+
+    Raises:
+        ConfigError: the URL is not a Redis URL.
+
+    Example:
+        >>> server = create_server("memory://", read_only=True)
+        >>> server.name
+        'streammachine'
+    """
+    from .. import __version__
+
+    settings = settings or Settings.current()
+    url = validate_url(url or settings.resolve_url())
+    if timeout_s <= 0:
+        raise ConfigError(f"timeout_s must be > 0, not {timeout_s!r}")
+    names = [n for n, hints in TOOLS.items() if hints[1] or not read_only]
+    tools = Tools(url, settings, read_only, timeout_s, names)
+    store, ohlc = StorageTools(tools), OhlcTools(tools)
+    confirmed = _confirmed_tools(store, ohlc)
+    providers = (tools, StreamTools(tools), store, ohlc)
+    registered = []
+    for name in names:
+        title, ro, destructive, idempotent = TOOLS[name]
+        hints = ToolAnnotations(
+            title=title,
+            read_only_hint=ro,
+            destructive_hint=destructive,
+            idempotent_hint=idempotent,
+            open_world_hint=False,
+        )
+        operation = next(getattr(p, name) for p in providers if hasattr(p, name))
+        tool = Tool.from_function(
+            _guard(tools, name, confirmed.get(name, operation)),
+            name=name,
+            title=title,
+            description=" ".join((operation.__doc__ or "").split()),
+            annotations=hints,
+            structured_output=True,
+        )
+        registered.append(_strict(tool))
+    # MCPServer() calls logging.basicConfig(); a library must not configure logging, so while it
+    # runs the root logger has a handler and that call does nothing.
+    root, placeholder = logging.getLogger(), logging.NullHandler()
+    root.addHandler(placeholder)
+    try:
+        server: MCPServer[Any] = MCPServer(
+            "streammachine",
+            title="StreamMachine",
+            version=__version__,
+            instructions=texts.instructions(read_only),
+            lifespan=tools.lifespan,
+            tools=registered,
+        )
+    finally:
+        root.removeHandler(placeholder)
+    server.resource(
+        "streammachine://config", name="config", title="StreamMachine configuration",
+        description="Settings and environment (secrets masked), tools and limits.",
+        mime_type="application/json",
+    )(tools.config)  # fmt: skip
+    server.resource(
+        "streammachine://status", name="status", title="StreamMachine status",
+        description="Redis health and version, streams, app instances, storage, OHLC.",
+        mime_type="application/json",
+    )(tools.status)  # fmt: skip
+    prompts = _register_prompts(server, read_only)
+    server.middleware.append(_tidy_errors)
+    server.middleware.append(_prompt_names_checked(prompts))
+    return server
+
+
+async def serve(
+    server: MCPServer[Any],
+    transport: Literal["stdio", "http"] = "stdio",
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+) -> None:
+    """Serve `server` over stdio (protocol only on stdout) or streamable HTTP at `/mcp`.
+
+    Example:
+        >>> anyio.run(serve, create_server())  # doctest: +SKIP
+    """
+    if transport == "stdio":
+        await server.run_stdio_async()
+    elif transport == "http":
+        import uvicorn
+
+        # log_config=None: uvicorn logs through the logging the caller set up (the CLI: stderr).
+        app = server.streamable_http_app(host=host)
+        await uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None)).serve()
+    else:
+        raise ConfigError(f"transport must be 'stdio' or 'http', not {transport!r}")

@@ -1,0 +1,199 @@
+"""Sending: how an App writes to streams — routing to partitions, encoding, buffering inside a
+handler (committed with the batch's acks), delayed entries, and `once`.
+
+`Sending` is a part of `App` (a mixin); it reads the App's attributes declared below.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .codec import StructCodec, as_text, encode_fields
+from .commit import current_batch
+from .exceptions import ConfigError
+from .timing import due_ms
+
+if TYPE_CHECKING:
+    from .connection import RedisConnection
+    from .delayed import Scheduler
+    from .settings import AppConfig
+    from .tracing import Tracing
+
+__all__ = ["Record", "Sending"]
+
+#: What `send` takes: a field map, or a msgspec Struct.
+Record = Mapping[str, Any] | msgspec.Struct
+
+
+class Sending:
+    """`App.send`, `App.send_batch`, partition routing and `App.once`."""
+
+    config: AppConfig
+    tracing: Tracing | None
+    _packed: dict[str, StructCodec]
+    _partitions: dict[str, tuple[int, itertools.count[int]]]
+
+    if TYPE_CHECKING:
+
+        @property
+        def redis(self) -> RedisConnection: ...
+
+        @property
+        def scheduler(self) -> Scheduler: ...
+
+    def partitioned(self, stream: str, partitions: int) -> None:
+        """Declare that `stream` has `partitions` partition streams, so `send` routes to them
+        (agents with `partitions=` declare it themselves; producers without agents call this).
+
+        Example:
+            >>> app.partitioned("ticks", 4)
+            >>> await app.send("ticks", {"symbol": "AAPL"}, key="AAPL")  # doctest: +SKIP
+        """
+        if partitions < 1:
+            raise ConfigError("partitions must be >= 1")
+        self._partitions[stream] = (partitions, itertools.count())
+
+    def route(self, topic: str, key: str | bytes | None = None) -> str:
+        """The stream a record for `topic` goes to: a partition chosen by a stable hash of `key`
+        (per-key order kept), round-robin without a key, or `topic` itself if unpartitioned."""
+        spec = self._partitions.get(topic)
+        if spec is None:
+            return topic
+        k, counter = spec
+        if key is None:
+            return f"{topic}:p{next(counter) % k}"
+        raw = key.encode() if isinstance(key, str) else key
+        return f"{topic}:p{zlib.crc32(raw) % k}"
+
+    async def send(
+        self,
+        topic: str,
+        record: Record,
+        *,
+        now: bool = False,
+        maxlen: int | None = None,
+        key: str | bytes | None = None,
+        delay_s: float | None = None,
+        at: datetime | float | None = None,
+    ) -> str | None:
+        """Append `record` to stream `topic`, now or later.
+
+        Inside a handler the write is buffered and committed atomically with the ack of the
+        message being handled, and None is returned; `now=True` writes at once. Elsewhere it
+        writes at once and returns the new entry id.
+
+        With `delay_s` (seconds from now) or `at` (a datetime, or epoch seconds) the entry is
+        kept in Redis until it is due, then appended by whichever app of this storage namespace
+        runs (each running app moves due entries, about every 0.2 s); it survives restarts and
+        is appended once, fields exact. The schedule id is returned (None while buffered).
+
+        Raises:
+            SerializationError: (a ValueError) the record is empty, has a field name that is
+                not a str, or a value that cannot be encoded.
+            ConfigError: both `delay_s` and `at`, or a negative delay.
+
+        Example:
+            >>> await app.send("output_stream", {"processed": True})  # doctest: +SKIP
+            '1700000000000-0'
+            >>> await app.send("reminders", {"user": 7}, delay_s=3600)  # doctest: +SKIP
+            '1852d1b5a3c4e0f0a1b2c3d4'
+        """
+        fields = self._encode(topic, record)
+        topic = self.route(topic, key) if self._partitions else topic
+        if self.tracing is not None:
+            self.tracing.inject(topic, fields)
+        maxlen = maxlen or self.config.stream_maxlen
+        batch = current_batch.get()
+        due = due_ms(delay_s, at) if delay_s is not None or at is not None else None
+        if due is not None:
+            return (await self._send_later(topic, [fields], due, maxlen, now))[0]
+        if batch is not None and not batch.closed and not now:
+            batch.add(topic, maxlen, fields)
+            return None
+        entry_id = await self.redis.client.xadd(topic, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+        return as_text(entry_id)
+
+    async def send_batch(
+        self,
+        topic: str,
+        records: Sequence[Record],
+        *,
+        now: bool = False,
+        maxlen: int | None = None,
+        key: str | bytes | None = None,
+        delay_s: float | None = None,
+        at: datetime | float | None = None,
+    ) -> list[str | None]:
+        """Append many records in one round trip; returns their ids (None while buffered).
+
+        `delay_s`/`at` keep them in Redis until due, as with `send` (their schedule ids are
+        returned).
+
+        Example:
+            >>> await app.send_batch("events", [{"n": 1}, {"n": 2}])  # doctest: +SKIP
+            ['1700000000000-0', '1700000000000-1']
+        """
+        if topic in self._partitions:
+            # Per record, so records without a key spread over the partitions.
+            return [
+                await self.send(topic, r, now=now, maxlen=maxlen, key=key, delay_s=delay_s, at=at)
+                for r in records
+            ]
+        encoded = [self._encode(topic, r) for r in records]
+        if self.tracing is not None:
+            for fields in encoded:
+                self.tracing.inject(topic, fields)
+        maxlen = maxlen or self.config.stream_maxlen
+        if delay_s is not None or at is not None:
+            due = due_ms(delay_s, at)
+            assert due is not None
+            return await self._send_later(topic, encoded, due, maxlen, now)
+        batch = current_batch.get()
+        if batch is not None and not batch.closed and not now:
+            for fields in encoded:
+                batch.add(topic, maxlen, fields)
+            return [None] * len(encoded)
+        ids = await self.redis.pipeline_xadd(topic, encoded, maxlen=maxlen)
+        return list(ids)
+
+    async def _send_later(
+        self,
+        topic: str,
+        encoded: list[dict[str | bytes, str | bytes]],
+        due: int,
+        maxlen: int | None,
+        now: bool,
+    ) -> list[str | None]:
+        batch = current_batch.get()
+        if batch is not None and not batch.closed and not now:
+            # Committed with the batch's acks, like any handler output.
+            for fields in encoded:
+                flat = [x for kv in fields.items() for x in kv]
+                batch.add_delayed(topic, flat, due, maxlen=maxlen)
+            return [None] * len(encoded)
+        ids = await self.scheduler.schedule_many(topic, encoded, due, maxlen)
+        return list(ids)
+
+    def _encode(self, topic: str, record: Record) -> dict[str | bytes, str | bytes]:
+        # A Struct sent to a stream this app consumes packed is packed the same way.
+        codec = self._packed.get(topic)
+        if codec is not None and isinstance(record, codec.schema):
+            return codec.encode(record)
+        return encode_fields(record)
+
+    async def once(self, key: str, ttl_s: float) -> bool:
+        """True the first time `key` is seen within `ttl_s` (SET NX EX), for side effects
+        outside Redis that must not repeat when a message is redelivered.
+
+        Example:
+            >>> if await app.once(f"mail:{record.key}", ttl_s=86400):  # doctest: +SKIP
+            ...     send_mail()
+        """
+        ms = max(1, int(ttl_s * 1000))
+        return bool(await self.redis.client.set(f"streammachine:once:{key}", b"1", nx=True, px=ms))
