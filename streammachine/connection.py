@@ -259,6 +259,7 @@ class RedisConnection:
         self.max_connections = max_connections or s.redis_max_connections
         self.settings = s
         self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
 
     def __repr__(self) -> str:
         return f"RedisConnection({mask_url(self.url)!r})"
@@ -281,6 +282,20 @@ class RedisConnection:
         if self._client is None:
             self._client = create_client(self.url, self.max_connections, self.is_cluster)
         return self._client
+
+    def script(self, source: str) -> AsyncScript:
+        """The Lua script `source` registered with this connection's client, cached (EVALSHA,
+        and redis-py loads it again on NOSCRIPT). The one place scripts are registered.
+
+        Example:
+            >>> await conn.script("return 1")()  # doctest: +SKIP
+            1
+        """
+        client = self.client
+        found = self._scripts.get(source)
+        if found is None or found.registered_client is not client:
+            found = self._scripts[source] = client.register_script(source)
+        return found
 
     def same_slot(self, keys: Iterable[str]) -> bool:
         """True when all `keys` hash to one cluster slot (always true off a cluster)."""
@@ -436,7 +451,6 @@ class LoopClient:
             self.url = url or (settings or Settings.current()).resolve_url()
         self._own: RedisConnection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._scripts: dict[str, AsyncScript] = {}
 
     @property
     def conn(self) -> RedisConnection:
@@ -454,12 +468,8 @@ class LoopClient:
         return self.conn.client
 
     def script(self, source: str) -> AsyncScript:
-        """`source` registered with the current client (NOSCRIPT is handled by redis-py)."""
-        client = self.client
-        found = self._scripts.get(source)
-        if found is None or found.registered_client is not client:
-            found = self._scripts[source] = client.register_script(source)
-        return found
+        """`source` registered with the current client (see `RedisConnection.script`)."""
+        return self.conn.script(source)
 
     async def close(self) -> None:
         """Close this loop's own connection (a shared one belongs to its owner)."""

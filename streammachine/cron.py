@@ -127,7 +127,7 @@ class Cron:
     ) -> None:
         """Fire until `stop`; with `redis`, claim each fire time first (scope "app")."""
         key = cron_key(app_name, self.name)
-        script = redis.client.register_script(CLAIM_FIRE_SCRIPT) if redis is not None else None
+        script = redis.script(CLAIM_FIRE_SCRIPT) if redis is not None else None
 
         async def claim(fire: float, catch_up: bool) -> bool:
             if script is None:

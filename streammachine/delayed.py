@@ -252,17 +252,9 @@ class Scheduler:
         self.key = scheduled_key(namespace)
         self.inflight_key = f"{self.key}:inflight"
         self.failed_key = f"{self.key}:failed"
-        self._scripts: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"Scheduler(namespace={self.namespace!r})"
-
-    def _script(self, source: str) -> Any:
-        client = self.redis.client
-        found = self._scripts.get(source)
-        if found is None or found.registered_client is not client:
-            found = self._scripts[source] = client.register_script(source)
-        return found
 
     async def schedule(
         self,
@@ -300,7 +292,7 @@ class Scheduler:
         """
         if self.redis.is_cluster:
             return await self._move_cluster(limit)
-        reply = await self._script(MOVE_SCRIPT)(keys=[self.key, self.failed_key], args=[limit])
+        reply = await self.redis.script(MOVE_SCRIPT)(keys=[self.key, self.failed_key], args=[limit])
         moved, failed, now = int(reply[0]), int(reply[1]), int(reply[2])
         if failed:
             log.error(
@@ -312,7 +304,7 @@ class Scheduler:
         return MoveResult(moved, failed, now, nxt)
 
     async def _move_cluster(self, limit: int) -> MoveResult:
-        reply = await self._script(CLAIM_SCRIPT)(
+        reply = await self.redis.script(CLAIM_SCRIPT)(
             keys=[self.key, self.inflight_key], args=[limit, INFLIGHT_MS]
         )
         now, nxt, members = int(reply[0]), reply[1], list(reply[2:])

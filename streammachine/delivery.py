@@ -285,7 +285,7 @@ class Failures:
         client = self.redis.client
         try:
             if self.redis.same_slot([self.stream, dead]):
-                script = client.register_script(DEAD_LETTER_SCRIPT)
+                script = self.redis.script(DEAD_LETTER_SCRIPT)
                 moved = await script(
                     keys=[self.stream, dead], args=[group, self.consumer, key, *fields]
                 )

@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -58,24 +58,16 @@ class Lease:
         self.key = key
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.token = f"{time.time_ns():x}-{secrets.token_hex(8)}"
-        self._scripts: dict[str, Any] = {}
-
-    def _script(self, source: str) -> Any:
-        client = self.redis.client
-        found = self._scripts.get(source)
-        if found is None or found.registered_client is not client:
-            found = self._scripts[source] = client.register_script(source)
-        return found
 
     async def acquire(self) -> bool:
         """Take the lease if free, or renew it if held; True when this holder has it."""
         return bool(
-            await self._script(LEASE_SCRIPT)(keys=[self.key], args=[self.token, self.ttl_ms])
+            await self.redis.script(LEASE_SCRIPT)(keys=[self.key], args=[self.token, self.ttl_ms])
         )
 
     async def release(self) -> bool:
         """Give the lease up if this holder still has it."""
-        return bool(await self._script(RELEASE_SCRIPT)(keys=[self.key], args=[self.token]))
+        return bool(await self.redis.script(RELEASE_SCRIPT)(keys=[self.key], args=[self.token]))
 
 
 async def run_leased_timers(

@@ -121,7 +121,7 @@ class PartitionOwner:
 
     async def run(self, stop: anyio.Event) -> None:
         """Own partitions until `stop`; then drain them, release the leases and leave."""
-        announce = self.redis.client.register_script(MEMBERS_SCRIPT)
+        announce = self.redis.script(MEMBERS_SCRIPT)
         ttl_ms = int(self.ttl_s * 1000)
         async with anyio.create_task_group() as tg:
             while not stop.is_set():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -65,7 +65,6 @@ class RateLimiter:
         self.key = rate_key(name)
         self.interval_us = 1e6 / per_s
         self.tolerance_us = (burst - 1) * self.interval_us
-        self._script: Any = None
         self._tokens = 0  # reserved by `take` and not used yet
 
     def __repr__(self) -> str:
@@ -73,10 +72,7 @@ class RateLimiter:
 
     async def reserve(self, n: int = 1) -> float:
         """Take `n` tokens now; returns the seconds to wait before using them."""
-        client = self.redis.client
-        if self._script is None or self._script.registered_client is not client:
-            self._script = client.register_script(RATE_SCRIPT)
-        wait_us = await self._script(
+        wait_us = await self.redis.script(RATE_SCRIPT)(
             keys=[self.key], args=[repr(self.interval_us), repr(self.tolerance_us), int(n)]
         )
         return float(wait_us) / 1e6

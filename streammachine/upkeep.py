@@ -31,7 +31,7 @@ async def keepalive(
     it still owns. A frozen or dead process stops refreshing, and then its entries are claimed.
     Runs until cancelled."""
     quarter_ms = max(1, claim_idle_ms // 4)
-    touch = redis.client.register_script(TOUCH_SCRIPT)
+    touch = redis.script(TOUCH_SCRIPT)
     while True:
         await anyio.sleep(quarter_ms / 1000.0)
         try:
@@ -49,7 +49,7 @@ async def tidy(redis: RedisConnection, stream: str, cfg: ConsumerConfig, consume
         idle = [c for c in consumers if int(c["idle"]) > cfg.claim_idle_ms]
         if idle:
             live = await live_prefixes(client)
-            delete = client.register_script(DELCONSUMER_SCRIPT)
+            delete = redis.script(DELCONSUMER_SCRIPT)
             for c in idle:
                 name = as_text(c["name"])
                 if is_live(name, live):

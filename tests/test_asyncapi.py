@@ -142,7 +142,7 @@ def test_cli_json_yaml_output_and_errors(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
     broken = _cli(f"{tmp_path / 'broken.py'}:app")
     assert broken.returncode == 1
-    assert "failed to import: RuntimeError" in broken.stderr and broken.stderr.endswith("boom\n")
+    assert broken.stderr.startswith("error: ") and broken.stderr.endswith("RuntimeError: boom\n")
     assert "Traceback" not in broken.stderr and broken.stderr.count("\n") == 1
 
 
