@@ -32,6 +32,7 @@ from .commit import (
     sha1,
     write_outputs,
 )
+from .liveness import LiveSet, is_live
 from .upkeep import keepalive, tidy
 from .wire import Read, Wire, WireLost
 
@@ -109,6 +110,7 @@ class Consumer:
         self.prepare = prepare
         self.housekeeper = housekeeper
         self.wire = wire or Wire(redis, stream, name)
+        self.live = LiveSet(redis)
         self.namespace = namespace
         self.limiter = limiter
         self.takeover = takeover
@@ -326,8 +328,7 @@ class Consumer:
     # --- due work ---------------------------------------------------------------------------
 
     async def _with_due_work(self, batch: list[Message]) -> list[Message]:
-        """`batch` plus the entries due now (retries, stalled entries of other consumers),
-        each entry once."""
+        """`batch` plus the entries due now (retries, stalled entries of others), each once."""
         due = await self._due_work()
         if not due:
             return batch
@@ -381,12 +382,11 @@ class Consumer:
         return msgs
 
     async def _claim_stalled(self) -> list[Message]:
-        """Claim entries of *other* consumers idle longer than `claim_idle_ms`.
+        """Claim entries of *other* consumers idle longer than `claim_idle_ms`, whose process
+        is no longer alive (its heartbeat ran out).
 
         XPENDING IDLE lists them with their owners (XAUTOCLAIM cannot leave out the consumer's
-        own, which it may still hold in a prefetched batch); XCLAIM then re-checks the idle time,
-        so an entry its owner refreshed meanwhile stays with it.
-        """
+        own); XCLAIM re-checks the idle time, so an entry refreshed meanwhile stays."""
         cfg = self.cfg
         scan = max(cfg.count * 4, 100)
         cmd = ["XPENDING", self.stream, cfg.group, "IDLE", cfg.claim_idle_ms, self.claim_cursor, "+", scan]  # fmt: skip
@@ -396,8 +396,16 @@ class Consumer:
                 log.warning("%s: XPENDING failed: %s", self.name, replies[0])
             return []
         pending = replies[0]
-        self.claim_cursor = _after(as_text(pending[-1][0])) if len(pending) == scan else "-"
-        theirs = {as_text(e[0]): int(e[3]) for e in pending if as_text(e[1]) != self.name}
+        last = parse_entry_id(pending[-1][0]) if len(pending) == scan else None  # inclusive
+        self.claim_cursor = f"{last[0]}-{last[1] + 1}" if last else "-"
+        owners = {as_text(e[1]) for e in pending} - {self.name}
+        if not owners:
+            return []
+        # Never from a live process, even while a handler blocks its loop (else two workers take
+        # each other's in-flight batches for ever); a frozen or dead one's heartbeat runs out.
+        live = await self.live.get()
+        dead = {o for o in owners if not is_live(o, live)}
+        theirs = {as_text(e[0]): int(e[3]) for e in pending if as_text(e[1]) in dead}
         if not theirs:
             return []
         ids = list(theirs)[: cfg.count]
@@ -460,10 +468,9 @@ class Consumer:
         if not self.warned_cross_slot:
             self.warned_cross_slot = True
             log.warning(
-                "%s: %s and its outputs %s are in different cluster slots: outputs are written "
-                "before the ack (at-least-once). Name them with one hash tag, e.g. {orders}:in "
-                "and {orders}:out, to keep exactly-once.",
-                self.name, self.stream, sorted(topics),
+                "%s: %s and its outputs %s are in other cluster slots: at-least-once (outputs "
+                "before the ack); one hash tag, e.g. {orders}:in and {orders}:out, keeps it "
+                "exactly-once.", self.name, self.stream, sorted(topics),
             )  # fmt: skip
         return False
 
@@ -482,8 +489,7 @@ class Consumer:
             self.failures.later(entry_id, 1.0)
 
     async def _retire(self) -> None:
-        """On a clean stop, leave the group tidy: delete this consumer if it owns nothing (in
-        the same step as the check, so an entry it still holds is never dropped)."""
+        """On a clean stop, delete this consumer if it owns nothing (checked in the same step)."""
         if self.failures.retry_at:
             return
         cmd = ["EVAL", DELCONSUMER_SCRIPT, 1, self.stream, self.cfg.group, self.name]
@@ -491,9 +497,3 @@ class Consumer:
             await self.wire.call([cmd])
         except Exception:
             log.debug("retire failed", exc_info=True)
-
-
-def _after(entry_id: str) -> str:
-    """The smallest id after `entry_id` (XPENDING ranges are inclusive on Redis 6.2)."""
-    ms, seq = parse_entry_id(entry_id)
-    return f"{ms}-{seq + 1}"

@@ -26,7 +26,7 @@ import anyio
 import msgspec
 
 from .exceptions import REDIS_FAILURES
-from .liveness import INSTANCE_PREFIX
+from .liveness import ALIVE_SCRIPT, INSTANCE_PREFIX, PROCESSES_KEY, process_prefix
 
 if TYPE_CHECKING:
     from .connection import RedisConnection
@@ -202,6 +202,11 @@ async def heartbeat(
             # Bounded so a hung connection cannot keep the app from stopping.
             with anyio.fail_after(max(1.0, interval_s)):
                 await app.redis.client.set(key, encode(record), px=ttl_ms)
+                # The liveness registry consumers read (one key, not a SCAN): alive until
+                # three beats are missed.
+                await app.redis.script(ALIVE_SCRIPT)(
+                    keys=[PROCESSES_KEY], args=[process_prefix(), int(3000 * interval_s + 1000)]
+                )
             if failing:
                 log.info("instance heartbeat to Redis restored")
             failing = False
@@ -217,6 +222,7 @@ async def heartbeat(
     with anyio.move_on_after(2.0, shield=True):
         try:
             await app.redis.client.delete(key)
+            await app.redis.client.zrem(PROCESSES_KEY, process_prefix())
         except REDIS_FAILURES as exc:
             log.debug("could not remove instance %s (%s); it will age out", instance_id, exc)
 

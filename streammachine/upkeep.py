@@ -48,7 +48,7 @@ async def tidy(redis: RedisConnection, stream: str, cfg: ConsumerConfig, consume
         consumers = await client.xinfo_consumers(stream, cfg.group)
         idle = [c for c in consumers if int(c["idle"]) > cfg.claim_idle_ms]
         if idle:
-            live = await live_prefixes(client)
+            live = await live_prefixes(redis)
             delete = redis.script(DELCONSUMER_SCRIPT)
             for c in idle:
                 name = as_text(c["name"])
