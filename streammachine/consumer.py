@@ -468,9 +468,9 @@ class Consumer:
         if not self.warned_cross_slot:
             self.warned_cross_slot = True
             log.warning(
-                "%s: %s and its outputs %s are in other cluster slots: at-least-once (outputs "
-                "before the ack); one hash tag, e.g. {orders}:in and {orders}:out, keeps it "
-                "exactly-once.", self.name, self.stream, sorted(topics),
+                "%s: %s and its outputs %s are in different cluster slots: at-least-once "
+                "(outputs before the ack); one hash tag, e.g. {orders}:in and {orders}:out, "
+                "keeps it exactly-once.", self.name, self.stream, sorted(topics),
             )  # fmt: skip
         return False
 

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .schedule import Lease
+from .exceptions import REDIS_FAILURES
+from .lease import Lease
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -186,6 +187,10 @@ class PartitionOwner:
         await self.done[index].wait()
         try:
             await self.leases[index].release()
+        except REDIS_FAILURES as exc:  # Redis away: the lease simply runs out
+            log.debug(
+                "%s/%s: could not release partition %d (%s)", self.stream, self.group, index, exc
+            )
         finally:
             self._forget(index)
             self.leaving.discard(index)
