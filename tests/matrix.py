@@ -14,12 +14,14 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis as syncredis
 
@@ -152,6 +154,7 @@ class Run:
         self.rng = random.Random(zlib.crc32(cell.id.encode()))
         #: poison inputs and their data bytes, which their dead letters must keep
         self.poison_bytes: dict[str, bytes] = {}
+        self.logs: list[Any] = []
 
     def env(self, url: str) -> dict[str, str]:
         c = self.cell
@@ -184,20 +187,18 @@ class Run:
 
     def start_worker(self, i: int) -> subprocess.Popen[bytes]:
         url = self.proxy.url if self.proxy is not None and i == 0 else self.url
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streammachine",
-                "run",
-                "matrix_app:app",
-                "--log-format",
-                "json",
-            ],
-            env=self.env(url),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop(); explains a crash
+        self.logs.append(log)
+        cmd = [
+            sys.executable,
+            "-m",
+            "streammachine",
+            "run",
+            "matrix_app:app",
+            "--log-format",
+            "json",
+        ]
+        return subprocess.Popen(cmd, env=self.env(url), stdout=subprocess.DEVNULL, stderr=log)
 
     def streams(self) -> list[str]:
         k = self.cell.partitions
@@ -238,7 +239,9 @@ class Run:
                 raise AssertionError(f"{self.cell.id}: timed out waiting for {what}")
             for w in self.workers:
                 if w.poll() is not None and w.returncode not in (0, -signal.SIGKILL):
-                    raise AssertionError(f"{self.cell.id}: a worker exited with {w.returncode}")
+                    raise AssertionError(
+                        f"{self.cell.id}: worker exit {w.returncode}: {self.tail()}"
+                    )
             time.sleep(0.02)
 
     def at_fraction(self, total: int, fraction: float) -> None:
@@ -251,6 +254,14 @@ class Run:
         self.workers[i].send_signal(signal.SIGKILL)
         self.workers[i].wait()
         self.workers[i] = self.start_worker(i)
+
+    def tail(self) -> str:
+        """The last lines the workers logged, for a failure message."""
+        lines: list[str] = []
+        for log in self.logs:
+            log.seek(0)
+            lines += log.read().decode("utf-8", "replace").splitlines()[-5:]
+        return "\n".join(lines[-15:])
 
     def pending(self) -> int:
         return sum(
@@ -271,6 +282,8 @@ class Run:
         if self.proxy is not None:
             self.proxy.close()
         self.r.close()
+        for log in self.logs:
+            log.close()
 
 
 def run_cell(cell: Cell, url: str, *, restartable: RedisServer | None = None) -> Result:
