@@ -9,6 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis as syncredis
+from redis.cluster import RedisCluster as SyncCluster
+
+from streammachine.testing import RedisClusterServer
+from tests.util import start_or_skip
 
 pytest_plugins = ["pytester"]
 
@@ -29,6 +33,23 @@ async def aredis(redis_url: str) -> AsyncIterator[object]:
     conn = RedisConnection(url=redis_url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServer]:
+    """A local 3-master Redis Cluster for the module's tests."""
+    server = start_or_skip(RedisClusterServer())
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def rc(cluster: RedisClusterServer) -> Iterator[SyncCluster]:
+    """A client of that cluster, every primary flushed before the test."""
+    client = SyncCluster(host="127.0.0.1", port=cluster.servers[0].port)
+    client.flushall(target_nodes=SyncCluster.PRIMARIES)
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,25 +15,10 @@ from redis.cluster import RedisCluster as SyncCluster
 
 from streammachine import App, Message
 from streammachine.testing import RedisClusterServer, TestApp
-from tests.util import start_or_skip, wait_sync
+from tests.util import wait_sync
 
 pytestmark = pytest.mark.anyio
 APPS = Path(__file__).parent / "apps"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterServer]:
-    server = start_or_skip(RedisClusterServer())
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def rc(cluster: RedisClusterServer) -> Iterator[SyncCluster]:
-    client = SyncCluster(host="127.0.0.1", port=cluster.servers[0].port)
-    client.flushall(target_nodes=SyncCluster.PRIMARIES)
-    yield client
-    client.close()
 
 
 async def test_hash_tagged_stage_is_exactly_once_on_a_cluster(

@@ -3,32 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from redis.cluster import RedisCluster as SyncCluster
 
 from streammachine import RedisConnection
 from streammachine.schedule import Lease, RateLimiter, Scheduler, scheduled_key
 from streammachine.testing import RedisClusterServer
-from tests.util import start_or_skip
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterServer]:
-    server = start_or_skip(RedisClusterServer())
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def rc(cluster: RedisClusterServer) -> Iterator[SyncCluster]:
-    client = SyncCluster(host="127.0.0.1", port=cluster.servers[0].port)
-    client.flushall(target_nodes=SyncCluster.PRIMARIES)
-    yield client
-    client.close()
 
 
 async def test_delayed_entries_reach_streams_in_other_slots(

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from types import TracebackType
 from typing import Self
+
+from .servers import _Throwaway
 
 __all__ = ["TcpProxy"]
 
 
-class TcpProxy:
+class TcpProxy(_Throwaway):
     """Forwards `127.0.0.1:<port>` to `target_host:target_port`.
 
     `cut()` aborts every connection through it (both sides see a reset, as when a network or a
@@ -143,14 +144,3 @@ class TcpProxy:
         with contextlib.suppress(Exception):
             loop.close()
         self._loop = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
