@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 
 from streammachine import App, Message, Retry
-from streammachine.queries import list_streams
+from streammachine.admin.queries import list_streams
 
 app = App(name="demo")
 app.produces("orders")
@@ -143,7 +143,7 @@ async def live_panel(stop: anyio.Event) -> None:
         return table
 
     # The panel counts retries and dead letters; their log lines would only scroll it away.
-    logging.getLogger("streammachine.agent").setLevel(logging.CRITICAL)
+    logging.getLogger("streammachine.consume.agent").setLevel(logging.CRITICAL)
     with Live(await render(), refresh_per_second=4) as live:
         while not stop.is_set():
             with anyio.move_on_after(0.5):

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402 - after the sys.path line above
 
-from streammachine.partitions import lease_key  # noqa: E402
+from streammachine import keys  # noqa: E402
 from streammachine.testing import RedisServer  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def drained(r: redis.Redis, streams: list[str], n: int) -> bool:
 def ready(r: redis.Redis, streams: list[str], workers: int, partitions: int) -> bool:
     if not partitions:
         return sum(len(r.xinfo_consumers(s, "cpu")) for s in streams) >= workers * len(streams)
-    leases = [r.get(lease_key("work", "cpu", i)) for i in range(partitions)]
+    leases = [r.get(keys.partition_lease("work", "cpu", i)) for i in range(partitions)]
     owners = [v.split(b"/")[0] for v in leases if v]
     counts = sorted(owners.count(o) for o in set(owners))
     balanced = len(owners) == partitions and len(counts) == min(workers, partitions)

@@ -24,15 +24,15 @@ import anyio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from streammachine import RedisConnection
-from streammachine.schedule import RateLimiter, Scheduler, encode_entry, scheduled_key
+from streammachine import RedisConnection, keys
+from streammachine.schedule import RateLimiter, Scheduler, encode_entry
 
 MOVE_TARGET_PER_S = 50_000
 IDLE_CPU_TARGET = 0.01
 
 
 async def fill(conn: RedisConnection, n: int, due: int) -> None:
-    key = scheduled_key("bench")
+    key = keys.scheduled("bench")
     client = conn.client
     for start in range(0, n, 5000):
         args: list[object] = []
@@ -43,7 +43,7 @@ async def fill(conn: RedisConnection, n: int, due: int) -> None:
 
 
 async def moved_per_s(conn: RedisConnection, n: int) -> float:
-    await conn.client.delete(scheduled_key("bench"), *(f"bench:out{i}" for i in range(4)))
+    await conn.client.delete(keys.scheduled("bench"), *(f"bench:out{i}" for i in range(4)))
     await fill(conn, n, 0)
     sched = Scheduler(conn, "bench")
     t0 = time.perf_counter()
@@ -71,7 +71,7 @@ async def xadd_per_s(conn: RedisConnection, n: int) -> float:
 
 
 async def idle_cpu(conn: RedisConnection, seconds: float) -> tuple[float, int]:
-    await conn.client.delete(scheduled_key("idle"))
+    await conn.client.delete(keys.scheduled("idle"))
     sched = Scheduler(conn, "idle")
     calls = 0
     real_move = sched.move_due
@@ -124,7 +124,7 @@ async def main(url: str, entries: int, idle_s: float) -> None:
         print(f"rate limiter: {acq:,.0f} acquire() calls/s (one script call each, limit unreached)")
     finally:
         await conn.client.delete(
-            scheduled_key("bench"),
+            keys.scheduled("bench"),
             *(f"bench:out{i}" for i in range(4)),
             *(f"bench:base{i}" for i in range(4)),
         )

@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import redis
 
-from streammachine.connection import RedisConnection, create_client
-from streammachine.storage import Storage
+from streammachine.connection import RedisConnection
+from streammachine.state.storage import Storage
 from streammachine.testing import RedisServer
+from streammachine.urls import create_client
 
 TASKS = 32
 

@@ -32,11 +32,11 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
-    from .agent import Agent
     from .app import App
     from .codec import decode_dict_bytes_to_utf8
     from .compat import _HAS_FAST_OHLC_CYTHON, StreamConsumer, _has_cython_decode
     from .connection import RedisConnection
+    from .consume.agent import Agent
     from .frames import (
         TimeSeriesBuffer,
         prune_old_dataframe_rows,
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
         streams_to_dataframe_fast,
     )
     from .message import Message
-    from .objstore import RedisObjectStorage
     from .ohlc import (
         FastOHLC,
         FastOHLCConsumer,
@@ -53,12 +52,13 @@ if TYPE_CHECKING:
         parse_stream_id_timestamp,
     )
     from .settings import AppConfig, ConsumerConfig, Settings, TimerConfig
-    from .storage import Storage
+    from .state.objstore import RedisObjectStorage
+    from .state.storage import Storage
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Agent": ".agent",
+    "Agent": ".consume.agent",
     "StreamConsumer": ".compat",
     "App": ".app",
     "Message": ".message",
@@ -69,12 +69,12 @@ _LAZY = {
     "TimerConfig": ".settings",
     "decode_dict_bytes_to_utf8": ".codec",
     "_has_cython_decode": ".compat",
-    "Storage": ".storage",
-    "RedisObjectStorage": ".objstore",
-    "streams_to_dataframe": ".frames",
-    "streams_to_dataframe_fast": ".frames",
-    "prune_old_dataframe_rows": ".frames",
-    "TimeSeriesBuffer": ".frames",
+    "Storage": ".state.storage",
+    "RedisObjectStorage": ".state.objstore",
+    "streams_to_dataframe": ".frames.dataframe",
+    "streams_to_dataframe_fast": ".frames.dataframe",
+    "prune_old_dataframe_rows": ".frames.buffer",
+    "TimeSeriesBuffer": ".frames.buffer",
     "FastOHLC": ".ohlc",
     "FastOHLCConsumer": ".ohlc",
     "create_ohlc_aggregator": ".ohlc",

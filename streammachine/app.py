@@ -16,23 +16,23 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 import anyio
 import msgspec
 
-from .agent import Agent
 from .codec import StructCodec
 from .connection import RedisConnection
-from .cron import Cron
-from .delayed import Scheduler
+from .consume.agent import Agent
 from .exceptions import ConfigError
-from .heartbeat import AgentBeat, AgentStats, Snapshot, TimerBeat, add_heartbeat
 from .lifecycle import Lifecycle
+from .presence.heartbeat import AgentBeat, AgentStats, Snapshot, TimerBeat, add_heartbeat
+from .schedule.cron import Cron
+from .schedule.delayed import Scheduler
+from .schedule.timer import Timer
 from .sending import Record as Record  # re-exported: code imported it from here
 from .sending import Sending
 from .settings import AppConfig, ConsumerConfig, Settings, TimerConfig
-from .timer import Timer
 from .tracing import Tracing
 
 if TYPE_CHECKING:
     from .ohlc.consumer import FastOHLCConsumer
-    from .storage import Storage
+    from .state.storage import Storage
 
 __all__ = ["App"]
 
@@ -111,7 +111,7 @@ class App(Sending, Lifecycle):
         self.dashboard_enabled = dashboard_enabled or s.dashboard
         self.dashboard_host = s.dashboard_host or dashboard_host
         self.dashboard_port = s.dashboard_port or dashboard_port
-        from .storage import check_namespace
+        from .state.storage import check_namespace
 
         self.storage_namespace = check_namespace(
             storage_namespace or self.settings.storage_namespace
@@ -350,7 +350,7 @@ class App(Sending, Lifecycle):
     def storage(self) -> Storage:
         """Shared state in Redis, visible to every process and host of the app."""
         if self._storage is None:
-            from .storage import Storage
+            from .state.storage import Storage
 
             self._storage = Storage(namespace=self.storage_namespace, redis=self.redis)
         return self._storage
@@ -395,7 +395,7 @@ class App(Sending, Lifecycle):
             >>> App(name="orders").snapshot().app
             'orders'
         """
-        from .agent import LATENCY_BUCKETS_S
+        from .consume.agent import LATENCY_BUCKETS_S
 
         # A supervised worker runs a part of the app: `run` records which as active_*.
         agents = self.agents if self.active_agents is None else self.active_agents

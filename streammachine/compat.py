@@ -17,14 +17,14 @@ names describe machinery this implementation does not have. They keep working, a
   (msgspec, a core dependency, is the fast JSON codec).
 - module aliases: `streammachine.mcp_server` (the reference's `python -m streammachine.mcp_server`;
   the server is `streammachine.mcp.server`) and `streammachine.inspect` (the old name of
-  `streammachine.queries` and `streammachine.replay`).
+  `streammachine.admin.queries` and `streammachine.admin.replay`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .agent import Agent as StreamConsumer
+from .consume.agent import Agent as StreamConsumer
 
 if TYPE_CHECKING:
     _HAS_FAST_OHLC_CYTHON: bool

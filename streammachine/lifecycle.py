@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .lease import run_leased_timers
+from .schedule.lease import run_leased_timers
 from .tracing import get_tracing
 
 if TYPE_CHECKING:
-    from .agent import Agent
     from .connection import RedisConnection
-    from .cron import Cron
-    from .delayed import Scheduler
+    from .consume.agent import Agent
+    from .schedule.cron import Cron
+    from .schedule.delayed import Scheduler
+    from .schedule.timer import Timer
     from .settings import AppConfig
-    from .timer import Timer
     from .tracing import Tracing
 
 __all__ = ["Lifecycle"]
@@ -78,7 +78,7 @@ class Lifecycle:
         """
         # The runner's side does what `streammachine run` does in one process: signals, readiness
         # and the dashboard when enabled.
-        from .worker import run_loop, serve
+        from .process.runner import run_loop, serve
 
         run_loop(serve, self)
 

@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from . import keys
 from .codec import StructCodec, as_text, encode_fields
-from .commit import current_batch
+from .consume.commit import current_batch
 from .exceptions import ConfigError
-from .timing import due_ms
+from .schedule.timing import due_ms
 
 if TYPE_CHECKING:
     from .connection import RedisConnection
-    from .delayed import Scheduler
+    from .schedule.delayed import Scheduler
     from .settings import AppConfig
     from .tracing import Tracing
 
@@ -67,9 +68,9 @@ class Sending:
             return topic
         k, counter = spec
         if key is None:
-            return f"{topic}:p{next(counter) % k}"
+            return keys.partition(topic, next(counter) % k)
         raw = key.encode() if isinstance(key, str) else key
-        return f"{topic}:p{zlib.crc32(raw) % k}"
+        return keys.partition(topic, zlib.crc32(raw) % k)
 
     async def send(
         self,
@@ -196,4 +197,4 @@ class Sending:
             ...     send_mail()
         """
         ms = max(1, int(ttl_s * 1000))
-        return bool(await self.redis.client.set(f"streammachine:once:{key}", b"1", nx=True, px=ms))
+        return bool(await self.redis.client.set(keys.once(key), b"1", nx=True, px=ms))

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import keys
 from .exceptions import ConfigError
 
 log = logging.getLogger("streammachine.settings")
@@ -234,11 +235,11 @@ class ConsumerConfig:
         if self.trim not in (None, "acked"):
             raise ConfigError(f"trim must be 'acked' or None, not {self.trim!r}")
         if self.rate_limit is not None:
-            from .timing import parse_rate
+            from .schedule.timing import parse_rate
 
             parse_rate(self.rate_limit)
         if self.dead_letter is None:
-            self.dead_letter = f"{self.stream}:dead"
+            self.dead_letter = keys.dead_letters(self.stream)
         if self.block_ms >= self.claim_idle_ms:
             # A blocked read holds back this consumer's retries and claims for block_ms.
             block_ms = max(1, self.claim_idle_ms // 2)

@@ -204,8 +204,8 @@ async def test_commit_skips_entries_claimed_away_by_another_consumer(
     redis_url: str, redis_sync: syncredis.Redis
 ) -> None:
     """A stalled consumer whose entries were claimed must not write their outputs or ack them."""
-    from streammachine.commit import Batch, commit_commands
-    from streammachine.consumer import Pending
+    from streammachine.consume.commit import Batch, commit_commands
+    from streammachine.consume.consumer import Pending
 
     app = App(name="stall", redis_url=redis_url)
 

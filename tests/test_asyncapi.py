@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from streammachine import App, Message
-from streammachine.asyncapi import asyncapi_document, to_json, to_yaml
-from streammachine.importer import import_app
+from streammachine.admin.asyncapi import asyncapi_document, to_json, to_yaml
+from streammachine.process.importer import import_app
 
 ROOT = Path(__file__).resolve().parent.parent
 VALIDATOR = ROOT / "tests" / "asyncapi_validate.mjs"

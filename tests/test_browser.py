@@ -16,8 +16,8 @@ import redis as syncredis
 
 from streammachine import App, Message
 from streammachine.dashboard import serve_dashboard
-from streammachine.heartbeat import add_heartbeat
 from streammachine.ohlc import format_candle_for_redis
+from streammachine.presence.heartbeat import add_heartbeat
 from streammachine.testing import TestApp, free_port
 
 CHROMIUM = "/usr/bin/chromium"

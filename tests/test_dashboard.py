@@ -23,11 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 import streammachine
-from streammachine import App, Message
+from streammachine import App, Message, keys
 from streammachine.cli import app as cli
 from streammachine.dashboard import create_dashboard, list_instances, serve_dashboard
-from streammachine.heartbeat import INSTANCE_PREFIX, add_heartbeat, heartbeat
 from streammachine.ohlc import format_candle_for_redis
+from streammachine.presence.heartbeat import add_heartbeat, heartbeat
 from streammachine.testing import RedisServer, TestApp, free_port
 from tests.util import Lines, eventually, wait_sync
 
@@ -98,7 +98,7 @@ async def test_heartbeat_registers_the_app_and_removes_it_on_clean_stop(
         assert agent["name"] == "bill"
         assert (agent["stream"], agent["group"], agent["concurrency"]) == ("orders", "billing", 1)
         assert agent["stats"]["processed"] == 0
-        key = INSTANCE_PREFIX + inst["id"]
+        key = keys.INSTANCES + inst["id"]
         assert 0 < redis_sync.pttl(key) <= 15_000
         await app.send("orders", {"n": 1})
         await eventually(
@@ -153,15 +153,15 @@ async def test_heartbeat_survives_a_redis_outage_and_registers_again(
         client = syncredis.Redis.from_url(server.url)
         async with anyio.create_task_group() as tg:
             tg.start_soon(functools.partial(heartbeat, app, stop, interval_s=0.05))
-            await eventually(lambda: client.keys(INSTANCE_PREFIX + "*"), what="registration")
+            await eventually(lambda: client.keys(keys.INSTANCES + "*"), what="registration")
             server.stop()
             await eventually(
                 lambda: "instance heartbeat failed" in caplog.text, what="the outage logged"
             )
             server.start()  # an empty server: the record must be written again
-            await eventually(lambda: client.keys(INSTANCE_PREFIX + "*"), what="re-registration")
+            await eventually(lambda: client.keys(keys.INSTANCES + "*"), what="re-registration")
             stop.set()
-        assert client.keys(INSTANCE_PREFIX + "*") == []
+        assert client.keys(keys.INSTANCES + "*") == []
         client.close()
         await app.aclose()
 
@@ -170,7 +170,7 @@ DOOMED = """
 import sys
 import anyio
 from streammachine import App
-from streammachine.heartbeat import add_heartbeat
+from streammachine.presence.heartbeat import add_heartbeat
 app = App(name="doomed", redis_url=sys.argv[1])
 add_heartbeat(app, ttl_s=1.0, interval_s=0.1)
 anyio.run(app.run)
@@ -180,15 +180,15 @@ anyio.run(app.run)
 def test_a_killed_instance_ages_out(redis_url: str, redis_sync: syncredis.Redis) -> None:
     proc = subprocess.Popen([sys.executable, "-c", DOOMED, redis_url])
     try:
-        keys = wait_sync(
-            lambda: redis_sync.keys(INSTANCE_PREFIX + "*"), timeout_s=20, what="registration"
+        found = wait_sync(
+            lambda: redis_sync.keys(keys.INSTANCES + "*"), timeout_s=20, what="registration"
         )
-        record = json.loads(redis_sync.get(keys[0]))
+        record = json.loads(redis_sync.get(found[0]))
         assert (record["app"], record["pid"]) == ("doomed", proc.pid)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    wait_sync(lambda: not redis_sync.keys(INSTANCE_PREFIX + "*"), timeout_s=5, what="age-out")
+    wait_sync(lambda: not redis_sync.keys(keys.INSTANCES + "*"), timeout_s=5, what="age-out")
 
 
 # --- endpoints --------------------------------------------------------------------------------
@@ -329,7 +329,7 @@ async def test_readyz_503_when_nothing_listens_or_an_instance_is_late(
         assert ready.status_code == 503 and "redis unreachable" in ready.json()["reason"]
     # A record refreshed 10 s ago by an instance that beats every 0.1 s: its loop is stuck.
     record = {"id": "h-1-late", "app": "stuck", "ttl_s": 15.0, "interval_s": 0.1, "agents": []}
-    redis_sync.set(INSTANCE_PREFIX + "h-1-late", json.dumps(record), px=5000)
+    redis_sync.set(keys.INSTANCES + "h-1-late", json.dumps(record), px=5000)
     async with dashboard(redis_url) as client:
         ready = await client.get("/readyz")
         assert ready.status_code == 503 and "h-1-late" in ready.json()["reason"]
@@ -469,7 +469,7 @@ def _seed(redis_sync: syncredis.Redis) -> None:
     record = {"id": "h-9-abc", "app": "shop", "host": "h", "pid": 9, "started_at": 0.0}
     record |= {"heartbeat_at": 1.0, "ttl_s": 15.0, "interval_s": 2.0, "agents": [agent]}
     record |= {"timers": [{"name": "report", "interval_s": 60.0, "runs": 3, "failures": 0}]}
-    redis_sync.set(INSTANCE_PREFIX + "h-9-abc", json.dumps(record), px=15_000)
+    redis_sync.set(keys.INSTANCES + "h-9-abc", json.dumps(record), px=15_000)
 
 
 def test_top_once_json_and_text(redis_url: str, redis_sync: syncredis.Redis) -> None:
@@ -565,9 +565,7 @@ def test_run_dashboard_flag_serves_one_dashboard_per_run(
                 return False
 
         wait_sync(healthy, 30, "the dashboard answers")
-        wait_sync(
-            lambda: len(list(redis_sync.scan_iter(f"{INSTANCE_PREFIX}*"))) == int(workers), 20
-        )
+        wait_sync(lambda: len(list(redis_sync.scan_iter(f"{keys.INSTANCES}*"))) == int(workers), 20)
         assert not err.has("in use"), "only one process tried to bind the port"
         # In the app's own process the dashboard knows the app; the supervisor's does not.
         doc = httpx2.get(f"http://127.0.0.1:{port}/asyncapi.json", timeout=5)
@@ -707,10 +705,10 @@ BAD_HEARTBEATS: dict[str, bytes] = {
 
 def _seed_bad_heartbeats(redis_sync: syncredis.Redis) -> None:
     for name, raw in BAD_HEARTBEATS.items():
-        redis_sync.set(INSTANCE_PREFIX + name, raw, px=15_000)
+        redis_sync.set(keys.INSTANCES + name, raw, px=15_000)
     good = {"id": "h-1-good", "app": "shop", "host": "h", "pid": 1, "ttl_s": 15.0}
     good |= {"interval_s": 2.0, "agents": [], "timers": []}
-    redis_sync.set(INSTANCE_PREFIX + "h-1-good", json.dumps(good), px=15_000)
+    redis_sync.set(keys.INSTANCES + "h-1-good", json.dumps(good), px=15_000)
 
 
 async def test_malformed_heartbeats_are_skipped_counted_and_logged_once(
@@ -734,15 +732,15 @@ async def test_malformed_heartbeats_are_skipped_counted_and_logged_once(
         assert [i["id"] for i in status["instances"]] == ["h-1-good"]
         assert status["bad_heartbeats"] == len(BAD_HEARTBEATS)
     for name in BAD_HEARTBEATS:
-        logged = [r for r in caplog.records if INSTANCE_PREFIX + name in r.getMessage()]
+        logged = [r for r in caplog.records if keys.INSTANCES + name in r.getMessage()]
         assert len(logged) == 1, (name, [r.getMessage() for r in logged])
 
 
 async def test_only_malformed_heartbeats_mean_no_instances_for_readyz(
     redis_url: str, redis_sync: syncredis.Redis
 ) -> None:
-    redis_sync.set(INSTANCE_PREFIX + "junk", b"not json", px=15_000)
-    redis_sync.set(INSTANCE_PREFIX + "list", b"[1]", px=15_000)
+    redis_sync.set(keys.INSTANCES + "junk", b"not json", px=15_000)
+    redis_sync.set(keys.INSTANCES + "list", b"[1]", px=15_000)
     async with dashboard(redis_url) as client:
         ready = await client.get("/readyz")
         assert (ready.status_code, ready.json()) == (200, {"ready": True, "instances": 0})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streammachine.importer import import_app
+from streammachine.process.importer import import_app
 from streammachine.testing import TestApp
 
 pytestmark = pytest.mark.anyio

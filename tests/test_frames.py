@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pandas.testing import assert_frame_equal
 
-from streammachine import frames
 from streammachine.frames import (
     TimeSeriesBuffer,
     prune_old_dataframe_rows,
     streams_to_dataframe,
     streams_to_dataframe_fast,
 )
+from streammachine.frames import buffer as frames_buffer
 
 BOTH = pytest.mark.parametrize("convert", [streams_to_dataframe, streams_to_dataframe_fast])
 TEXT = pd.Series(["x"]).dtype
@@ -425,7 +425,7 @@ def test_max_rows_keeps_the_newest_rows_in_append_order() -> None:
     for i in range(500):
         buf.append(frame([100 + i], v=[i]))
     assert buf.get()["v"].tolist() == [497, 498, 499]
-    assert buf._rows <= 2 * 3 + frames._PENDING_MAX  # memory stays bounded between reads
+    assert buf._rows <= 2 * 3 + frames_buffer._PENDING_MAX  # memory stays bounded between reads
 
 
 def test_buffer_keeps_columns_when_empty_and_rejects_bad_input() -> None:

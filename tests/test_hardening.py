@@ -16,10 +16,10 @@ import anyio
 import pytest
 import redis as syncredis
 
-from streammachine.connection import mask_url, url_secrets, validate_url
 from streammachine.exceptions import ConfigError
-from streammachine.storage import Storage
+from streammachine.state.storage import Storage
 from streammachine.testing import RedisServer
+from streammachine.urls import mask_url, url_secrets, validate_url
 from tests.test_cli import cli, json_lines, one_error_line
 from tests.util import start_or_skip
 

@@ -12,9 +12,9 @@ import httpx2
 import pytest
 import redis as syncredis
 
-from streammachine import App, Message
+from streammachine import App, Message, keys
 from streammachine.dashboard import serve_dashboard
-from streammachine.heartbeat import INSTANCE_PREFIX, add_heartbeat
+from streammachine.presence.heartbeat import add_heartbeat
 from streammachine.testing import TestApp, free_port
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
@@ -39,7 +39,7 @@ async def test_page_survives_malformed_heartbeats_in_chromium(
         "playwright.async_api", reason="playwright is not installed (pip install playwright)"
     )
     for name, raw in BAD.items():
-        redis_sync.set(INSTANCE_PREFIX + name, raw, px=60_000)
+        redis_sync.set(keys.INSTANCES + name, raw, px=60_000)
     app = App(name="shop", redis_url=redis_url)
 
     @app.agent("orders", group="billing")

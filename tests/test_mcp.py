@@ -206,7 +206,7 @@ async def test_every_tool_resource_and_prompt(
         assert (await ok(c, "redis_info", {"section": "server"}))["info"]["redis_version"]
         assert (await ok(c, "redis_ping"))["pong"] is True
 
-        from streammachine.objstore import RedisObjectStorage
+        from streammachine.state.objstore import RedisObjectStorage
 
         store = RedisObjectStorage(redis_url)
         await store.store("plain", {"a": [1, 2]})
@@ -443,7 +443,7 @@ async def test_unreachable_redis_is_an_error_and_never_shows_the_password(mode: 
 
 
 async def _seed(redis_url: str, c: Client) -> None:
-    from streammachine.objstore import RedisObjectStorage
+    from streammachine.state.objstore import RedisObjectStorage
 
     await ok(c, "storage_write", {"key": "a", "value": 1})
     await ok(c, "storage_write", {"key": "b", "value": 2})
@@ -511,7 +511,7 @@ async def test_with_elicitation_the_user_decides(redis_url: str, mode: str) -> N
 
 
 async def test_storage_values_come_back_as_json(redis_url: str) -> None:
-    from streammachine.storage import Storage
+    from streammachine.state.storage import Storage
 
     store = Storage(url=redis_url)
     await store.write("utf8", b"caf\xc3\xa9")
@@ -543,7 +543,8 @@ class Boom:
 async def test_obj_get_unpickles_only_signed_values(redis_url: str, tmp_path: Path) -> None:
     import datetime
 
-    from streammachine.objstore import PREFIX, RedisObjectStorage
+    from streammachine import keys
+    from streammachine.state.objstore import RedisObjectStorage
 
     signed = RedisObjectStorage(redis_url, secret_key="k1")
     await signed.store_with_pickle("when", datetime.date(2024, 1, 2))
@@ -552,7 +553,7 @@ async def test_obj_get_unpickles_only_signed_values(redis_url: str, tmp_path: Pa
     await signed.close()
     proof = tmp_path / "pwned"
     client = syncredis.Redis.from_url(redis_url)
-    client.set(f"{PREFIX}:objects:evil", pickle.dumps(Boom(proof)))
+    client.set(keys.objects("objects") + "evil", pickle.dumps(Boom(proof)))
     client.close()
     server = create_server(redis_url, settings=Settings(secret_key="k1"))
     async with connect(server, "legacy") as c:
@@ -571,7 +572,7 @@ async def test_obj_get_unpickles_only_signed_values(redis_url: str, tmp_path: Pa
 async def test_obj_delete_never_leaves_its_namespace(
     redis_url: str, redis_sync: syncredis.Redis
 ) -> None:
-    from streammachine.objstore import RedisObjectStorage
+    from streammachine.state.objstore import RedisObjectStorage
 
     for ns in ("objects", "other"):
         store = RedisObjectStorage(redis_url, namespace=ns)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import redis as syncredis
 
-from streammachine import objstore
+from streammachine.state import objstore
 from streammachine.exceptions import ConfigError, SerializationError, UnsafePickleError
-from streammachine.objstore import RedisObjectStorage
+from streammachine.state.objstore import RedisObjectStorage
 from tests.util import eventually
 
 KEY = "streammachine:obj:objects:"
@@ -96,7 +96,7 @@ async def test_without_a_key_storing_works_unsigned_and_warns_once(
     monkeypatch.delenv("STREAMMACHINE_SECRET_KEY", raising=False)
     monkeypatch.setattr(objstore, "_warned_unsigned", False)
     s = RedisObjectStorage(redis_url)
-    with caplog.at_level(logging.WARNING, logger="streammachine.objstore"):
+    with caplog.at_level(logging.WARNING, logger="streammachine.state.objstore"):
         await s.store_with_pickle("a", 1)
         await s.store_with_pickle("b", 2)
     warnings = [r for r in caplog.records if "STREAMMACHINE_SECRET_KEY" in r.getMessage()]

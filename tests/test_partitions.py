@@ -24,7 +24,7 @@ import pytest
 import redis as syncredis
 from redis.cluster import RedisCluster as SyncCluster
 
-from streammachine.partitions import lease_key
+from streammachine import keys
 from streammachine.testing import RedisClusterServer, free_port
 from tests.util import start_or_skip, wait_sync
 
@@ -90,7 +90,7 @@ class LeaseSampler:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            with_owner = [self.r.get(lease_key("ticks", "keyed", i)) for i in range(K)]
+            with_owner = [self.r.get(keys.partition_lease("ticks", "keyed", i)) for i in range(K)]
             self.samples.append(with_owner)
             time.sleep(0.02)
 

@@ -1,4 +1,4 @@
-"""The read-only queries and dead-letter replay of `streammachine.queries` and `streammachine.replay`, on a real Redis."""
+"""The read-only queries and dead-letter replay of `streammachine.admin.queries` and `streammachine.admin.replay`, on a real Redis."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import pytest
 import redis as syncredis
 
 from streammachine import App, Message
-from streammachine.connection import RedisConnection
-from streammachine.exceptions import ConfigError
-from streammachine.queries import (
+from streammachine.admin.queries import (
     check_stream,
     dead_letter_stream,
     list_consumers,
@@ -25,7 +23,9 @@ from streammachine.queries import (
     server_info,
     stream_info,
 )
-from streammachine.replay import replay_dead
+from streammachine.admin.replay import replay_dead
+from streammachine.connection import RedisConnection
+from streammachine.exceptions import ConfigError
 from streammachine.testing import TestApp
 from tests.util import eventually
 

@@ -15,7 +15,7 @@ import anyio
 import pytest
 import redis as syncredis
 
-from streammachine import App, RedisConnection
+from streammachine import App, RedisConnection, keys
 from streammachine.exceptions import ConfigError
 from streammachine.message import Message
 from streammachine.schedule import (
@@ -29,7 +29,6 @@ from streammachine.schedule import (
     parse_duration,
     parse_rate,
     schedule_commands,
-    scheduled_key,
     takeover_bound_s,
 )
 from streammachine.settings import ConsumerConfig, TimerConfig
@@ -109,7 +108,7 @@ def test_an_entry_round_trips_byte_exact_in_field_order() -> None:
     assert e.stream == "out" and e.due_ms == 1234 and e.maxlen == -5
     assert e.fields == [(b"z", b"\x00\xff\x10:|"), (b"a", "é".encode()), (b"empty", b"")]
     cmds = schedule_commands("ns", "out", fields, 99, entry_id="1" * 24)
-    assert cmds == [["ZADD", scheduled_key("ns"), 99, encode_entry("1" * 24, "out", fields)]]
+    assert cmds == [["ZADD", keys.scheduled("ns"), 99, encode_entry("1" * 24, "out", fields)]]
 
 
 def test_message_deliveries_defaults_to_one() -> None:
@@ -121,7 +120,7 @@ def test_message_deliveries_defaults_to_one() -> None:
 async def test_memory_mover_moves_due_entries_once_with_binary_fields() -> None:
     app = App(name="mem", redis_url="memory://", storage_namespace="memtest")
     client = app.redis.client
-    await client.delete("later", scheduled_key("memtest"))
+    await client.delete("later", keys.scheduled("memtest"))
     ids = await app.send_batch("later", [{"n": "0", "bin": b"\xff\x00"}, {"n": "1"}], delay_s=0.2)
     assert len(ids) == 2 and all(isinstance(i, str) for i in ids)
     assert (await app.scheduler.move_due()).moved == 0, "not early"
@@ -151,7 +150,7 @@ async def test_a_running_app_moves_delayed_entries_not_early_and_byte_exact(
     entries = redis_sync.xrange("later")
     assert all(int(i.split(b"-")[0]) >= due for i, _ in entries), "not before its due time"
     assert list(entries[0][1].items()) == [(b"k", b"\x00\x01\xfe\xff"), (b"a", b"1"), (b"b", b"2")]
-    assert redis_sync.zcard(scheduled_key("default")) == 0
+    assert redis_sync.zcard(keys.scheduled("default")) == 0
 
 
 async def test_a_delayed_send_inside_a_handler_is_committed_with_the_ack(
@@ -164,9 +163,9 @@ async def test_a_delayed_send_inside_a_handler_is_committed_with_the_ack(
 
     @app.agent("in", group="g")
     async def h(record: Message) -> None:
-        seen.append(await app.redis.client.zcard(scheduled_key("default")) == 0)
+        seen.append(await app.redis.client.zcard(keys.scheduled("default")) == 0)
         await app.send("later", {"a": record.message["a"], "b": b"\xff\x00"}, delay_s=0.3)
-        seen.append(await app.redis.client.zcard(scheduled_key("default")) == 0)
+        seen.append(await app.redis.client.zcard(keys.scheduled("default")) == 0)
 
     async with TestApp(app, url=redis_url) as t:
         await t.send("in", {"a": "1"})
@@ -178,7 +177,7 @@ async def test_a_delayed_send_inside_a_handler_is_committed_with_the_ack(
         await eventually(lambda: redis_sync.xlen("later") == 1, what="moved when due")
     ((_, fields),) = redis_sync.xrange("later")
     assert fields == {b"a": b"1", b"b": b"\xff\x00"}
-    assert redis_sync.zcard(scheduled_key("default")) == 0
+    assert redis_sync.zcard(keys.scheduled("default")) == 0
 
 
 async def test_mover_keeps_an_entry_redis_refuses_and_moves_the_rest(

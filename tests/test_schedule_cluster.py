@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from redis.cluster import RedisCluster as SyncCluster
 
-from streammachine import RedisConnection
-from streammachine.schedule import Lease, RateLimiter, Scheduler, scheduled_key
+from streammachine import RedisConnection, keys
+from streammachine.schedule import Lease, RateLimiter, Scheduler
 from streammachine.testing import RedisClusterServer
 
 pytestmark = pytest.mark.anyio
@@ -31,10 +31,10 @@ async def test_delayed_entries_reach_streams_in_other_slots(
     for i, s in enumerate(streams):
         (entry,) = rc.xrange(s)
         assert list(entry[1].items()) == [(b"n", b"%d" % i), (b"raw", bytes([i, 255]))]
-    assert rc.zcard(sched.inflight_key) == 0 and rc.zcard(scheduled_key("default")) == 1
+    assert rc.zcard(sched.inflight_key) == 0 and rc.zcard(keys.scheduled("default")) == 1
     # A mover that died after claiming: its entries are handed out again after the deadline.
-    rc.zadd(sched.inflight_key, {rc.zrange(scheduled_key("default"), 0, 0)[0]: 0})
-    rc.zrem(scheduled_key("default"), rc.zrange(scheduled_key("default"), 0, 0)[0])
+    rc.zadd(sched.inflight_key, {rc.zrange(keys.scheduled("default"), 0, 0)[0]: 0})
+    rc.zrem(keys.scheduled("default"), rc.zrange(keys.scheduled("default"), 0, 0)[0])
     assert (await sched.move_due()).moved == 1 and rc.xlen("out0") == 2
     await conn.close()
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import redis as syncredis
 
-from streammachine.schedule import scheduled_key, takeover_bound_s
+from streammachine import keys
+from streammachine.schedule import takeover_bound_s
 from tests.util import wait_sync
 
 APPS = Path(__file__).parent / "apps"
@@ -142,7 +143,7 @@ def test_delayed_entries_wait_survive_sigkill_and_are_delivered_once(
     pipe = redis_sync.pipeline(transaction=False)
     for n in range(200):
         member = encode_entry(f"{n:024x}", "later", [b"n", b"%d" % n, b"raw", bytes([n, 0, 255])])
-        pipe.zadd(scheduled_key("default"), {member: due_ms})
+        pipe.zadd(keys.scheduled("default"), {member: due_ms})
     pipe.execute()
     listed = _cli(redis_url, "scheduled", "later", "--json", "--count", "1000")
     assert listed.returncode == 0, listed.stderr
@@ -167,7 +168,7 @@ def test_delayed_entries_wait_survive_sigkill_and_are_delivered_once(
     by_n = {f[b"n"]: f for _, f in entries}
     for n in range(200):
         assert list(by_n[b"%d" % n].items()) == [(b"n", b"%d" % n), (b"raw", bytes([n, 0, 255]))]
-    assert redis_sync.zcard(scheduled_key("default")) == 0
+    assert redis_sync.zcard(keys.scheduled("default")) == 0
     empty = _cli(redis_url, "scheduled")
     assert "nothing scheduled" in empty.stdout
 

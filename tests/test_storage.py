@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from streammachine.connection import RedisConnection
 from streammachine.exceptions import ConfigError, SerializationError
-from streammachine.storage import Storage
+from streammachine.state.storage import Storage
 from tests.util import eventually
 
 HASH = "streammachine:storage:{test}"
@@ -27,7 +27,7 @@ HASH = "streammachine:storage:{test}"
 CHILD = """
 import asyncio, sys, time
 import redis
-from streammachine.storage import Storage
+from streammachine.state.storage import Storage
 
 url, op, n, nproc = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 r = redis.Redis.from_url(url)

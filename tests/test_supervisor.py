@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import redis as syncredis
 
-from streammachine.supervisor import exit_reason
+from streammachine.process.runner import error_line
+from streammachine.process.supervisor import exit_reason
+from streammachine.process.worker import AgentInfo, Layout
 from streammachine.testing import free_port
-from streammachine.worker import AgentInfo, Layout, error_line
 from tests.util import Lines, wait_sync
 
 Start = Callable[..., tuple[subprocess.Popen[bytes], Lines]]
@@ -317,7 +318,7 @@ def test_a_worker_that_keeps_failing_to_start_makes_the_runner_give_up(
         FLAKY_START_APP,
         "--workers",
         "2",
-        prelude="import streammachine.supervisor as s; s.MAX_START_FAILURES = 3",
+        prelude="import streammachine.process.supervisor as s; s.MAX_START_FAILURES = 3",
     )
     err.wait_for("ready: 2 workers", timeout_s=30)
     redis_sync.set("broken", 1)

@@ -10,10 +10,10 @@ import pytest
 
 from streammachine import AppConfig, ConsumerConfig, Message, RedisConnection, TimerConfig
 from streammachine.codec import decode_dict_bytes_to_utf8, decode_struct, encode_fields
-from streammachine.connection import mask_url
 from streammachine.exceptions import AppImportError, ConfigError, SerializationError
-from streammachine.importer import import_app
+from streammachine.process.importer import import_app
 from streammachine.settings import Settings
+from streammachine.urls import mask_url
 
 
 def test_message_decodes_bytes_and_str() -> None:

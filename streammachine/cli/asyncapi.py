@@ -39,9 +39,9 @@ def register(app: typer.Typer) -> None:
             fmt = "yaml" if output and output.endswith((".yaml", ".yml")) else "json"
         if fmt not in ("json", "yaml"):
             fail(f"--format must be json or yaml, not {fmt!r}", 2)
-        from ..asyncapi import asyncapi_document, to_json, to_yaml
+        from ..admin.asyncapi import asyncapi_document, to_json, to_yaml
         from ..exceptions import StreamMachineError
-        from ..importer import AppModuleError, import_app
+        from ..process.importer import AppModuleError, import_app
 
         try:
             loaded = import_app(target)
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         except Exception as exc:  # the user's module raised while importing
             fail(f"cannot import {target}: {type(exc).__name__}: {exc}")
         if redis_url is not None:
-            from ..connection import validate_url
+            from ..urls import validate_url
 
             try:
                 validate_url(redis_url)

@@ -99,8 +99,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def resolve_url(redis_url: str | None) -> str:
     """The URL a command uses: the flag, else REDIS_URL, else REDIS_HOST/PORT/DB."""
-    from ..connection import validate_url
     from ..settings import Settings
+    from ..urls import validate_url
 
     if redis_url is not None:  # an explicit --redis-url '' is a mistake, not "use the default"
         return validate_url(redis_url)
@@ -124,9 +124,10 @@ def with_redis(redis_url: str | None, fn: Callable[[RedisConnection], Awaitable[
     import anyio
     from redis.exceptions import RedisError, ResponseError
 
-    from ..connection import RedisConnection, mask_url
+    from ..connection import RedisConnection
     from ..exceptions import StreamMachineError, map_redis_errors
-    from ..worker import run_loop
+    from ..process.runner import run_loop
+    from ..urls import mask_url
 
     try:
         url = resolve_url(redis_url)

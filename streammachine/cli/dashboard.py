@@ -89,9 +89,9 @@ async def _top(url: str, once: bool, json_out: bool, interval_s: float) -> None:
     from rich.console import Console
     from rich.live import Live
 
-    from ..connection import create_client, mask_url
     from ..dashboard.status import collect_status
     from ..exceptions import REDIS_FAILURES
+    from ..urls import create_client, mask_url
 
     client = create_client(url, max_connections=2)
     rates = _Rates()

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
             from ..mcp.server import create_server, serve
         except ImportError as exc:
             fail(f"the MCP server needs the mcp extra: pip install 'streammachine[mcp]' ({exc})")
-        from ..connection import mask_url
+        from ..urls import mask_url
 
         server = create_server(url, read_only=read_only)
         log = logging.getLogger("streammachine.mcp")

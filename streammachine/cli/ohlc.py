@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
             return [t for t in completed if symbol is None or t[0] == symbol]
 
         async def history(conn: RedisConnection) -> str:
-            from ..queries import check_stream
+            from ..admin.queries import check_stream
 
             if not await check_stream(conn, stream) and not follow:
                 fail(f"no stream named {stream!r} (see: streammachine streams)")

@@ -24,7 +24,7 @@ from .progress import MIN_ENTRIES, interactive, progress_bar
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
-    from ..storage import Storage
+    from ..state.storage import Storage
 
 Namespace = Annotated[
     str | None,
@@ -66,9 +66,10 @@ def _health(redis_url: str | None, json_out: bool) -> None:
     import anyio
     from redis.exceptions import ResponseError
 
-    from ..connection import RedisConnection, mask_url
+    from ..admin.queries import list_instances, server_info
+    from ..connection import RedisConnection
     from ..exceptions import StreamMachineError
-    from ..queries import list_instances, server_info
+    from ..urls import mask_url
     from .common import resolve_url
 
     try:
@@ -91,7 +92,7 @@ def _health(redis_url: str | None, json_out: bool) -> None:
                 await conn.close()
 
     try:
-        from ..worker import run_loop
+        from ..process.runner import run_loop
 
         report = run_loop(check)
     except Exception as exc:  # any failure to talk to Redis means "unhealthy"
@@ -115,13 +116,13 @@ def _health(redis_url: str | None, json_out: bool) -> None:
 
 
 def _storage(redis_url: str | None, namespace: str | None, fn: Any, *args: Any) -> Any:
-    from ..storage import check_namespace
+    from ..state.storage import check_namespace
 
     if namespace is not None:  # an explicit --namespace '' is a mistake, not "the default"
         check_namespace(namespace)
 
     async def call(conn: RedisConnection) -> Any:
-        from ..storage import Storage
+        from ..state.storage import Storage
 
         store = Storage(namespace, redis=conn)
         return await fn(store, *args)
@@ -247,7 +248,7 @@ def _register_storage(app: typer.Typer) -> None:
 
 
 async def _dead_list(conn: RedisConnection, stream: str, count: int) -> tuple[int, list[Any]]:
-    from ..queries import check_stream, dead_letter_stream, list_dead
+    from ..admin.queries import check_stream, dead_letter_stream, list_dead
 
     dead = dead_letter_stream(stream)
     if not await check_stream(conn, dead):
@@ -263,7 +264,7 @@ def _print_dead(stream: str, total: int, items: list[dict[str, Any]], json_out: 
         for d in items:
             out(dumps(d))
         return
-    from ..queries import dead_letter_stream
+    from ..admin.queries import dead_letter_stream
 
     dead = dead_letter_stream(stream)
     sys.stderr.write(
@@ -297,8 +298,8 @@ def _print_dead(stream: str, total: int, items: list[dict[str, Any]], json_out: 
 async def _replay_all_with_progress(conn: RedisConnection, stream: str) -> int:
     """`replay_dead(conn, stream)` page by page, so a terminal sees a progress bar: like it,
     it stops at the newest entry present at the start (re-failing messages cannot loop)."""
-    from ..queries import dead_letter_stream
-    from ..replay import replay_dead
+    from ..admin.queries import dead_letter_stream
+    from ..admin.replay import replay_dead
 
     dead, page = dead_letter_stream(stream), 500
     total = int(await conn.client.xlen(dead))
@@ -351,8 +352,8 @@ def _register_dead(app: typer.Typer) -> None:
         redis_url: str | None = None,
     ) -> None:
         """Send dead letters back to their source stream (and delete them from STREAM:dead)."""
-        from ..queries import dead_letter_stream
-        from ..replay import replay_dead
+        from ..admin.queries import dead_letter_stream
+        from ..admin.replay import replay_dead
 
         check_name("stream name", stream)
         if bool(ids) == all_:

@@ -62,8 +62,8 @@ def register(app: typer.Typer) -> None:
         if dashboard_port:
             changes["dashboard_port"] = dashboard_port
         settings = settings.replace(**changes)
-        from ..importer import AppModuleError
-        from ..supervisor import run_app
+        from ..process.importer import AppModuleError
+        from ..process.launch import run_app
 
         try:
             code = run_app(

@@ -36,7 +36,7 @@ def due_from_flags(delay: str | None, at: str | None) -> int | None:
     from datetime import datetime
 
     from ..exceptions import ConfigError
-    from ..timing import due_ms, parse_duration
+    from ..schedule.timing import due_ms, parse_duration
 
     if delay is not None and at is not None:
         fail("give --delay or --at, not both", 2)
@@ -67,9 +67,9 @@ async def send_later(
     namespace: str | None,
 ) -> None:
     """Keep `records` (each `count` times) until `due`; print each schedule id."""
-    from ..delayed import Scheduler
-    from ..queries import check_stream
-    from ..storage import check_namespace
+    from ..admin.queries import check_stream
+    from ..schedule.delayed import Scheduler
+    from ..state.storage import check_namespace
 
     await check_stream(conn, stream)
     sched = Scheduler(conn, check_namespace(namespace or "default"))
@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
         Examples: `scheduled`, `scheduled reminders --json`.
         """
         from ..exceptions import ConfigError
-        from ..storage import check_namespace
+        from ..state.storage import check_namespace
 
         if stream is not None:
             check_name("stream name", stream)
@@ -115,7 +115,7 @@ def register(app: typer.Typer) -> None:
             fail(str(exc), 2)
 
         async def read(conn: RedisConnection) -> tuple[list[Any], dict[str, Any]]:
-            from ..delayed import Scheduler
+            from ..schedule.delayed import Scheduler
 
             sched = Scheduler(conn, ns)
             return await sched.entries(stream, count), await sched.summary()

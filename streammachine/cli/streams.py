@@ -100,7 +100,7 @@ def _records_from_args(pairs: list[str], json_obj: str | None) -> dict[Any, Any]
 async def _send_all(
     conn: RedisConnection, stream: str, records: list[dict[Any, Any]], count: int
 ) -> None:
-    from ..queries import check_stream
+    from ..admin.queries import check_stream
 
     await check_stream(conn, stream)
     total = len(records) * count
@@ -259,7 +259,7 @@ def register(app: typer.Typer) -> None:
 
         Uses SCAN (never KEYS), so it is safe on a busy server.
         """
-        from ..queries import list_streams
+        from ..admin.queries import list_streams
 
         check_name("pattern", pattern)
         infos = with_redis(redis_url, lambda c: list_streams(c, pattern, limit))

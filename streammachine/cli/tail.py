@@ -75,7 +75,7 @@ async def _tail_plain(
     follow: bool,
     p: Printer,
 ) -> None:
-    from ..queries import check_stream, entry_dict, read_entries
+    from ..admin.queries import check_stream, entry_dict, read_entries
 
     client: Any = conn.client
     exists = await check_stream(conn, stream)
@@ -122,7 +122,7 @@ async def _tail_group(
     ack: bool,
     p: Printer,
 ) -> None:
-    from ..queries import check_stream, entry_dict
+    from ..admin.queries import check_stream, entry_dict
 
     client: Any = conn.client
     if not await check_stream(conn, stream):

@@ -1,5 +1,5 @@
 """Observability: the web dashboard, Prometheus metrics and `top`, reading the heartbeats every
-App writes (`streammachine.heartbeat`; the core never imports this package).
+App writes (`streammachine.presence.heartbeat`; the core never imports this package).
 
 `registry` (reading heartbeats back) imports no web framework; the Starlette server and
 prometheus-client load only when their names are used.
@@ -15,8 +15,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 # add_heartbeat/heartbeat: the writer, in the core since the heartbeat moved there; kept importable.
-from ..heartbeat import add_heartbeat, heartbeat
-from .registry import INSTANCE_PREFIX, list_instances
+from ..presence.heartbeat import add_heartbeat, heartbeat
+from .registry import list_instances
 
 if TYPE_CHECKING:
     from .metrics import StatusCollector, render_metrics
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .status import collect_status
 
 __all__ = [
-    "INSTANCE_PREFIX",
     "StatusCollector",
     "add_heartbeat",
     "collect_status",

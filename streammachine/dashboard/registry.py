@@ -1,4 +1,4 @@
-"""Reading the instance registry: the heartbeats every running App writes (`streammachine.heartbeat`),
+"""Reading the instance registry: the heartbeats every running App writes (`streammachine.presence.heartbeat`),
 checked against their schema, with their age and freshness, for the dashboard, `top` and `/metrics`.
 
 Readers derive a heartbeat's age from the key's remaining TTL, so clocks of other hosts never
@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ..heartbeat import INSTANCE_PREFIX, AgentBeat, AgentStats, Heartbeat, TimerBeat
+from .. import keys
+from ..presence.heartbeat import AgentBeat, AgentStats, Heartbeat, TimerBeat
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
 __all__ = [
-    "INSTANCE_PREFIX",
     "AgentBeat",
     "AgentStats",
     "Heartbeat",
@@ -38,7 +38,7 @@ _warned: set[str] = set()  # keys whose bad record was logged (once per key, bou
 
 
 def check_heartbeat(found: dict[str, Any]) -> dict[str, Any] | str:
-    """An instance found by `streammachine.queries.list_instances` as a checked record (its fields
+    """An instance found by `streammachine.admin.queries.list_instances` as a checked record (its fields
     with the schema's defaults filled in), or why it is not a valid heartbeat.
 
     Example:
@@ -67,7 +67,7 @@ async def read_instances(client: aioredis.Redis) -> tuple[list[dict[str, Any]], 
         >>> bad  # doctest: +SKIP
         ['streammachine:instances:junk']
     """
-    from ..queries import list_instances as read_raw
+    from ..admin.queries import list_instances as read_raw
 
     out: list[dict[str, Any]] = []
     bad: list[str] = []
@@ -83,7 +83,7 @@ async def read_instances(client: aioredis.Redis) -> tuple[list[dict[str, Any]], 
             continue
         record = checked
         if record.get("id") is None:
-            record["id"] = found["key"][len(INSTANCE_PREFIX) :]
+            record["id"] = found["key"][len(keys.INSTANCES) :]
         age = found["age_s"]
         interval = record.get("interval_s") or 2.0
         record["heartbeat_age_s"] = age
@@ -98,7 +98,7 @@ async def list_instances(client: aioredis.Redis) -> list[dict[str, Any]]:
     `fresh` added; records that are not valid heartbeats are left out (see `read_instances`).
 
     `heartbeat_age_s` comes from the key's remaining TTL (no other host's clock involved; see
-    `streammachine.queries.list_instances`); an instance is `fresh` when it beat within three
+    `streammachine.admin.queries.list_instances`); an instance is `fresh` when it beat within three
     intervals (a late one has a blocked loop or a hung Redis connection; a dead one ages out).
 
     Example:

@@ -31,8 +31,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..connection import create_client, mask_url
 from ..exceptions import REDIS_FAILURES
+from ..urls import create_client, mask_url
 from .history import History
 from .metrics import render_metrics
 from .status import collect_status, unavailable
@@ -240,7 +240,7 @@ def create_dashboard(
                 status_code=404,
             )
         if not asyncapi:
-            from ..asyncapi import asyncapi_document
+            from ..admin.asyncapi import asyncapi_document
 
             asyncapi.append(asyncapi_document(app))
         return JSON(asyncapi[0])

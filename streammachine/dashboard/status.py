@@ -1,6 +1,6 @@
 """One read-only snapshot of everything the dashboard, `/metrics` and `top` show.
 
-Streams and groups come from `streammachine.queries` (the queries the CLI and MCP tools use);
+Streams and groups come from `streammachine.admin.queries` (the queries the CLI and MCP tools use);
 this module adds the instances, each group's oldest-pending age, the dead-letter summary, the
 delayed entries waiting per namespace and recent candles. A snapshot is a handful of pipelined round trips whatever the number of streams.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..admin.queries import list_streams
 from ..codec import as_text
-from ..queries import list_streams
 from .registry import read_instances
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ async def collect_status(
 
 async def _scheduled(client: aioredis.Redis) -> dict[str, Any]:
     """The delayed entries waiting in each namespace (one sorted set per namespace)."""
-    from ..delayed import scheduled_summary
+    from ..schedule.delayed import scheduled_summary
 
     keys = sorted(
         {

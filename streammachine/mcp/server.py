@@ -40,9 +40,9 @@ from mcp.types import INVALID_PARAMS, ToolAnnotations
 from mcp.types.version import is_version_at_least
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..connection import validate_url
 from ..exceptions import ConfigError
 from ..settings import Settings
+from ..urls import validate_url
 from . import prompts as texts
 from .ohlc import AggName, ClearResult, Drop, OhlcTools
 from .storage import DeleteResult, Key, Namespace, ObjNamespace, ObjPattern, StorageTools

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 
 from ..exceptions import StreamMachineError, UnsafePickleError
-from ..objstore import RedisObjectStorage
+from ..state.objstore import RedisObjectStorage
 from .tools import (
     MAX_RESULT_BYTES,
     Bounded,

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 from redis.exceptions import ResponseError
 
-from .. import queries as sm_queries
+from ..admin import queries as sm_queries
 from ..codec import as_text
 from .tools import MAX_VALUE_CHARS, Bounded, ToolFailure, Tools, clip, clip_fields, fit
 
@@ -180,8 +180,8 @@ class StreamTools:
         maxlen = maxlen or self.tools.settings.stream_maxlen
         if delay_s is not None:
             from ..codec import encode_fields
-            from ..delayed import Scheduler
-            from ..timing import due_ms
+            from ..schedule.delayed import Scheduler
+            from ..schedule.timing import due_ms
 
             await sm_queries.check_stream(self.tools.conn, stream)
             due = due_ms(delay_s=delay_s)

@@ -31,12 +31,13 @@ import anyio
 from pydantic import BaseModel, Field, StrictBool
 from redis.exceptions import AuthenticationError, ResponseError
 
-from .. import queries as sm_queries
+from ..admin import queries as sm_queries
 from ..codec import as_text
-from ..connection import LoopClient, RedisConnection, mask_url, url_secrets
+from ..connection import LoopClient, RedisConnection
 from ..exceptions import REDIS_FAILURES, StreamMachineError
 from ..settings import Settings
-from ..storage import Storage
+from ..state.storage import Storage
+from ..urls import mask_url, url_secrets
 
 __all__ = ["CALL_TIMEOUT_S", "MAX_RESULT_BYTES", "MAX_VALUE_CHARS", "ToolFailure", "Tools"]
 

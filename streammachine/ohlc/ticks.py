@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._columns import parse_ids
+from ..frames.columns import parse_ids
 
 __all__ = ["TickColumns", "TickFields", "split_entries", "tick_columns", "ticks_one_by_one"]
 

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from ..app import App
     from ..message import Message
     from ..sending import Record
-    from ..storage import Storage
+    from ..state.storage import Storage
 
 __all__ = ["TestApp"]
 

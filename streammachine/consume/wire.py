@@ -1,0 +1,188 @@
+"""A consumer's own connection: packed commands, raw replies, outage backoff, typed read results.
+
+Each consumer talks to Redis on a connection of its own, so its blocking read never waits behind
+another consumer's and it can pipeline [commit, next read] in one write. Replies are read raw
+(hiredis) and read replies are turned into a `Read`: the messages, or what went wrong in a form the
+loop can act on (`moved`, `nogroup`, `error`) instead of an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+from redis.exceptions import ResponseError
+
+from ..exceptions import UNREACHABLE
+from ..message import Message, messages_from_reply
+from .commit import COMMIT_SCRIPT, MEMORY_COMMIT_SCRIPT, RECLAIM_SCRIPT, pack
+
+if TYPE_CHECKING:
+    from redis.asyncio.connection import AbstractConnection
+
+    from ..connection import RedisConnection
+
+__all__ = ["LOST", "Read", "Wire", "WireLost"]
+
+log = logging.getLogger("streammachine.consume.agent")
+
+#: The errors that mean the connection is gone (`exceptions.UNREACHABLE`, the one list).
+LOST = UNREACHABLE
+
+
+class WireLost(Exception):
+    """The connection broke; what was sent may or may not have been applied."""
+
+
+Fault = Literal["moved", "nogroup", "error"]
+
+
+@dataclass(slots=True)
+class Read:
+    """A read's outcome: its messages, or the fault that kept it from returning any."""
+
+    messages: list[Message] = field(default_factory=list)
+    fault: Fault | None = None
+
+
+class Wire:
+    """One consumer's connection to the node that serves its stream.
+
+    Args:
+        redis: the app's connection manager (URL, cluster routing, memory://).
+        stream: the stream this connection serves (on a cluster, the node owning its slot).
+        name: the consumer's name, for logs and as the reader of the messages.
+        down_exit_s: give up (call `on_down`) after this long without Redis; None = never.
+        on_down: called once Redis has been unreachable for longer than `down_exit_s`.
+    """
+
+    def __init__(
+        self,
+        redis: RedisConnection,
+        stream: str,
+        name: str,
+        *,
+        down_exit_s: float | None = None,
+        on_down: Callable[[str], None] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.name = name
+        self.memory = redis.is_memory
+        self.conn: AbstractConnection | None = None
+        self.client_id: int | None = None
+        self.blocked = False
+        self.outage_since: float | None = None
+        self.outage_attempts = 0
+        self.down_exit_s = down_exit_s
+        self.on_down = on_down
+
+    async def connect(self) -> AbstractConnection:
+        """Open the connection and load the scripts the consumer runs on it."""
+        conn = await self.redis.new_connection(self.stream)
+        await conn.connect()  # type: ignore[no-untyped-call]
+        self.conn = conn
+        if not self.memory:
+            await conn.send_command("CLIENT", "ID")
+            self.client_id = int(await conn.read_response())
+        scripts = [MEMORY_COMMIT_SCRIPT if self.memory else COMMIT_SCRIPT, RECLAIM_SCRIPT]
+        await conn.send_packed_command(pack([["SCRIPT", "LOAD", s] for s in scripts]))
+        for _ in scripts:
+            await conn.read_response()
+        return conn
+
+    async def send(self, cmds: Sequence[Sequence[Any]]) -> None:
+        """Write `cmds` in one go. Raises WireLost."""
+        try:
+            conn = self.conn or await self.connect()
+            await conn.send_packed_command(pack(cmds), check_health=False)
+        except LOST as exc:
+            raise WireLost(str(exc)) from exc
+
+    async def recv(self, n: int) -> list[Any]:
+        """Read `n` replies; Redis errors are returned in place, not raised. Raises WireLost."""
+        conn = self.conn
+        if conn is None:
+            raise WireLost("not connected")
+        replies: list[Any] = []
+        try:
+            for _ in range(n):
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except LOST as exc:
+            raise WireLost(str(exc)) from exc
+        self._back()
+        return replies
+
+    async def call(self, cmds: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send `cmds` and read every reply. Raises WireLost."""
+        await self.send(cmds)
+        return await self.recv(len(cmds))
+
+    def read(self, reply: Any) -> Read:
+        """Turn an XREADGROUP/XCLAIM reply into a `Read`."""
+        if isinstance(reply, ResponseError):
+            text = str(reply)
+            if text.startswith(("MOVED", "ASK", "READONLY")):
+                log.warning("%s: %s moved (%s); reconnecting", self.name, self.stream, text)
+                return Read(fault="moved")
+            if "NOGROUP" in text:
+                return Read(fault="nogroup")
+            log.error("%s: read failed: %s", self.name, text)
+            return Read(fault="error")
+        if not reply:
+            return Read()
+        return Read(messages_from_reply(reply, self.name))
+
+    async def unblock(self) -> None:
+        """End a blocking read in progress (at shutdown), through another connection."""
+        if self.blocked and self.client_id is not None:
+            try:
+                await self.redis.client.execute_command("CLIENT", "UNBLOCK", self.client_id)  # type: ignore[no-untyped-call]
+            except Exception:
+                log.debug("CLIENT UNBLOCK failed", exc_info=True)
+
+    def _back(self) -> None:
+        if self.outage_since is not None:
+            log.warning(
+                "%s: Redis is back after %.1f s", self.name, time.monotonic() - self.outage_since
+            )
+            self.outage_since = None
+
+    async def outage(self) -> None:
+        """The connection broke: drop it, wait with jittered backoff, and connect again.
+
+        The first failure of an outage is logged once; after `down_exit_s` `on_down` is called.
+        """
+        await self.close()
+        now = time.monotonic()
+        if self.outage_since is None:
+            self.outage_since = now
+            self.outage_attempts = 0
+            log.error("%s: lost Redis at %s; retrying with backoff", self.name, self.redis)
+        limit_s = self.down_exit_s
+        if limit_s is not None and now - self.outage_since > limit_s and self.on_down is not None:
+            self.on_down(f"Redis unreachable for more than {limit_s:g} s")
+        self.outage_attempts += 1
+        delay_s = min(2.0, 0.05 * 2**self.outage_attempts)
+        await anyio.sleep(delay_s * (0.5 + random.random() / 2))
+        try:
+            if self.redis.is_cluster:
+                await self.redis.client.nodes_manager.initialize()  # type: ignore[attr-defined]
+            await self.connect()
+        except Exception:
+            log.debug("reconnect failed", exc_info=True)
+
+    async def close(self) -> None:
+        """Close the connection (shielded: it runs during cancellation too)."""
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            with anyio.CancelScope(shield=True):
+                await conn.disconnect()

@@ -1,0 +1,177 @@
+"""Every Redis key name and suffix StreamMachine uses, in one place (as arq's `constants.py`).
+
+Keys that must share a Redis Cluster slot with something carry a hash tag: a stream's bookkeeping
+(fences, partition leases) takes the stream's own slot (`slot_tag`), a scope's keys (an app's
+leases and crons, a namespace's schedule and storage) share the scope's.
+
+| key | what |
+| --- | --- |
+| `<stream>:dead` | dead letters of `<stream>` |
+| `<stream>:p<i>` | partition i of a partitioned stream |
+| `<stream>:late` | entries that reached a window after it closed |
+| `streammachine:instances:<host>-<pid>-<rand>` | an instance heartbeat (JSON, TTL) |
+| `streammachine:processes` | live processes (`<host>-<pid>-`), scored by expiry |
+| `streammachine:fence:{<tag>}:<stream>:<group>` | per consumer, how often entries were taken away |
+| `streammachine:partitions:{<tag>}:<group>:members` / `…:lease:<i>` | partition ownership |
+| `streammachine:lease:{<app>}:timers` | the process that runs an app's timers |
+| `streammachine:cron:{<app>}:<cron>` | the newest claimed fire time of a cron |
+| `streammachine:sched:{<ns>}` (`:inflight`, `:failed`) | delayed entries of a namespace |
+| `streammachine:rate:{<name>}` | a rate limit (GCRA) |
+| `streammachine:storage:{<ns>}` (`:ttl:<key>`) | shared state of a namespace |
+| `streammachine:obj:<ns>:<key>` | a signed pickle |
+| `streammachine:once:<key>` | an `App.once` guard |
+| `streammachine:ohlc:{<tag>}:<group>` (`:state`, `:lease`) | an OHLC consumer's snapshot and lease |
+| `streammachine:paused:{<app>}` | an app's paused agents |
+| `streammachine:audit` | operator actions |
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AUDIT",
+    "DEAD_SUFFIX",
+    "INSTANCES",
+    "LATE_SUFFIX",
+    "PREFIX",
+    "PROCESSES",
+    "cron",
+    "dead_letters",
+    "fence",
+    "late",
+    "objects",
+    "ohlc",
+    "once",
+    "partition",
+    "partition_lease",
+    "partition_members",
+    "paused",
+    "rate",
+    "scheduled",
+    "slot_tag",
+    "storage",
+    "timer_lease",
+]
+
+PREFIX = "streammachine"
+DEAD_SUFFIX = ":dead"
+LATE_SUFFIX = ":late"
+INSTANCES = f"{PREFIX}:instances:"
+PROCESSES = f"{PREFIX}:processes"
+AUDIT = f"{PREFIX}:audit"
+
+
+def slot_tag(key: str) -> str:
+    """The hash tag that puts another key in `key`'s cluster slot: `key`'s own tag when it has
+    one (`{orders}:in` → `{orders}`), else `{key}`.
+
+    Example:
+        >>> slot_tag("orders"), slot_tag("{orders}:in")
+        ('{orders}', '{orders}')
+    """
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start : end + 1]
+    return "{" + key + "}"
+
+
+def dead_letters(stream: str) -> str:
+    """The dead-letter stream of `stream`.
+
+    Example:
+        >>> dead_letters("orders")
+        'orders:dead'
+    """
+    return stream + DEAD_SUFFIX
+
+
+def late(stream: str) -> str:
+    """The stream where entries that reached a closed window of `stream` go."""
+    return stream + LATE_SUFFIX
+
+
+def partition(stream: str, index: int) -> str:
+    """Partition `index` of `stream`.
+
+    Example:
+        >>> partition("ticks", 3)
+        'ticks:p3'
+    """
+    return f"{stream}:p{index}"
+
+
+def fence(stream: str, group: str) -> str:
+    """The hash of fence counters of `group` on `stream` (one field per consumer), in the stream's
+    slot so a claim and a commit check it in the same script as the stream.
+
+    Example:
+        >>> fence("orders", "billing")
+        'streammachine:fence:{orders}:orders:billing'
+    """
+    return f"{PREFIX}:fence:{slot_tag(stream)}:{stream}:{group}"
+
+
+def partition_members(stream: str, group: str) -> str:
+    """The sorted set of processes sharing the partitions of `stream` in `group`."""
+    return f"{PREFIX}:partitions:{slot_tag(stream)}:{stream}:{group}:members"
+
+
+def partition_lease(stream: str, group: str, index: int) -> str:
+    """The lease of partition `index` of `stream` in `group` (its value: the owner's id)."""
+    return f"{PREFIX}:partitions:{slot_tag(stream)}:{stream}:{group}:lease:{index}"
+
+
+def timer_lease(app: str) -> str:
+    """The lease whose holder runs the `scope="app"` timers of `app`.
+
+    Example:
+        >>> timer_lease("orders")
+        'streammachine:lease:{orders}:timers'
+    """
+    return f"{PREFIX}:lease:{{{app}}}:timers"
+
+
+def cron(app: str, name: str) -> str:
+    """The newest claimed fire time of cron `name` of `app`."""
+    return f"{PREFIX}:cron:{{{app}}}:{name}"
+
+
+def scheduled(namespace: str) -> str:
+    """The sorted set of the delayed entries of `namespace`.
+
+    Example:
+        >>> scheduled("default")
+        'streammachine:sched:{default}'
+    """
+    return f"{PREFIX}:sched:{{{namespace}}}"
+
+
+def rate(name: str) -> str:
+    """The GCRA state of rate limit `name`."""
+    return f"{PREFIX}:rate:{{{name}}}"
+
+
+def storage(namespace: str) -> str:
+    """The hash of the shared state of `namespace` (its TTL keys are `<this>:ttl:<key>`)."""
+    return f"{PREFIX}:storage:{{{namespace}}}"
+
+
+def objects(namespace: str) -> str:
+    """The prefix of the signed pickles of `namespace`."""
+    return f"{PREFIX}:obj:{namespace}:"
+
+
+def once(key: str) -> str:
+    """The guard key of `App.once(key)`."""
+    return f"{PREFIX}:once:{key}"
+
+
+def ohlc(stream: str, group: str, what: str) -> str:
+    """An OHLC consumer's `state` stream or `lease`, in its tick stream's slot."""
+    return f"{PREFIX}:ohlc:{slot_tag(stream)}:{stream}:{group}:{what}"
+
+
+def paused(app: str) -> str:
+    """The set of the paused agents of `app`."""
+    return f"{PREFIX}:paused:{{{app}}}"

@@ -1,0 +1,2 @@
+"""State kept in Redis: `storage` (shared state, one hash per namespace), `objstore` (signed
+pickles)."""
