@@ -21,7 +21,7 @@ from .connection import RedisConnection
 from .consume.agent import Agent
 from .exceptions import ConfigError
 from .lifecycle import Lifecycle
-from .presence.heartbeat import AgentBeat, AgentStats, Snapshot, TimerBeat, add_heartbeat
+from .presence.heartbeat import AgentBeat, Snapshot, TimerBeat, add_heartbeat
 from .schedule.cron import Cron
 from .schedule.delayed import Scheduler
 from .schedule.timer import Timer
@@ -32,6 +32,7 @@ from .tracing import Tracing
 
 if TYPE_CHECKING:
     from .ohlc.consumer import FastOHLCConsumer
+    from .produce import Producer
     from .state.storage import Storage
 
 __all__ = ["App"]
@@ -111,7 +112,7 @@ class App(Sending, Lifecycle):
         self.dashboard_enabled = dashboard_enabled or s.dashboard
         self.dashboard_host = s.dashboard_host or dashboard_host
         self.dashboard_port = s.dashboard_port or dashboard_port
-        from .state.storage import check_namespace
+        from .state.values import check_namespace
 
         self.storage_namespace = check_namespace(
             storage_namespace or self.settings.storage_namespace
@@ -131,6 +132,7 @@ class App(Sending, Lifecycle):
         self._redis: RedisConnection | None = None
         self._storage: Storage | None = None
         self._scheduler: Scheduler | None = None
+        self._producer: Producer | None = None
         self._process_pool: ProcessPoolExecutor | None = None
         self._thread_pool: ThreadPoolExecutor | None = None
         self._stop: anyio.Event | None = None
@@ -177,6 +179,7 @@ class App(Sending, Lifecycle):
         takeover: bool = False,
         name: str | None = None,
         rate_limit: str | None = None,
+        timeout_s: float | None = None,
     ) -> Callable[[AsyncFn[P, R]], AsyncFn[P, R]]:
         """Register a consumer of `stream` in consumer group `group`.
 
@@ -215,6 +218,10 @@ class App(Sending, Lifecycle):
             rate_limit: at most this many messages handled, e.g. "200/s", "10/m" or "5/h",
                 by all consumers, processes and hosts of this agent together (one limit in
                 Redis, see `streammachine.schedule.RateLimiter`).
+            timeout_s: how long one handler call (one message, or one batch) may run; past it
+                the call is cancelled and counts as a failed delivery (retried, dead-lettered
+                after `max_deliveries`). Default `STREAMMACHINE_HANDLER_TIMEOUT_S` (300 s); 0
+                means no limit. A handler that blocks the event loop cannot be cancelled.
 
         Example:
             >>> @app.agent("input_stream", group="workers", concurrency=2)  # doctest: +SKIP
@@ -241,6 +248,7 @@ class App(Sending, Lifecycle):
             takeover=takeover,
             name=name or "",
             rate_limit=rate_limit,
+            timeout_s=(s.handler_timeout_s if timeout_s is None else timeout_s) or None,
         )
 
         if partitions:
@@ -363,6 +371,15 @@ class App(Sending, Lifecycle):
         return self._scheduler
 
     @property
+    def producer(self) -> Producer:
+        """Writes this app's sends outside handlers, idempotently (`streammachine.produce`)."""
+        if self._producer is None or self._producer.redis is not self.redis:
+            from .produce import Producer
+
+            self._producer = Producer(self.redis, self.name)
+        return self._producer
+
+    @property
     def process_pool(self) -> ProcessPoolExecutor:
         """A process pool of `max_processes` workers for CPU-bound work."""
         if self._process_pool is None:
@@ -395,7 +412,7 @@ class App(Sending, Lifecycle):
             >>> App(name="orders").snapshot().app
             'orders'
         """
-        from .consume.agent import LATENCY_BUCKETS_S
+        from .consume.stats import LATENCY_BUCKETS_S
 
         # A supervised worker runs a part of the app: `run` records which as active_*.
         agents = self.agents if self.active_agents is None else self.active_agents
@@ -408,7 +425,8 @@ class App(Sending, Lifecycle):
                     stream=a.config.stream,
                     group=a.config.group,
                     concurrency=a.config.concurrency,
-                    stats=AgentStats(**a.stats.as_dict()),
+                    paused=a.paused,
+                    stats=a.stats.copy(),
                 )
                 for a in agents
             ],

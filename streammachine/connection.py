@@ -19,13 +19,43 @@ from redis.exceptions import ResponseError
 
 from .codec import as_text, encode_fields
 from .exceptions import REDIS_FAILURES, ConfigError, map_redis_errors
+from .features import Features, parse_info
 from .message import Message, messages_from_reply
 from .settings import Settings
 from .urls import create_client, mask_url, validate_url
 
-__all__ = ["LoopClient", "RedisConnection"]
+__all__ = ["LoopClient", "RedisConnection", "Script"]
 
 log = logging.getLogger("streammachine.connection")
+
+
+class Script:
+    """A Lua script, named by its SHA1: called through the pool (EVALSHA, loaded again on
+    NOSCRIPT by redis-py), or packed into a consumer's own pipeline as `command(...)`, where the
+    consumer's connection loads it with `load_command()` (after connecting, and on NOSCRIPT).
+
+    Example:
+        >>> await conn.script("return ARGV[1]")(args=["hi"])  # doctest: +SKIP
+        b'hi'
+    """
+
+    __slots__ = ("_call", "sha", "source")
+
+    def __init__(self, source: str, call: AsyncScript) -> None:
+        self.source = source
+        self.sha: str = call.sha
+        self._call = call
+
+    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        return await self._call(keys=keys, args=args)
+
+    def command(self, keys: Sequence[Any], args: Sequence[Any]) -> list[Any]:
+        """EVALSHA of this script, as one command of a pipeline."""
+        return ["EVALSHA", self.sha, len(keys), *keys, *args]
+
+    def load_command(self) -> list[Any]:
+        """SCRIPT LOAD of this script (a connection that runs `command()` sends it first)."""
+        return ["SCRIPT", "LOAD", self.source]
 
 
 class RedisConnection:
@@ -63,7 +93,8 @@ class RedisConnection:
         self.max_connections = max_connections or s.redis_max_connections
         self.settings = s
         self._client: aioredis.Redis | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._scripts: dict[str, tuple[Any, Script]] = {}
+        self._features: tuple[Any, Features] | None = None
 
     def __repr__(self) -> str:
         return f"RedisConnection({mask_url(self.url)!r})"
@@ -87,9 +118,9 @@ class RedisConnection:
             self._client = create_client(self.url, self.max_connections, self.is_cluster)
         return self._client
 
-    def script(self, source: str) -> AsyncScript:
-        """The Lua script `source` registered with this connection's client, cached (EVALSHA,
-        and redis-py loads it again on NOSCRIPT). The one place scripts are registered.
+    def script(self, source: str) -> Script:
+        """The Lua script `source` registered with this connection's client, cached. The one
+        place scripts are registered: every Lua call of the package goes through it.
 
         Example:
             >>> await conn.script("return 1")()  # doctest: +SKIP
@@ -97,9 +128,28 @@ class RedisConnection:
         """
         client = self.client
         found = self._scripts.get(source)
-        if found is None or found.registered_client is not client:
-            found = self._scripts[source] = client.register_script(source)
-        return found
+        if found is None or found[0] is not client:
+            found = self._scripts[source] = (client, Script(source, client.register_script(source)))
+        return found[1]
+
+    async def features(self) -> Features:
+        """What the server can do (newer commands), read once per client from `INFO server`.
+
+        Example:
+            >>> (await conn.features()).idmp  # doctest: +SKIP
+            True
+        """
+        client = self.client
+        if self._features is None or self._features[0] is not client:
+            if self.is_memory:
+                found = Features("memory")
+            else:
+                info: Any = await client.info("server")
+                if info and all(isinstance(v, dict) for v in info.values()):
+                    info = next(iter(info.values()))  # a cluster answers per node
+                found = parse_info(info)
+            self._features = (client, found)
+        return self._features[1]
 
     def same_slot(self, keys: Iterable[str]) -> bool:
         """True when all `keys` hash to one cluster slot (always true off a cluster)."""
@@ -271,7 +321,7 @@ class LoopClient:
     def client(self) -> aioredis.Redis:
         return self.conn.client
 
-    def script(self, source: str) -> AsyncScript:
+    def script(self, source: str) -> Script:
         """`source` registered with the current client (see `RedisConnection.script`)."""
         return self.conn.script(source)
 

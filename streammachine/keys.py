@@ -20,6 +20,8 @@ leases and crons, a namespace's schedule and storage) share the scope's.
 | `streammachine:storage:{<ns>}` (`:ttl:<key>`) | shared state of a namespace |
 | `streammachine:obj:<ns>:<key>` | a signed pickle |
 | `streammachine:once:<key>` | an `App.once` guard |
+| `streammachine:idem:{<tag>}:<stream>:<producer>:<id>` | an idempotent write's entry id |
+| `streammachine:progress:{<tag>}:<stream>:<file>` | the lines of a file `send --file` wrote |
 | `streammachine:ohlc:{<tag>}:<group>` (`:state`, `:lease`) | an OHLC consumer's snapshot and lease |
 | `streammachine:paused:{<app>}` | an app's paused agents |
 | `streammachine:audit` | operator actions |
@@ -37,6 +39,7 @@ __all__ = [
     "cron",
     "dead_letters",
     "fence",
+    "idempotency",
     "late",
     "objects",
     "ohlc",
@@ -45,6 +48,7 @@ __all__ = [
     "partition_lease",
     "partition_members",
     "paused",
+    "progress",
     "rate",
     "scheduled",
     "slot_tag",
@@ -170,6 +174,16 @@ def once(key: str) -> str:
 def ohlc(stream: str, group: str, what: str) -> str:
     """An OHLC consumer's `state` stream or `lease`, in its tick stream's slot."""
     return f"{PREFIX}:ohlc:{slot_tag(stream)}:{stream}:{group}:{what}"
+
+
+def idempotency(stream: str, producer: str, iid: str) -> str:
+    """The marker of an idempotent write to `stream` (in its slot): the entry id it wrote."""
+    return f"{PREFIX}:idem:{slot_tag(stream)}:{stream}:{producer}:{iid}"
+
+
+def progress(stream: str, source: str) -> str:
+    """How many lines of file `source` `streammachine send --file` wrote to `stream`."""
+    return f"{PREFIX}:progress:{slot_tag(stream)}:{stream}:{source}"
 
 
 def paused(app: str) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .consume.upkeep import watch_agents
 from .schedule.lease import run_leased_timers
 from .tracing import get_tracing
 
@@ -110,6 +111,7 @@ class Lifecycle:
         extras = list(self.background)
         # Every running app moves the due delayed entries of its namespace.
         extras.append(self.scheduler.run_mover)
+        extras.append(functools.partial(watch_agents, self.redis, self.name, chosen))
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
         self.started = self.started or anyio.Event()

@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from . import keys
-from .codec import StructCodec, as_text, encode_fields
-from .consume.commit import current_batch
+from .codec import StructCodec, encode_fields
+from .consume.commit import current_outbox
 from .exceptions import ConfigError
+from .schedule.delayed import schedule_commands
 from .schedule.timing import due_ms
 
 if TYPE_CHECKING:
     from .connection import RedisConnection
+    from .produce import Producer
     from .schedule.delayed import Scheduler
     from .settings import AppConfig
     from .tracing import Tracing
@@ -47,6 +49,9 @@ class Sending:
 
         @property
         def scheduler(self) -> Scheduler: ...
+
+        @property
+        def producer(self) -> Producer: ...
 
     def partitioned(self, stream: str, partitions: int) -> None:
         """Declare that `stream` has `partitions` partition streams, so `send` routes to them
@@ -82,12 +87,17 @@ class Sending:
         key: str | bytes | None = None,
         delay_s: float | None = None,
         at: datetime | float | None = None,
+        idempotency_key: str | None = None,
     ) -> str | None:
         """Append `record` to stream `topic`, now or later.
 
         Inside a handler the write is buffered and committed atomically with the ack of the
         message being handled, and None is returned; `now=True` writes at once. Elsewhere it
-        writes at once and returns the new entry id.
+        writes at once and returns the new entry id — once, even when the connection drops
+        after Redis applied it: the library retries with the same idempotency id (XADD IDMP
+        on Redis ≥ 8.6, a marker script elsewhere; see `streammachine.produce`).
+        `idempotency_key`: your own id for retries across processes: the same key on the same
+        stream is written once within 24 h (its first entry id is returned again).
 
         With `delay_s` (seconds from now) or `at` (a datetime, or epoch seconds) the entry is
         kept in Redis until it is due, then appended by whichever app of this storage namespace
@@ -110,15 +120,16 @@ class Sending:
         if self.tracing is not None:
             self.tracing.inject(topic, fields)
         maxlen = maxlen or self.config.stream_maxlen
-        batch = current_batch.get()
+        out = current_outbox.get()
         due = due_ms(delay_s, at) if delay_s is not None or at is not None else None
         if due is not None:
             return (await self._send_later(topic, [fields], due, maxlen, now))[0]
-        if batch is not None and not batch.closed and not now:
-            batch.add(topic, maxlen, fields)
+        flat = [x for kv in fields.items() for x in kv]
+        if out is not None and not out.closed and not now:
+            out.xadd(topic, maxlen, flat)
             return None
-        entry_id = await self.redis.client.xadd(topic, fields, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
-        return as_text(entry_id)
+        user = None if idempotency_key is None else [_check_key(idempotency_key)]
+        return (await self.producer.write(topic, [flat], maxlen, user))[0]
 
     async def send_batch(
         self,
@@ -130,22 +141,32 @@ class Sending:
         key: str | bytes | None = None,
         delay_s: float | None = None,
         at: datetime | float | None = None,
+        idempotency_keys: Sequence[str] | None = None,
     ) -> list[str | None]:
         """Append many records in one round trip; returns their ids (None while buffered).
 
         `delay_s`/`at` keep them in Redis until due, as with `send` (their schedule ids are
-        returned).
+        returned). Outside handlers each is written once even when a reply is lost, as with
+        `send`; `idempotency_keys` (one per record) are your own ids for them.
 
         Example:
             >>> await app.send_batch("events", [{"n": 1}, {"n": 2}])  # doctest: +SKIP
             ['1700000000000-0', '1700000000000-1']
         """
+        if idempotency_keys is not None and len(idempotency_keys) != len(records):
+            raise ConfigError(
+                f"idempotency_keys has {len(idempotency_keys)} keys for {len(records)} records: "
+                "give one key per record"
+            )
         if topic in self._partitions:
             # Per record, so records without a key spread over the partitions.
             return [
-                await self.send(topic, r, now=now, maxlen=maxlen, key=key, delay_s=delay_s, at=at)
-                for r in records
-            ]
+                await self.send(
+                    topic, r, now=now, maxlen=maxlen, key=key, delay_s=delay_s, at=at,
+                    idempotency_key=None if idempotency_keys is None else idempotency_keys[i],
+                )
+                for i, r in enumerate(records)
+            ]  # fmt: skip
         encoded = [self._encode(topic, r) for r in records]
         if self.tracing is not None:
             for fields in encoded:
@@ -155,13 +176,14 @@ class Sending:
             due = due_ms(delay_s, at)
             assert due is not None
             return await self._send_later(topic, encoded, due, maxlen, now)
-        batch = current_batch.get()
-        if batch is not None and not batch.closed and not now:
+        out = current_outbox.get()
+        if out is not None and not out.closed and not now:
             for fields in encoded:
-                batch.add(topic, maxlen, fields)
+                out.xadd(topic, maxlen, [x for kv in fields.items() for x in kv])
             return [None] * len(encoded)
-        ids = await self.redis.pipeline_xadd(topic, encoded, maxlen=maxlen)
-        return list(ids)
+        flat = [[x for kv in fields.items() for x in kv] for fields in encoded]
+        user = None if idempotency_keys is None else [_check_key(k) for k in idempotency_keys]
+        return list(await self.producer.write(topic, flat, maxlen, user))
 
     async def _send_later(
         self,
@@ -171,12 +193,15 @@ class Sending:
         maxlen: int | None,
         now: bool,
     ) -> list[str | None]:
-        batch = current_batch.get()
-        if batch is not None and not batch.closed and not now:
+        out = current_outbox.get()
+        if out is not None and not out.closed and not now:
             # Committed with the batch's acks, like any handler output.
             for fields in encoded:
                 flat = [x for kv in fields.items() for x in kv]
-                batch.add_delayed(topic, flat, due, maxlen=maxlen)
+                ((_, key, score, member),) = schedule_commands(
+                    out.namespace, topic, flat, due, maxlen or out.maxlen
+                )
+                out.zadd(key, int(score), member)
             return [None] * len(encoded)
         ids = await self.scheduler.schedule_many(topic, encoded, due, maxlen)
         return list(ids)
@@ -198,3 +223,11 @@ class Sending:
         """
         ms = max(1, int(ttl_s * 1000))
         return bool(await self.redis.client.set(keys.once(key), b"1", nx=True, px=ms))
+
+
+def _check_key(key: object) -> str:
+    if not isinstance(key, str) or not key or len(key) > 1000:
+        raise ConfigError(
+            f"idempotency_key {key!r:.60}: give a non-empty str of at most 1000 characters"
+        )
+    return key

@@ -75,6 +75,8 @@ class Settings:
     block_ms: int = 2000
     claim_idle_ms: int = 60000
     shutdown_timeout_s: float = 30.0
+    #: How long one handler call may run before it is cancelled (None: no limit).
+    handler_timeout_s: float | None = 300.0
     storage_namespace: str = "default"
     secret_key: str | None = None
     cluster: bool = False
@@ -105,6 +107,7 @@ class Settings:
             block_ms=_env_int(e, "STREAMMACHINE_BLOCK_MS", 2000, 1),
             claim_idle_ms=_env_int(e, "STREAMMACHINE_CLAIM_IDLE_MS", 60000, 1),
             shutdown_timeout_s=_env_float(e, "STREAMMACHINE_SHUTDOWN_TIMEOUT_S", 30.0) or 0.0,
+            handler_timeout_s=_env_float(e, "STREAMMACHINE_HANDLER_TIMEOUT_S", 300.0) or None,
             storage_namespace=e.get("STREAMMACHINE_STORAGE_NAMESPACE") or "default",
             secret_key=e.get("STREAMMACHINE_SECRET_KEY") or None,
             cluster=_env_bool(e, "STREAMMACHINE_CLUSTER"),
@@ -205,6 +208,8 @@ class ConsumerConfig:
     name: str = ""
     #: One limit shared by every consumer, process and host of the agent, e.g. "200/s".
     rate_limit: str | None = None
+    #: How long one handler call may run before it is cancelled and counts as failed.
+    timeout_s: float | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -234,6 +239,12 @@ class ConsumerConfig:
             raise ConfigError("partitions must be >= 1")
         if self.trim not in (None, "acked"):
             raise ConfigError(f"trim must be 'acked' or None, not {self.trim!r}")
+        if self.timeout_s is not None and not (
+            isinstance(self.timeout_s, int | float) and 0 < self.timeout_s < float("inf")
+        ):
+            raise ConfigError(
+                f"timeout_s={self.timeout_s!r}: give a number of seconds > 0, or 0/None for none"
+            )
         if self.rate_limit is not None:
             from .schedule.timing import parse_rate
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis as syncredis
 
-from streammachine.consume.delivery import split_dead
+from streammachine.consume.deadletter import split_dead
 from streammachine.testing import RedisServer, TcpProxy
 
 APPS = Path(__file__).resolve().parent / "apps"

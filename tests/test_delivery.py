@@ -14,8 +14,8 @@ import pytest
 import redis as syncredis
 
 from streammachine import App, Message, Retry
-from streammachine.consume.commit import TOUCH_SCRIPT
-from streammachine.consume.delivery import DEAD_LETTER_FIELDS, split_dead
+from streammachine.consume.deadletter import DEAD_LETTER_FIELDS, split_dead
+from streammachine.consume.upkeep import TOUCH_SCRIPT
 from streammachine.settings import ConsumerConfig
 from streammachine.testing import TestApp
 from tests.util import eventually

@@ -26,7 +26,7 @@ from redis.exceptions import ResponseError
 from .. import keys
 from ..codec import as_text, parse_entry_id
 from ..connection import RedisConnection
-from ..consume.delivery import DEAD_LETTER_FIELDS
+from ..consume.deadletter import DEAD_LETTER_FIELDS
 from ..exceptions import ConfigError
 
 if TYPE_CHECKING:

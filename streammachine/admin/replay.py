@@ -11,7 +11,7 @@ from redis.exceptions import WatchError
 
 from ..codec import as_text
 from ..connection import RedisConnection
-from ..consume.delivery import split_dead
+from ..consume.deadletter import split_dead
 from ..exceptions import StreamMachineError
 from .queries import _c, _default_source, dead_letter_stream
 

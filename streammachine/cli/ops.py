@@ -116,7 +116,7 @@ def _health(redis_url: str | None, json_out: bool) -> None:
 
 
 def _storage(redis_url: str | None, namespace: str | None, fn: Any, *args: Any) -> Any:
-    from ..state.storage import check_namespace
+    from ..state.values import check_namespace
 
     if namespace is not None:  # an explicit --namespace '' is a mistake, not "the default"
         check_namespace(namespace)

@@ -69,7 +69,7 @@ async def send_later(
     """Keep `records` (each `count` times) until `due`; print each schedule id."""
     from ..admin.queries import check_stream
     from ..schedule.delayed import Scheduler
-    from ..state.storage import check_namespace
+    from ..state.values import check_namespace
 
     await check_stream(conn, stream)
     sched = Scheduler(conn, check_namespace(namespace or "default"))
@@ -105,7 +105,7 @@ def register(app: typer.Typer) -> None:
         Examples: `scheduled`, `scheduled reminders --json`.
         """
         from ..exceptions import ConfigError
-        from ..state.storage import check_namespace
+        from ..state.values import check_namespace
 
         if stream is not None:
             check_name("stream name", stream)

@@ -1,8 +1,9 @@
-"""One agent: a registered consumer of a stream in a group, its settings and its counters.
+"""One agent: a registered consumer of a stream in a group, its settings, its counters and its
+pause switch. The agent builds its consumers (`consumer.Consumer`, `concurrency` of them per
+stream, each from one `context.Context`) and runs them; a partitioned agent runs those of the
+partitions this process owns (`partitions.PartitionOwner`).
 
-The work happens in `consumer.Consumer` (the read → deliver → commit loop, `concurrency` of them
-per stream), `delivery` (the handler call, retries, dead letters) and `commit` (the atomic commit
-of acks and handler output).
+An agent depends on a narrow `Host` (the App, as seen from here), not on the App itself.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import msgspec
@@ -19,21 +20,36 @@ import msgspec
 from .. import keys
 from ..codec import Payload, StructCodec
 from ..schedule.rate import RateLimiter
-from ..settings import ConsumerConfig
-from .commit import current_batch
 from .consumer import Consumer
-from .delivery import BatchDelivery, Failures, MessageDelivery
-from .stats import LATENCY_BUCKETS_S, AgentStats
-from .wire import Wire
+from .context import Context, Ownership, Switch
+from .deadletter import Failures
+from .delivery import BatchDelivery, Delivery, MessageDelivery
+from .stats import AgentStats
 
 if TYPE_CHECKING:
-    from ..app import App
+    from ..connection import RedisConnection
+    from ..settings import ConsumerConfig, Settings
+    from ..tracing import Tracing
 
-__all__ = ["LATENCY_BUCKETS_S", "Agent", "AgentStats", "current_batch"]
+__all__ = ["Agent", "Host"]
 
-log = logging.getLogger("streammachine.consume.agent")
+log = logging.getLogger("streammachine.agent")
 
 Handler = Callable[..., Awaitable[Any]]
+
+
+class Host(Protocol):
+    """What an agent needs of the app that runs it."""
+
+    name: str
+    settings: Settings
+    storage_namespace: str
+    tracing: Tracing | None
+
+    @property
+    def redis(self) -> RedisConnection: ...
+
+    def fail(self, reason: str, code: int = 1) -> None: ...
 
 
 class Agent:
@@ -41,7 +57,7 @@ class Agent:
 
     def __init__(
         self,
-        app: App,
+        host: Host,
         fn: Handler,
         config: ConsumerConfig,
         *,
@@ -49,7 +65,7 @@ class Agent:
         payload: Payload = "fields",
         batch: bool = False,
     ) -> None:
-        self.app = app
+        self.host = host
         self.fn = fn
         self.config = config
         self.name = config.name or getattr(fn, "__name__", "agent")
@@ -57,6 +73,9 @@ class Agent:
         self.codec = StructCodec(schema, payload) if schema is not None else None
         self.batch = batch
         self.stats = AgentStats()
+        self.switch = Switch()
+        #: The deliveries of this process's consumers (the upkeep tick checks their timeouts).
+        self.deliveries: list[Delivery] = []
         self._limiter: RateLimiter | None = None
 
     def __repr__(self) -> str:
@@ -66,6 +85,11 @@ class Agent:
     def running(self) -> int:
         """How many of its batches are being handled right now."""
         return self.stats.running
+
+    @property
+    def paused(self) -> bool:
+        """Paused by an operator (`streammachine pause`)."""
+        return self.switch.paused
 
     def consumer_name(self, index: int) -> str:
         """`<host>-<pid>-<agent>-<n>`: stable for the process and readable in XINFO."""
@@ -82,7 +106,7 @@ class Agent:
     async def prepare(self) -> None:
         """Create the group (MKSTREAM) if it does not exist; an existing group keeps its place."""
         for stream in self.streams:
-            created = await self.app.redis.ensure_group(
+            created = await self.host.redis.ensure_group(
                 stream, self.config.group, self.config.start
             )
             if created:
@@ -92,8 +116,10 @@ class Agent:
         """This process's consumers of an unpartitioned agent: `concurrency` per stream, the
         first of each stream tidying its group."""
         n = self.config.concurrency
+        # `takeover=True`: at start, take the group's pending entries and handle them in order.
+        own = Ownership(lambda: True, takeover=True) if self.config.takeover else None
         return [
-            self.consumer(stream, i * n + c, housekeeper=c == 0)
+            self.consumer(stream, i * n + c, housekeeper=c == 0, ownership=own)
             for i, stream in enumerate(self.streams)
             for c in range(n)
         ]
@@ -104,41 +130,60 @@ class Agent:
         index: int,
         *,
         housekeeper: bool = False,
-        takeover: bool | None = None,
-        holds: Callable[[], bool] | None = None,
-        gate: anyio.Semaphore | None = None,
+        ownership: Ownership | None = None,
     ) -> Consumer:
-        """Consumer number `index` of this agent on `stream` (see `Consumer` for the rest)."""
-        app, cfg = self.app, self.config
+        """Consumer number `index` of this agent on `stream`."""
+        host, cfg = self.host, self.config
         name = self.consumer_name(index)
         kind = BatchDelivery if self.batch else MessageDelivery
         delivery = kind(
-            self.fn, self.codec, self.stats, tracing=app.tracing, stream=stream, group=cfg.group
+            self.fn,
+            self.codec,
+            self.stats,
+            tracing=host.tracing,
+            stream=stream,
+            group=cfg.group,
+            timeout_s=cfg.timeout_s,
         )
-        failures = Failures(app.redis, stream, name, cfg, self.stats, self.name)
-        down_exit_s = app.settings.redis_down_exit_s
-        wire = Wire(app.redis, stream, name, down_exit_s=down_exit_s, on_down=self._down)
-        return Consumer(
-            cfg, stream, name, app.redis, delivery, failures, self.stats, self.prepare,
-            housekeeper=housekeeper, wire=wire, namespace=app.storage_namespace,
-            limiter=self._limiter, takeover=cfg.takeover if takeover is None else takeover,
-            holds=holds, gate=gate,
-        )  # fmt: skip
+        self.deliveries.append(delivery)
+        ctx = Context(
+            stream=stream,
+            name=name,
+            config=cfg,
+            redis=host.redis,
+            stats=self.stats,
+            delivery=delivery,
+            failures=Failures(host.redis, stream, name, cfg, self.stats, self.name),
+            prepare=self.prepare,
+            namespace=host.storage_namespace,
+            limiter=self._limiter,
+            switch=self.switch,
+            down_exit_s=host.settings.redis_down_exit_s,
+            on_down=self._down,
+        )
+        return Consumer(ctx, housekeeper=housekeeper, ownership=ownership)
 
     def limiter(self) -> RateLimiter | None:
         """The agent's `rate_limit`, one per agent shared by every consumer, process and host."""
         rate = self.config.rate_limit
         if not rate:
             return None
-        return RateLimiter(self.app.redis, f"{self.app.name}:{self.name}", rate)
+        return RateLimiter(self.host.redis, f"{self.host.name}:{self.name}", rate)
 
     def _down(self, reason: str) -> None:
-        self.app.fail(reason, code=3)
+        self.host.fail(reason, code=3)
+
+    def overdue(self, now: float) -> int:
+        """Cancel handler calls past `timeout_s` (the upkeep tick calls this); how many are."""
+        n = sum(d.overdue(now) for d in self.deliveries)
+        self.stats.overdue = n
+        return n
 
     async def run(self, stop: anyio.Event) -> None:
         """Run its consumers until `stop` is set and they have drained. A partitioned agent
         consumes only the partitions this process owns (`partitions.PartitionOwner`)."""
         self._limiter = self.limiter()
+        self.deliveries.clear()
         if self.config.partitions:
             from .partitions import PartitionOwner
 

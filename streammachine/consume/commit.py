@@ -1,362 +1,425 @@
-"""Every commit of a batch, and the scripts that guard a consumer's entries.
+"""The committer: what a batch's handlers sent and changed, written by one script together with
+the batch's acks, only for the entries the consumer still owns (DESIGN.md "handler output",
+"commit ownership").
 
-Sends made inside a handler are buffered in the batch (`current_batch`) and written by one Lua
-script together with the batch's acks, only for the entries the consumer still owns in the group's
-PEL: on one Redis node a stream-to-stream stage is then exactly-once, even when a consumer stalls
-long enough for another to claim its entries. `memory://` (fakeredis, which has no cmsgpack) runs
-a twin of the script that takes the batch as flat arguments and gives the same guarantees.
+Inside a handler, `send`, delayed sends and state changes go into the batch's `Outbox`
+(`current_outbox`); the consumer's `Committer` turns it into one EVALSHA of `COMMIT_SCRIPT`, judges
+the reply, and re-sends after a lost reply. Ownership is checked in O(1) by fencing: every path
+that takes entries away from a consumer (claims, partition takeover, admin actions) increments
+that consumer's counter in the fence hash `keys.fence(stream, group)` in the same script. A batch
+carries the counter the consumer knew when it got the entries (its tag); if the counter still
+equals the tag nobody took anything since, and the script writes without looking at the PEL. Else
+— and always for a commit re-sent after a lost reply, which may have been applied — it checks each
+entry against the consumer's PEL: outputs of entries taken away are dropped (their new owner
+writes them), and a re-sent commit finds its entries acked and writes nothing twice.
 
-The other scripts make the liveness rules of DESIGN.md atomic: keepalive refreshes only entries the
-consumer still owns, a retry re-takes only entries it still owns, and a dead consumer is deleted
-only in the same step that checks it owns nothing.
+One script serves Redis, Valkey and `memory://` (fakeredis): the batch travels as flat arguments,
+with no msgpack and no per-entry Lua tables on the fast path.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import msgspec
+from redis.exceptions import NoScriptError
 
-from ..codec import parse_entry_id
+from .. import keys as key_names
 
-XADD, ZADD = 0, 1
+if TYPE_CHECKING:
+    from ..connection import RedisConnection, Script
+    from ..message import Message
 
-__all__ = [
-    "COMMIT_SCRIPT",
-    "DELCONSUMER_SCRIPT",
-    "MEMORY_COMMIT_SCRIPT",
-    "RECLAIM_SCRIPT",
-    "TOUCH_SCRIPT",
-    "Batch",
-    "acked_floor",
-    "commit_commands",
-    "current_batch",
-    "pack",
-    "sha1",
-    "write_outputs",
-]
+__all__ = ["COMMIT_SCRIPT", "Committer", "Outbox", "Pending", "Verdict", "current_outbox"]
 
-# Writes outputs and acks only for entries this consumer still owns in the group's PEL, so a
-# consumer that stalled while another claimed its entries drops them instead of committing twice.
-# A batch handler's output belongs to the whole batch ("whole" = 1): it is written only if the
-# consumer still owns every entry; otherwise nothing is written or acked and the script returns
-# the ids it still owns, which the consumer handles again (the others are their new owner's).
-# KEYS: [source stream, output keys...]; ARGV: group, consumer, lowest id, highest id, the batch
-# packed with msgpack: [[done ids], [[entry id, key index, maxlen (0 = none), [k1, v1, ...],
-# kind], ...], whole], kind 0 = XADD, 1 = a delayed send: ZADD of [member] with the due time in
-# the maxlen slot; how many other entries this consumer may own, then the bytes values lifted
-# out of the batch (a field that is a number n stands for ARGV[6 + n]).
+# KEYS: stream, fence hash, then the keys the operations write.
+# ARGV: group, consumer, tag (the fence counter the batch was read under; '' = unknown), whole
+# ('1': the operations belong to the whole batch, written only if every entry is still owned),
+# check ('1': check each entry against the PEL whatever the fence says), margin (other entries
+# the consumer may own, for the PEL read), n, the n done ids; then per operation: owner (1..n, or 0
+# for the whole batch), code, width w, then w arguments, the first a KEYS index.
+# Codes: x XADD (maxlen: > 0 approximate, < 0 exact, 0 none; fields), z ZADD (score, member),
+# h HSET (field, value), H HDEL (field), s storage set (field, value, ttl ms or ''), k storage
+# set keeping the key's TTL (field, value), i storage incr (field, by; the stored value must be an
+# integer, else the entry is handled again), d storage delete (field), c check (field, present
+# '0'/'1', value): the owner and every later entry are handled again when the stored value
+# differs (optimistic concurrency). A key of the wrong type fails the commit before any write.
+# Reply: the number acked (the fast path: everything written), or {acked, fence counter, again,
+# kind, dropped}: `again` the ids to handle again, kind 1 (a check failed: handle them again as
+# they are) or 2 (a whole batch not all owned: its owned entries are retried), dropped = the
+# operations of entries another consumer took, not written.
 COMMIT_SCRIPT = """
-local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
-local batch = cmsgpack.unpack(ARGV[5])
-local done, outputs = batch[1], batch[2]
-local binary = #ARGV > 6
-local owned = {}
-local count = #done + tonumber(ARGV[6])
-for _, e in ipairs(redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], count, consumer)) do
-  owned[e[1]] = true
+local stream, fence, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+local n = tonumber(ARGV[7])
+local argc = #ARGV
+local first = 8 + n
+local epoch = redis.call('HGET', fence, consumer) or '0'
+local owned = nil
+if ARGV[5] == '1' or epoch ~= ARGV[3] then
+  owned = {}
+  local pel = redis.call('XPENDING', stream, group, '-', '+', n + tonumber(ARGV[6]), consumer)
+  for _, e in ipairs(pel) do owned[e[1]] = true end
 end
-if batch[3] == 1 then
+local function mine(o)
+  return owned == nil or owned[ARGV[7 + o]] == true
+end
+local whole = ARGV[4] == '1'
+if whole and owned ~= nil then
   local kept = {}
-  for _, id in ipairs(done) do
-    if owned[id] then kept[#kept + 1] = id end
+  for o = 1, n do if mine(o) then kept[#kept + 1] = ARGV[7 + o] end end
+  if #kept < n then
+    local lost, j = 0, first
+    while j <= argc do
+      if ARGV[j + 1] ~= 'c' then lost = lost + 1 end
+      j = j + 3 + tonumber(ARGV[j + 2])
+    end
+    return {0, epoch, kept, 2, lost}
   end
-  if #kept < #done then return kept end
 end
-for _, out in ipairs(outputs) do
-  if owned[out[1]] then
-    local key, maxlen, fields = KEYS[out[2]], out[3], out[4]
-    if binary then
-      for i = 1, #fields do
-        if type(fields[i]) == 'number' then fields[i] = ARGV[6 + fields[i]] end
-      end
+local function stored(k, f)
+  local v = redis.call('HGET', k, f)
+  if not v then v = redis.call('GET', k .. ':ttl:' .. f) end
+  return v
+end
+local kinds = {x = 'stream', z = 'zset'}
+local typed = {}
+local cut = n + 1
+local i = first
+while i <= argc do
+  local o, code, w = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
+  local k = KEYS[tonumber(ARGV[i + 3])]
+  if not typed[k] then
+    -- A key of another type would fail the script halfway: refuse before writing anything.
+    local want, has = kinds[code] or 'hash', redis.call('TYPE', k).ok
+    if has ~= 'none' and has ~= want then
+      return redis.error_reply('WRONGTYPE ' .. k .. ' is a ' .. has .. ', not a ' .. want)
     end
-    if out[5] == 1 then
-      redis.call('ZADD', key, maxlen, fields[1])
-    elseif maxlen > 0 then
-      redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields))
-    elseif maxlen < 0 then
-      redis.call('XADD', key, 'MAXLEN', -maxlen, '*', unpack(fields))
+    typed[k] = true
+  end
+  if (code == 'c' or code == 'i') and (o == 0 or (o < cut and mine(o))) then
+    local v = stored(k, ARGV[i + 4])
+    local same
+    if code == 'i' then
+      same = (not v) or (string.match(v, '^%-?%d+$') ~= nil)
+    elseif ARGV[i + 5] == '1' then
+      same = (v == ARGV[i + 6])
     else
-      redis.call('XADD', key, '*', unpack(fields))
+      same = (not v)
+    end
+    if not same then
+      if o == 0 then cut = 1 else cut = o end
     end
   end
+  i = i + 3 + w
+end
+local dropped = 0
+i = first
+while i <= argc do
+  local o, code, w = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
+  local live = (o == 0 and cut > n) or (o > 0 and o < cut and mine(o))
+  if live and code ~= 'c' then
+    local k = KEYS[tonumber(ARGV[i + 3])]
+    if code == 'x' then
+      local maxlen = tonumber(ARGV[i + 4])
+      if maxlen > 0 then
+        redis.call('XADD', k, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, i + 5, i + 2 + w))
+      elseif maxlen < 0 then
+        redis.call('XADD', k, 'MAXLEN', -maxlen, '*', unpack(ARGV, i + 5, i + 2 + w))
+      else
+        redis.call('XADD', k, '*', unpack(ARGV, i + 5, i + 2 + w))
+      end
+    elseif code == 'z' then
+      redis.call('ZADD', k, ARGV[i + 4], ARGV[i + 5])
+    elseif code == 'h' then
+      redis.call('HSET', k, ARGV[i + 4], ARGV[i + 5])
+    elseif code == 'H' then
+      redis.call('HDEL', k, ARGV[i + 4])
+    elseif code == 's' then
+      local f = ARGV[i + 4]
+      if ARGV[i + 6] == '' then
+        redis.call('HSET', k, f, ARGV[i + 5])
+        redis.call('DEL', k .. ':ttl:' .. f)
+      else
+        redis.call('SET', k .. ':ttl:' .. f, ARGV[i + 5], 'PX', ARGV[i + 6])
+        redis.call('HDEL', k, f)
+      end
+    elseif code == 'i' then
+      local f = ARGV[i + 4]
+      if redis.call('EXISTS', k .. ':ttl:' .. f) == 1 then
+        redis.call('INCRBY', k .. ':ttl:' .. f, ARGV[i + 5])
+      else
+        redis.call('HINCRBY', k, f, ARGV[i + 5])
+      end
+    elseif code == 'k' then
+      local f = ARGV[i + 4]
+      if redis.call('EXISTS', k .. ':ttl:' .. f) == 1 then
+        redis.call('SET', k .. ':ttl:' .. f, ARGV[i + 5], 'KEEPTTL')
+      else
+        redis.call('HSET', k, f, ARGV[i + 5])
+      end
+    elseif code == 'd' then
+      redis.call('HDEL', k, ARGV[i + 4])
+      redis.call('DEL', k .. ':ttl:' .. ARGV[i + 4])
+    end
+  elseif not live and code ~= 'c' and o > 0 and not mine(o) then
+    dropped = dropped + 1
+  end
+  i = i + 3 + w
 end
 local acks = {}
-for _, id in ipairs(done) do
-  if owned[id] then acks[#acks + 1] = id end
+for o = 1, math.min(n, cut - 1) do
+  if mine(o) then acks[#acks + 1] = ARGV[7 + o] end
 end
 local acked = 0
 for c = 1, #acks, 1000 do
   acked = acked + redis.call('XACK', stream, group, unpack(acks, c, math.min(c + 999, #acks)))
 end
-return acked
+if owned == nil and cut > n then return acked end
+local again = {}
+if cut <= n then
+  for o = cut, n do if mine(o) then again[#again + 1] = ARGV[7 + o] end end
+end
+return {acked, epoch, again, 1, dropped}
 """
 
-# The same commit with the batch as flat arguments (fakeredis has no cmsgpack).
-# ARGV: group, consumer, lowest id, highest id, XPENDING count, whole (0/1), number of done ids,
-# the done ids, then per output: entry id, kind (0 XADD, 1 ZADD), key index, maxlen (or the due
-# time), number of field values, the fields.
-MEMORY_COMMIT_SCRIPT = """
-local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
-local owned = {}
-for _, e in ipairs(redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], tonumber(ARGV[5]), consumer)) do
-  owned[e[1]] = true
-end
-local n = tonumber(ARGV[7])
-if ARGV[6] == '1' then
-  local kept = {}
-  for j = 8, 7 + n do
-    if owned[ARGV[j]] then kept[#kept + 1] = ARGV[j] end
-  end
-  if #kept < n then return kept end
-end
-local i = 8 + n
-while i <= #ARGV do
-  local id, kind, key = ARGV[i], ARGV[i + 1], KEYS[tonumber(ARGV[i + 2])]
-  local maxlen, width = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-  if owned[id] then
-    local fields = {}
-    for j = 1, width do fields[j] = ARGV[i + 4 + j] end
-    if kind == '1' then
-      redis.call('ZADD', key, maxlen, fields[1])
-    elseif maxlen > 0 then
-      redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields))
-    elseif maxlen < 0 then
-      redis.call('XADD', key, 'MAXLEN', -maxlen, '*', unpack(fields))
-    else
-      redis.call('XADD', key, '*', unpack(fields))
-    end
-  end
-  i = i + 5 + width
-end
-local acked = 0
-for j = 8, 7 + n do
-  if owned[ARGV[j]] then acked = acked + redis.call('XACK', stream, group, ARGV[j]) end
-end
-return acked
-"""
-
-# Keepalive: reset the idle time of the entries this consumer still owns (in flight, prefetched,
-# waiting for a retry) once they have been idle `min idle` ms, so nobody claims them while the
-# consumer is alive. JUSTID does not count a delivery. Entries another consumer claimed meanwhile
-# are not in this consumer's PEL and are left alone.
-# KEYS: [stream]; ARGV: group, consumer, min idle ms, max entries.
-TOUCH_SCRIPT = """
-local ids = {}
-for _, e in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', tonumber(ARGV[3]), '-', '+', tonumber(ARGV[4]), ARGV[2])) do
-  ids[#ids + 1] = e[1]
-end
-for c = 1, #ids, 500 do
-  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids, c, math.min(c + 499, #ids)))
-end
-return #ids
-"""
-
-# A retry: take back (as a new delivery) those of these entries this consumer still owns, and
-# return {their entries with fields, {id, deliveries before this one, ...}}; an entry claimed
-# away by another consumer is that one's now. KEYS: [stream]; ARGV: group, consumer, ids...
-RECLAIM_SCRIPT = """
-local mine, counts = {}, {}
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
-  if #p > 0 then
-    mine[#mine + 1] = ARGV[i]
-    counts[#counts + 1] = ARGV[i]
-    counts[#counts + 1] = p[1][4]
-  end
-end
-if #mine == 0 then return {{}, {}} end
-return {redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(mine)), counts}
-"""
-
-# Delete a consumer only if it owns nothing, in the same step (XGROUP DELCONSUMER drops the
-# entries a consumer owns from the PEL: deleting one that just read or claimed loses them).
-# KEYS: [stream]; ARGV: group, consumer. Returns -1 when it owned something and was kept.
-DELCONSUMER_SCRIPT = """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return -1 end
-return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-"""
-
-
-def sha1(script: str) -> str:
-    """The SHA1 by which EVALSHA names `script`."""
-    return hashlib.sha1(script.encode()).hexdigest()
+#: What `code` an Outbox operation has: see COMMIT_SCRIPT.
+XADD, ZADD, HSET, HDEL, CHECK = "x", "z", "h", "H", "c"
+STORE_SET, STORE_KEEP, STORE_INCR, STORE_DELETE = "s", "k", "i", "d"
 
 
 @dataclass(slots=True)
-class Batch:
-    """The handler output of one batch, in the order it was sent: per output (entry id, key,
-    maxlen or due time, flat fields, kind) with kind `XADD`, or `ZADD` for a delayed send."""
+class Outbox:
+    """What the handlers of one batch sent and changed, in order, until the batch commits.
+
+    Each operation belongs to the entry being handled when it was made (`current`), so the
+    outputs of an entry that failed, or that another consumer took, are not written. A batch
+    handler's operations belong to the whole batch (`whole`).
+
+    Example:
+        >>> out = Outbox(current="1-0")
+        >>> out.xadd("invoices", 0, ["total", "3.5"])
+        >>> out.keys()
+        {'invoices'}
+    """
 
     current: str = ""
-    outputs: list[tuple[str, str, int, list[Any], int]] = field(default_factory=list)
+    #: (owner entry id, code, key, arguments after the key)
+    ops: list[tuple[str, str, str, list[Any]]] = field(default_factory=list)
     closed: bool = False
-    maxlen: int | None = None
-    #: Some field is bytes: Redis' cmsgpack has no bin type, so the commit packs it as str.
-    binary: bool = False
-    #: The output belongs to the whole batch (a batch handler's): written only if every entry
-    #: is still owned.
     whole: bool = False
-    #: The storage namespace whose sorted set keeps delayed sends.
+    #: The approximate length cap of streams written by the agent (`maxlen=`), if any.
+    maxlen: int | None = None
+    #: The storage namespace of delayed sends made in the handler.
     namespace: str = "default"
+    #: Per-batch state (e.g. `state.staged.Staged` of a storage namespace), by name.
+    views: dict[str, Any] = field(default_factory=dict)
+    #: The Redis URL the commit goes to, and the stream it reads: state elsewhere (another
+    #: server, or another cluster slot) is written at once instead.
+    url: str = ""
+    stream: str = ""
+    redis: Any = None
 
-    def add(self, topic: str, maxlen: int | None, fields: dict[Any, Any]) -> None:
-        """Buffer an output; `maxlen` > 0 trims approximately, < 0 exactly to -maxlen."""
-        flat = [x for kv in fields.items() for x in kv]
-        if not self.binary and bytes in set(map(type, flat)):
-            self.binary = True
-        self.outputs.append((self.current, topic, maxlen or self.maxlen or 0, flat, XADD))
+    def same_slot(self, key: str) -> bool:
+        """Whether `key` can be written by this batch's commit (same cluster slot as the
+        stream; always on one node)."""
+        return self.redis is None or bool(self.redis.same_slot([self.stream, key]))
 
-    def add_delayed(
-        self, topic: str, fields: list[Any], due_ms: int, *, maxlen: int | None = None
-    ) -> None:
-        """Buffer a delayed send (`send(..., delay_s=)` in a handler): committed with the acks."""
-        from ..schedule.delayed import schedule_commands
+    def xadd(self, key: str, maxlen: int | None, fields: list[Any]) -> None:
+        """An entry for stream `key`: `fields` flat [k1, v1, ...]; `maxlen` > 0 trims
+        approximately, < 0 exactly to -maxlen."""
+        self.ops.append((self.current, XADD, key, [maxlen or self.maxlen or 0, *fields]))
 
-        ((_, key, score, member),) = schedule_commands(
-            self.namespace, topic, fields, due_ms, maxlen or self.maxlen
-        )
-        self.binary = True  # the member is bytes
-        self.outputs.append((self.current, key, int(score), [member], ZADD))
+    def zadd(self, key: str, score: int, member: bytes) -> None:
+        """A member of sorted set `key` (a delayed send)."""
+        self.ops.append((self.current, ZADD, key, [score, member]))
+
+    def op(self, code: str, key: str, *args: Any) -> None:
+        """Any other operation (`HSET`, `HDEL`, `CHECK`, the storage ones): see COMMIT_SCRIPT."""
+        self.ops.append((self.current, code, key, list(args)))
+
+    def discard(self, mark: int) -> None:
+        """Forget the operations made since `mark` (`len(ops)` then): that entry failed."""
+        del self.ops[mark:]
+        for view in self.views.values():
+            view.discard(self.current)
 
     def keys(self) -> set[str]:
-        """The keys the outputs write to."""
-        return {key for _, key, _, _, _ in self.outputs}
+        """The keys the operations write to."""
+        return {key for _, _, key, _ in self.ops}
 
 
-#: The batch whose handler is running in this task, so `App.send` can buffer into it.
-current_batch: ContextVar[Batch | None] = ContextVar("streammachine_batch", default=None)
+#: The outbox of the batch whose handler runs in this task (`App.send` and state changes
+#: buffer into it).
+current_outbox: ContextVar[Outbox | None] = ContextVar("streammachine_outbox", default=None)
 
 
-def commit_commands(
-    stream: str,
-    group: str,
-    consumer: str,
-    done: list[str],
-    out: Batch,
-    *,
-    memory: bool,
-    margin: int,
-) -> list[list[Any]] | None:
-    """The commands that commit a batch: its acks, and its outputs only where still owned.
+@dataclass(slots=True)
+class Pending:
+    """A batch's commit not confirmed yet: its command, the entries it acks (and their
+    messages, handled again in place after a failed check), and how it was checked."""
 
-    Without outputs it is a plain XACK (an ack of an entry the consumer no longer owns is
-    harmless: the new owner's commit finds it acked and drops its outputs). `margin` is how many
-    other entries this consumer may own besides `done` (failed ones, retries waiting).
-    The script's reply is the number acked, or (for a `whole` batch that is no longer all owned)
-    the list of ids still owned, to be handled again.
+    cmds: list[list[Any]]
+    ids: list[str]
+    messages: list[Message]
+    tag: int | None
+    out: Outbox | None = None
+    margin: int = 0
+    #: Check each entry against the PEL (a re-sent commit may already have been applied).
+    check: bool = False
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What a commit's reply means for the consumer."""
+
+    #: The entries to retry later through Redis (a whole batch no longer all owned; a failure).
+    retry: list[str] = field(default_factory=list)
+    retry_after_s: float = 0.0
+    #: The messages to handle again now (a check failed: another writer changed that state).
+    again: list[Message] = field(default_factory=list)
+    #: The scripts must be loaded again on the consumer's connection, and the commit re-sent.
+    reload: bool = False
+    dropped: int = 0
+    error: str | None = None
+
+
+class Committer:
+    """One consumer's commits: builds them from an Outbox, judges their replies, keeps the fence
+    counter it knows (the tag of the next batches).
+
+    Example:
+        >>> committer = Committer(redis, "orders", "billing", "web-1-42-bill-0")  # doctest: +SKIP
+        >>> pending = committer.build(["1-0"], [msg], outbox, margin=10, tag=committer.epoch)
     """
-    if not done:
-        return None
-    if not out.outputs:
-        return [["XACK", stream, group, *done]]
-    keys: dict[str, int] = {stream: 1}
-    index = keys.setdefault
-    done_set = set(done)
-    outputs: list[list[Any]] = [
-        [entry_id, index(key, len(keys) + 1), maxlen, flat, kind]
-        for entry_id, key, maxlen, flat, kind in out.outputs
-        if entry_id in done_set
-    ]
-    # The whole PEL of this consumer, lowest ids first: at commit time it holds this batch, its
-    # entries waiting for a retry and little else (`margin`), so `count` covers every done id.
-    lo, hi = "-", "+"
-    if memory:
-        whole = int(out.whole)
-        args: list[Any] = [group, consumer, lo, hi, len(done) + margin, whole, len(done), *done]
-        for entry_id, idx, maxlen, flat, kind in outputs:
-            args += [entry_id, kind, idx, maxlen, len(flat), *flat]
-        return [["EVALSHA", sha1(MEMORY_COMMIT_SCRIPT), len(keys), *keys, *args]]
-    payload, extra = pack_batch([done, outputs, int(out.whole)], out.binary)
-    script = ["EVALSHA", sha1(COMMIT_SCRIPT), len(keys), *keys]
-    return [[*script, group, consumer, lo, hi, payload, margin, *extra]]
 
+    def __init__(self, redis: RedisConnection, stream: str, group: str, consumer: str) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.fence = key_names.fence(stream, group)
+        self.script: Script = redis.script(COMMIT_SCRIPT)
+        #: The fence counter as last read from Redis (None until then: the next batch is
+        #: checked entry by entry, and its reply tells the counter).
+        self.epoch: str | None = None
 
-async def write_outputs(client: Any, done: list[str], out: Batch) -> None:
-    """The at-least-once fallback when outputs live in another cluster slot than the input:
-    write the outputs of the `done` entries now (the commit then only acks)."""
-    async with client.pipeline(transaction=False) as pipe:
-        done_set = set(done)
-        for entry_id, key, maxlen, flat, kind in out.outputs:
-            if entry_id not in done_set:
-                continue
-            if kind == ZADD:
-                pipe.execute_command("ZADD", key, maxlen, *flat)
-                continue
-            trim = ["MAXLEN", "~", maxlen] if maxlen > 0 else []
-            trim = ["MAXLEN", -maxlen] if maxlen < 0 else trim
-            pipe.execute_command("XADD", key, *trim, "*", *flat)
-        await pipe.execute()
-    out.outputs.clear()
+    def scripts(self) -> list[Script]:
+        """The scripts the consumer's connection must have loaded."""
+        return [self.script]
 
+    def outbox(self, maxlen: int | None, namespace: str) -> Outbox:
+        """A new, empty outbox for a batch."""
+        redis = self.redis
+        return Outbox(
+            maxlen=maxlen, namespace=namespace, url=redis.url, stream=self.stream, redis=redis
+        )
 
-async def acked_floor(client: Any, stream: str) -> bytes | None:
-    """The lowest id any group still needs (oldest pending, or next undelivered): entries
-    below it were delivered to and acked by every group. None when there are no groups."""
-    floor: tuple[int, int] | None = None
-    for g in await client.xinfo_groups(stream):
-        summary = await client.xpending(stream, g["name"])
-        if summary["pending"]:
-            cand = parse_entry_id(summary["min"])
-        else:
-            ms, seq = parse_entry_id(g["last-delivered-id"])
-            cand = (ms, seq + 1)
-        floor = cand if floor is None or cand < floor else floor
-    return None if floor is None else f"{floor[0]}-{floor[1]}".encode()
+    def build(
+        self,
+        done: list[str],
+        messages: list[Message],
+        out: Outbox | None,
+        *,
+        margin: int,
+        tag: int | None,
+    ) -> Pending | None:
+        """The commit of `done` (acks, and the operations of `out` that belong to them).
 
+        Without operations it is a plain XACK: acking an entry another consumer took is
+        harmless (that one's commit finds it acked). `margin`: how many other entries this
+        consumer may own besides `done` (retries waiting, a batch in hand)."""
+        if not done:
+            return None
+        if out is None or not out.ops:
+            return Pending([["XACK", self.stream, self.group, *done]], done, messages, tag)
+        cmds = self._command(done, out, margin, tag, False)
+        return Pending(cmds, done, messages, tag, out, margin)
 
-pack_msgpack = msgspec.msgpack.Encoder().encode
+    def again(self, pending: Pending) -> Pending:
+        """`pending` to send again after its reply was lost: it may have been applied, so this
+        time each entry is checked against the PEL (a plain XACK is idempotent as it is)."""
+        p, out = pending, pending.out
+        if out is None:
+            return p
+        cmds = self._command(p.ids, out, p.margin, p.tag, True)
+        return Pending(cmds, p.ids, p.messages, p.tag, out, p.margin, True)
 
+    def _command(
+        self, done: list[str], out: Outbox, margin: int, tag: int | None, check: bool
+    ) -> list[list[Any]]:
+        key_index: dict[str, int] = {self.stream: 1, self.fence: 2}
+        index = key_index.setdefault
+        whole = out.whole
+        owner = {entry_id: i for i, entry_id in enumerate(done, 1)}
+        args: list[Any] = [
+            self.group,
+            self.consumer,
+            "" if tag is None else str(tag),
+            "1" if whole else "0",
+            "1" if check else "0",
+            margin,
+            len(done),
+            *done,
+        ]
+        extend = args.extend
+        for entry_id, code, key, rest in out.ops:
+            o = 0 if whole else owner.get(entry_id)
+            if o is None:
+                continue  # an entry that failed or was skipped: nothing of it is written
+            extend((o, code, len(rest) + 1, index(key, len(key_index) + 1), *rest))
+        return [self.script.command(list(key_index), args)]
 
-def pack_batch(entries: list[Any], binary: bool = False) -> tuple[bytes, list[bytes]]:
-    """The commit's payload as msgpack for Redis' cmsgpack, and the bytes values lifted out of it.
+    async def write_now(self, done: list[str], out: Outbox) -> None:
+        """The at-least-once fallback when operations live in another cluster slot than the
+        input: write those of the `done` entries now, before the ack (the commit then only
+        acks). Checks (optimistic concurrency) cannot span slots and are skipped."""
+        owners = set(done)
+        async with self.redis.client.pipeline(transaction=False) as pipe:
+            for entry_id, code, key, rest in out.ops:
+                if not (out.whole or entry_id in owners):
+                    continue
+                if code == XADD:
+                    maxlen, fields = rest[0], rest[1:]
+                    trim = ["MAXLEN", "~", maxlen] if maxlen > 0 else []
+                    trim = ["MAXLEN", -maxlen] if maxlen < 0 else trim
+                    pipe.execute_command("XADD", key, *trim, "*", *fields)
+                elif code in (ZADD, HSET):
+                    pipe.execute_command("ZADD" if code == ZADD else "HSET", key, *rest)
+                elif code == HDEL:
+                    pipe.execute_command("HDEL", key, *rest)
+                elif code == STORE_SET:
+                    name, value, ttl = rest
+                    if ttl == "":
+                        pipe.execute_command("HSET", key, name, value)
+                        pipe.execute_command("DEL", f"{key}:ttl:{name}")
+                    else:
+                        pipe.execute_command("SET", f"{key}:ttl:{name}", value, "PX", ttl)
+                        pipe.execute_command("HDEL", key, name)
+                elif code == STORE_KEEP:
+                    pipe.execute_command("HSET", key, *rest)
+                elif code == STORE_INCR:
+                    pipe.execute_command("HINCRBY", key, *rest)
+                elif code == STORE_DELETE:
+                    pipe.execute_command("HDEL", key, rest[0])
+                    pipe.execute_command("DEL", f"{key}:ttl:{rest[0]}")
+            await pipe.execute()
+        out.ops.clear()
 
-    `entries` is [done ids, [[entry id, key index, maxlen, fields, kind], ...], whole]. cmsgpack
-    has no bin type ("Bad data format"), and msgspec writes bytes as bin; so each bytes field is
-    replaced by its 1-based index into the returned list, passed as extra ARGV.
-    """
-    if not binary:
-        return pack_msgpack(entries), []
-    done, outputs, whole = entries
-    extra: list[bytes] = []
-    lifted = []
-    for entry_id, idx, maxlen, flat, kind in outputs:
-        fields: list[Any] = []
-        for item in flat:
-            if type(item) is bytes:
-                extra.append(item)
-                item = len(extra)
-            fields.append(item)
-        lifted.append([entry_id, idx, maxlen, fields, kind])
-    return pack_msgpack([done, lifted, whole]), extra
-
-
-def pack(commands: Sequence[Sequence[Any]]) -> bytes:
-    """RESP-encode commands; several times faster than redis-py's packer for long commands."""
-    out: list[bytes] = []
-    add = out.append
-    for cmd in commands:
-        add(b"*%d\r\n" % len(cmd))
-        for arg in cmd:
-            t = type(arg)
-            if t is str:
-                b = arg.encode()
-            elif t is bytes:
-                b = arg
-            elif t is int:
-                b = b"%d" % arg
-            else:
-                b = (
-                    arg.encode()
-                    if isinstance(arg, str)
-                    else bytes(arg)
-                    if isinstance(arg, bytes | bytearray | memoryview)
-                    else str(arg).encode()
-                )
-            add(b"$%d\r\n%b\r\n" % (len(b), b))
-    return b"".join(out)
+    def judge(self, pending: Pending, reply: Any) -> Verdict:
+        """What the reply of `pending`'s script (or XACK) means; updates the fence counter."""
+        if isinstance(reply, int):
+            return Verdict()
+        if isinstance(reply, Exception):
+            text = str(reply)
+            if isinstance(reply, NoScriptError):
+                return Verdict(reload=True)
+            # E.g. OOM: nothing was written and the entries stay ours: retry them.
+            return Verdict(retry=list(pending.ids), retry_after_s=1.0, error=text)
+        _acked, epoch, again, kind, dropped = reply
+        self.epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        ids = [e.decode() if isinstance(e, bytes) else str(e) for e in again]
+        if int(kind) == 2:
+            return Verdict(retry=ids, dropped=int(dropped))
+        wanted = set(ids)
+        return Verdict(again=[m for m in pending.messages if m.key in wanted], dropped=int(dropped))

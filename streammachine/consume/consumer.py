@@ -1,139 +1,115 @@
-"""One consumer's loop: read → deliver → commit, overlapped.
+"""One consumer's loop: read → handle → commit, overlapped.
 
 Right after a batch arrives the consumer sends [commit of the previous batch, XREADGROUP for the
 next] in one write, runs the handlers while Redis works, then reads both replies. When a read
 comes back empty it falls back to a blocking read (idle costs no CPU). Between batches it takes
-the work that is due: its own retries, and entries of *other* consumers idle longer than
-`claim_idle_ms` (never its own: those it still holds, prefetched or waiting for a retry). A
-keepalive task refreshes every entry it owns so nobody claims them while it lives, and the first
-consumer of each stream in a process tidies the group (dead consumers, acked entries).
+the work that is due (`claims`): its own retries, and entries of *other* consumers idle longer
+than `claim_idle_ms` whose process is dead. The keepalive (`upkeep`) refreshes every entry it owns
+so nobody claims them while it lives; the first consumer of each stream in a process tidies the
+group.
 
-The connection is `wire.Wire`, the handler call and failures are `delivery`, the commit is
-`commit`, the keepalive and tidying are `upkeep`; this module is only the loop.
+Each batch carries the fence counter the consumer knew when it got the entries (its tag); the
+commit (`commit.Committer`) writes without checking each entry when the counter has not moved.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..codec import as_text, parse_entry_id
+from ..codec import as_text
 from ..presence.liveness import LiveSet, is_live
-from .commit import (
-    DELCONSUMER_SCRIPT,
+from .claims import (
+    CLAIM_SCRIPT,
     RECLAIM_SCRIPT,
-    Batch,
-    commit_commands,
-    current_batch,
-    sha1,
-    write_outputs,
+    TAKEOVER_SCRIPT,
+    Taken,
+    claim_cursor_after,
 )
-from .upkeep import keepalive, tidy
+from .commit import Committer, Pending, Verdict, current_outbox
+from .upkeep import DELCONSUMER_SCRIPT, keepalive, tidy
 from .wire import Read, Wire, WireLost
 
 if TYPE_CHECKING:
-    from ..connection import RedisConnection
     from ..message import Message
-    from ..schedule.rate import RateLimiter
-    from ..settings import ConsumerConfig
-    from .agent import AgentStats
-    from .delivery import Delivery, Failures
+    from .context import Context, Ownership
 
 __all__ = ["Consumer"]
 
-log = logging.getLogger("streammachine.consume.agent")
+log = logging.getLogger("streammachine.agent")
+
+Tag = int | None  # the fence counter a batch was read under; None: unknown (checked per entry)
 
 
-@dataclass(slots=True)
-class Pending:
-    """A batch's commit not yet confirmed: its commands and the entries it acks."""
-
-    cmds: list[list[Any]]
-    ids: list[str]
-
-
-Commit = Pending | None
+def _older(a: Tag, b: Tag) -> Tag:
+    return None if a is None or b is None else min(a, b)
 
 
 class Consumer:
     """One consumer of an agent on one stream.
 
     Args:
-        cfg, stream, name: the agent's configuration, the stream it reads (the agent's or one
-            of its partitions) and its consumer name in the group.
-        redis, delivery, failures, stats: the connection manager, the handler call, retries
-            and dead letters, the agent's counters.
-        prepare: creates the group again (after NOGROUP or a reconnect).
+        ctx: what it works with (stream, name, configuration, connection, handler, ...).
         housekeeper: whether this consumer tidies the group (one per stream and process).
-        wire: its connection (default: a new `Wire`).
-        namespace: the storage namespace of delayed sends made in the handler.
-        limiter: the agent's rate limit, taken per batch before it is handled.
-        takeover: at start, take every pending entry of the group on `stream` and handle them
-            in id order before new ones (a partition's new owner; `cfg.takeover`).
-        holds: whether the consumer may still consume `stream` (a partition's lease), asked
-            before every read and batch; when it says no the consumer stops.
-        gate: bounds how many consumers handle a batch at once (a partitioned agent's
-            `concurrency`).
+        ownership: for a partition's single owner: the lease check, takeover and gate.
     """
 
     def __init__(
-        self,
-        cfg: ConsumerConfig,
-        stream: str,
-        name: str,
-        redis: RedisConnection,
-        delivery: Delivery,
-        failures: Failures,
-        stats: AgentStats,
-        prepare: Callable[[], Awaitable[None]],
-        *,
-        housekeeper: bool = False,
-        wire: Wire | None = None,
-        namespace: str = "default",
-        limiter: RateLimiter | None = None,
-        takeover: bool = False,
-        holds: Callable[[], bool] | None = None,
-        gate: anyio.Semaphore | None = None,
+        self, ctx: Context, *, housekeeper: bool = False, ownership: Ownership | None = None
     ) -> None:
-        self.cfg = cfg
-        self.stream = stream
-        self.name = name
-        self.redis = redis
-        self.delivery = delivery
-        self.failures = failures
-        self.stats = stats
-        self.prepare = prepare
+        self.ctx = ctx
+        self.cfg = cfg = ctx.config
+        self.stream, self.name = ctx.stream, ctx.name
+        self.failures = ctx.failures
+        self.stats = ctx.stats
         self.housekeeper = housekeeper
-        self.wire = wire or Wire(redis, stream, name)
-        self.live = LiveSet(redis)
-        self.namespace = namespace
-        self.limiter = limiter
-        self.takeover = takeover
-        self.holds = holds
-        self.gate = gate
+        self.ownership = ownership
+        redis = ctx.redis
         self.memory = redis.is_memory
+        self.wire = Wire(
+            redis, ctx.stream, ctx.name, down_exit_s=ctx.down_exit_s, on_down=ctx.on_down
+        )
+        self.committer = Committer(redis, ctx.stream, cfg.group, ctx.name)
+        self.wire.scripts = [
+            *self.committer.scripts(),
+            *(redis.script(s) for s in (CLAIM_SCRIPT, RECLAIM_SCRIPT, TAKEOVER_SCRIPT)),
+            redis.script(DELCONSUMER_SCRIPT),
+        ]
+        self.live = LiveSet(redis)
         self.next_claim = time.monotonic() + cfg.claim_interval_ms / 1000.0
         self.next_housekeeping = time.monotonic()
         self.claim_cursor = "-"
+        #: commits to send again (their reply was lost, or the scripts had to be reloaded)
         self.redo: list[Pending] = []
         #: the commit sent with the read in flight
-        self.riding: Commit = None
+        self.riding: Pending | None = None
+        #: messages to handle again at once (a state check failed in their commit)
+        self.again: list[Message] = []
+        self.again_tag: Tag = None
         #: read own pending entries again: a read whose reply was lost may have delivered some
         self.resync = False
         self.faults: set[str] = set()
         self.warned_cross_slot = False
 
+    @property
+    def epoch(self) -> Tag:
+        """The fence counter this consumer knows (the tag of what it reads next)."""
+        e = self.committer.epoch
+        return None if e is None else int(e)
+
+    def _holds(self) -> bool:
+        return self.ownership is None or self.ownership.holds()
+
     # --- the loop ---------------------------------------------------------------------------
 
     def _read_cmd(self, block: bool, start_id: str = ">") -> list[Any]:
-        cmd: list[Any] = ["XREADGROUP", "GROUP", self.cfg.group, self.name, "COUNT", self.cfg.count]
+        cfg = self.cfg
+        cmd: list[Any] = ["XREADGROUP", "GROUP", cfg.group, self.name, "COUNT", cfg.count]
         if block and not self.memory:
-            cmd += ["BLOCK", self.cfg.block_ms]
+            cmd += ["BLOCK", cfg.block_ms]
         return [*cmd, "STREAMS", self.stream, start_id]
 
     async def run(self, stop: anyio.Event) -> None:
@@ -142,7 +118,7 @@ class Consumer:
             tg.start_soon(self._watch_stop, stop)
             cfg = self.cfg
             tg.start_soon(
-                keepalive, self.redis, self.stream, cfg.group, self.name, cfg.claim_idle_ms
+                keepalive, self.ctx.redis, self.stream, cfg.group, self.name, cfg.claim_idle_ms
             )
             try:
                 while True:
@@ -151,8 +127,12 @@ class Consumer:
                         break
                     except Exception:
                         # A bug or an unexpected reply must not take the app down: start over on
-                        # a fresh connection; unacked entries are still pending and come back.
+                        # a fresh connection; unacked entries are still pending and come back,
+                        # and a commit whose reply was not read is sent again, checked.
                         log.exception("%s: consumer loop failed; restarting it", self.name)
+                        riding, self.riding = self.riding, None
+                        if riding is not None:
+                            self.redo.append(self.committer.again(riding))
                         await self.wire.close()
                         await anyio.sleep(1.0)
             finally:
@@ -166,40 +146,62 @@ class Consumer:
             await self.wire.unblock()
             await anyio.sleep(0.05)
 
+    def _paused(self) -> bool:
+        switch = self.ctx.switch
+        return switch is not None and switch.paused
+
     async def _loop(self, stop: anyio.Event) -> None:
-        commit: Commit = None
-        await self._drain_pending(stop, takeover=self.takeover)
+        commit: Pending | None = None
+        takeover = self.ownership is not None and self.ownership.takeover
+        # Commits that may have been applied go first, checked entry by entry: the drain below
+        # handles again whatever they did not ack.
+        while self.redo:
+            await self._flush(self.redo.pop())
+        await self._drain_pending(stop, takeover=takeover)
         batch: list[Message] = []
+        tag: Tag = None
         while True:
-            if self.holds is not None and not self.holds():
+            if not self._holds():
                 # The partition moved to another owner: what is in hand is its to handle.
                 log.info("%s: no longer owns %s; stopping", self.name, self.stream)
                 break
             while self.redo:
                 await self._flush(self.redo.pop())
             if self.resync:
+                # The commit in hand first: the drain handles again every owned entry not acked.
                 self.resync = False
+                await self._flush(commit)
+                commit = None
                 await self._drain_pending(stop, skip={m.key or "" for m in batch})
+            if self._paused() and not stop.is_set():
+                # Paused by an operator: commit what is done, hold what is in hand (the
+                # keepalive keeps it ours), read nothing until resumed.
+                await self._flush(commit)
+                commit = None
+                await self.ctx.switch.wait(stop)  # type: ignore[union-attr]
+                continue
             if not batch:
                 if stop.is_set():
                     break
+                tag = self.epoch
                 batch = await self._exchange(self._with(commit, self._read_cmd(True)))
                 commit = None
                 if not batch and self.memory and not stop.is_set():
                     await anyio.sleep(0.005)
-                batch = await self._with_due_work(batch)
+                batch, tag = await self._with_due_work(batch, tag)
                 continue
             # Overlap: ask for the next batch now, handle this one while Redis works.
             cmds: list[list[Any]] | None = None
-            if stop.is_set():
+            next_tag = self.epoch
+            if stop.is_set() or self._paused():
                 await self._flush(commit)
             else:
                 cmds = self._with(commit, self._read_cmd(False))
                 if not await self._send(cmds):
                     cmds = None
-            commit = await self._handle(batch)
+            commit = await self._handle(batch, tag)
             batch = await self._recv(cmds) if cmds else []
-            batch = await self._with_due_work(batch)
+            batch, tag = await self._with_due_work(batch, next_tag)
         await self._flush(commit)
         await self._retire()
 
@@ -210,14 +212,17 @@ class Consumer:
         (a restart under the same name), and after a lost connection (the lost reply of a read
         may have delivered entries this consumer never saw; nobody else may claim them while it
         lives). `skip`: entries in hand; with `takeover`, first take every pending entry of the
-        group."""
+        group (fencing their owners)."""
         if takeover:
-            cmd = ["XAUTOCLAIM", self.stream, self.cfg.group, self.name, 0, "0-0", "COUNT", 1_000_000, "JUSTID"]  # fmt: skip
-            replies = await self._call([cmd])
-            if replies and not isinstance(replies[0], Exception) and replies[0][1]:
-                log.info("%s: took over %d pending entries", self.name, len(replies[0][1]))
+            args = [self.cfg.group, self.name]
+            reply = await self._run(TAKEOVER_SCRIPT, args)
+            if reply is not None:
+                self.committer.epoch = as_text(reply[1])
+                if int(reply[0]):
+                    log.info("%s: took over %d pending entries", self.name, int(reply[0]))
         after = "0"
         while not stop.is_set():
+            tag = self.epoch
             batch = await self._exchange([self._read_cmd(False, after)])
             if not batch:
                 return
@@ -234,7 +239,7 @@ class Consumer:
                 and m.key not in self.failures.retry_at
             ]
             await self._count_deliveries(batch)
-            await self._flush(await self._handle(batch))
+            await self._flush(await self._handle(batch, tag))
 
     async def _count_deliveries(self, batch: list[Message]) -> None:
         """Set `deliveries` of re-read own entries from the PEL (one range query)."""
@@ -247,7 +252,7 @@ class Consumer:
             for m in batch:
                 m.deliveries = counts.get(m.key or "", 1)
 
-    def _with(self, commit: Commit, read: list[Any]) -> list[list[Any]]:
+    def _with(self, commit: Pending | None, read: list[Any]) -> list[list[Any]]:
         self.riding = commit
         return [*commit.cmds, read] if commit else [read]
 
@@ -265,7 +270,7 @@ class Consumer:
         try:
             await self.wire.send(cmds)
         except WireLost:
-            await self._lost(cmds)
+            await self._lost()
             return False
         return True
 
@@ -273,11 +278,16 @@ class Consumer:
         try:
             replies = await self.wire.recv(len(cmds))
         except WireLost:
-            await self._lost(cmds)
+            await self._lost()
             return []
         riding, self.riding = self.riding, None
-        if riding is not None and self._committed(riding, replies[:-1]):
-            self.redo.append(riding)
+        if riding is not None:
+            verdict = self.committer.judge(riding, replies[0])
+            if verdict.reload:  # not applied: load the scripts, send it again
+                await self._reload()
+                self.redo.append(riding)
+            else:
+                self._act(riding, verdict)
         return self._take(self.wire.read(replies[-1]))
 
     async def _call(self, cmds: list[list[Any]]) -> list[Any]:
@@ -288,58 +298,89 @@ class Consumer:
             await self._outage()
             return []
 
+    async def _run(self, source: str, args: list[Any]) -> Any:
+        """A script of `claims` on the consumer's connection (KEYS: stream, fence); its reply, or
+        None when Redis refused it (logged) or the connection broke."""
+        script = self.ctx.redis.script(source)
+        try:
+            reply = await self.wire.run(script, [self.stream, self.committer.fence], args)
+        except WireLost:
+            await self._outage()
+            return None
+        if isinstance(reply, Exception):
+            log.warning("%s: %s", self.name, reply)
+            return None
+        return reply
+
     def _take(self, read: Read) -> list[Message]:
         if read.fault is not None:
             self.faults.add(read.fault)
         return read.messages
 
-    def _committed(self, commit: Pending, replies: list[Any]) -> bool:
-        """Act on a commit's replies; True when the scripts must be loaded again (NOSCRIPT)."""
-        for reply in replies:
-            if isinstance(reply, list):
-                # A batch whose entries were partly claimed away: nothing was written; handle
-                # the ones still owned again (the others are their new owner's).
-                for entry_id in reply:
-                    self.failures.later(as_text(entry_id))
-            elif isinstance(reply, Exception):
-                if "NOSCRIPT" in str(reply):
-                    return True
-                # E.g. OOM: the entries stay ours (and the keepalive keeps them): retry them.
-                log.error("%s: commit failed (%s); handling its entries again", self.name, reply)
-                for entry_id in commit.ids:
-                    self.failures.later(entry_id, 1.0)
-        return False
+    async def _reload(self) -> None:
+        try:
+            await self.wire.load_scripts()
+        except WireLost:
+            await self._outage()
 
-    async def _lost(self, cmds: list[list[Any]]) -> None:
-        # The commit may or may not have been applied; it is idempotent, so send it again.
+    def _act(self, pending: Pending, verdict: Verdict) -> None:
+        """Carry out what a commit's reply means (other than reloading the scripts)."""
+        if verdict.error is not None:
+            log.error(
+                "%s: commit failed (%s); handling its entries again", self.name, verdict.error
+            )
+        for entry_id in verdict.retry:
+            # Still ours: a whole batch partly taken by another consumer (its owned entries are
+            # handled again), or a commit Redis refused (e.g. OOM).
+            self.failures.later(entry_id, verdict.retry_after_s)
+        if verdict.again:
+            self.again_tag = _older(self.again_tag, self.epoch) if self.again else self.epoch
+            self.again += verdict.again
+        if verdict.dropped and not pending.check:
+            self.stats.dropped += verdict.dropped
+            log.warning(
+                "%s: dropped %d outputs or state changes of entries another consumer took while "
+                "this one stalled (that one writes them)", self.name, verdict.dropped,
+            )  # fmt: skip
+
+    async def _lost(self) -> None:
+        # The commit may or may not have been applied: send it again, checked entry by entry.
         riding, self.riding = self.riding, None
         if riding is not None:
-            self.redo.append(riding)
+            self.redo.append(self.committer.again(riding))
         await self._outage()
 
     async def _outage(self) -> None:
         self.resync = True
         await self.wire.outage()
         try:
-            await self.prepare()
+            await self.ctx.prepare()
         except Exception:
             log.debug("recreating the group after reconnecting failed", exc_info=True)
 
     # --- due work ---------------------------------------------------------------------------
 
-    async def _with_due_work(self, batch: list[Message]) -> list[Message]:
-        """`batch` plus the entries due now (retries, stalled entries of others), each once."""
-        due = await self._due_work()
+    async def _with_due_work(self, batch: list[Message], tag: Tag) -> tuple[list[Message], Tag]:
+        """`batch` plus the entries due now (handled again, retries, stalled entries of others),
+        each once, and the tag of the whole (the oldest of its parts')."""
+        due: list[Message] = []
+        if self.again:
+            due, self.again = self.again, []
+            tag = _older(tag, self.again_tag)
+        more, more_tag = await self._due_work()
+        if more:
+            due += more
+            tag = _older(tag, more_tag)
         if not due:
-            return batch
+            return batch, tag
         seen = {m.key for m in batch}
         for m in due:
             if m.key not in seen:
                 seen.add(m.key)
                 batch.append(m)
-        return batch
+        return batch, tag
 
-    async def _due_work(self) -> list[Message]:
+    async def _due_work(self) -> tuple[list[Message], Tag]:
         faults, self.faults = self.faults, set()
         if "moved" in faults:
             await self._outage()
@@ -348,45 +389,42 @@ class Consumer:
         if "nogroup" in faults:
             log.warning("%s: group %s vanished; recreating", self.name, self.cfg.group)
             try:
-                await self.prepare()
+                await self.ctx.prepare()
             except Exception:
                 log.debug("recreating group failed", exc_info=True)
         out: list[Message] = []
+        tag: Tag = self.epoch
         retries = self.failures.due()
         if retries:
-            out += await self._reclaim(retries)
+            msgs, t = await self._reclaim(retries)
+            out += msgs
+            tag = _older(tag, t)
         now = time.monotonic()
-        if now >= self.next_claim:
+        if now >= self.next_claim and not self._paused():
             self.next_claim = now + self.cfg.claim_interval_ms / 1000.0
-            out += await self._claim_stalled()
+            msgs, t = await self._claim_stalled()
+            out += msgs
+            tag = _older(tag, t)
             if self.housekeeper and now >= self.next_housekeeping:
                 self.next_housekeeping = now + max(1.0, self.cfg.claim_interval_ms / 1000.0)
-                await tidy(self.redis, self.stream, self.cfg, self.name)
-        return out
+                await tidy(self.ctx.redis, self.stream, self.cfg, self.name)
+        return out, tag
 
-    async def _reclaim(self, retries: list[str]) -> list[Message]:
+    async def _reclaim(self, retries: list[str]) -> tuple[list[Message], Tag]:
         """Take back, as new deliveries, the due retries this consumer still owns."""
-        cmd = ["EVALSHA", sha1(RECLAIM_SCRIPT), 1, self.stream, self.cfg.group, self.name, *retries]
-        replies = await self._call([cmd])
-        if not replies or isinstance(replies[0], Exception):
-            if replies:
-                log.warning("%s: retry failed: %s", self.name, replies[0])
+        reply = await self._run(RECLAIM_SCRIPT, [self.cfg.group, self.name, *retries])
+        if reply is None:
             for entry_id in retries:  # still ours: try again soon
                 self.failures.later(entry_id, 1.0)
-            return []
-        entries, counts = replies[0]
-        before = {as_text(k): int(v) for k, v in zip(counts[::2], counts[1::2], strict=True)}
-        msgs = self._entries(entries)
-        for m in msgs:
-            m.deliveries = before.get(m.key or "", 0) + 1
-        return msgs
+            return [], None
+        return await self._taken(Taken(reply))
 
-    async def _claim_stalled(self) -> list[Message]:
+    async def _claim_stalled(self) -> tuple[list[Message], Tag]:
         """Claim entries of *other* consumers idle longer than `claim_idle_ms`, whose process
-        is no longer alive (its heartbeat ran out).
+        is no longer alive (its heartbeat ran out); the claim script fences their owners.
 
         XPENDING IDLE lists them with their owners (XAUTOCLAIM cannot leave out the consumer's
-        own); XCLAIM re-checks the idle time, so an entry refreshed meanwhile stays."""
+        own); the script re-checks owner and idle time, so an entry refreshed meanwhile stays."""
         cfg = self.cfg
         scan = max(cfg.count * 4, 100)
         cmd = ["XPENDING", self.stream, cfg.group, "IDLE", cfg.claim_idle_ms, self.claim_cursor, "+", scan]  # fmt: skip
@@ -394,106 +432,111 @@ class Consumer:
         if not replies or isinstance(replies[0], Exception):
             if replies:
                 log.warning("%s: XPENDING failed: %s", self.name, replies[0])
-            return []
+            return [], None
         pending = replies[0]
-        last = parse_entry_id(pending[-1][0]) if len(pending) == scan else None  # inclusive
-        self.claim_cursor = f"{last[0]}-{last[1] + 1}" if last else "-"
+        self.claim_cursor = claim_cursor_after(pending, scan)
         owners = {as_text(e[1]) for e in pending} - {self.name}
         if not owners:
-            return []
+            return [], None
         # Never from a live process, even while a handler blocks its loop (else two workers take
         # each other's in-flight batches for ever); a frozen or dead one's heartbeat runs out.
         live = await self.live.get()
         dead = {o for o in owners if not is_live(o, live)}
-        theirs = {as_text(e[0]): int(e[3]) for e in pending if as_text(e[1]) in dead}
-        if not theirs:
-            return []
-        ids = list(theirs)[: cfg.count]
-        replies = await self._call([["XCLAIM", self.stream, cfg.group, self.name, cfg.claim_idle_ms, *ids]])  # fmt: skip
-        if not replies or isinstance(replies[0], Exception):
-            return []
-        gone = [as_text(e[0]) for e in replies[0] if e and e[1] is None]
-        if gone:  # deleted from the stream (trimmed) while pending: nothing left to handle
-            await self._call([["XACK", self.stream, cfg.group, *gone]])
-        msgs = self._entries(replies[0])
-        for m in msgs:
-            m.deliveries = theirs.get(m.key or "", 0) + 1
+        ids = [as_text(e[0]) for e in pending if as_text(e[1]) in dead][: cfg.count]
+        if not ids:
+            return [], None
+        reply = await self._run(CLAIM_SCRIPT, [cfg.group, self.name, cfg.claim_idle_ms, *ids])
+        if reply is None:
+            return [], None
+        msgs, tag = await self._taken(Taken(reply))
         if msgs:
             log.info("%s: claimed %d stalled entries", self.name, len(msgs))
-        return msgs
+        return msgs, tag
 
-    def _entries(self, reply: list[Any]) -> list[Message]:
-        entries = [e for e in reply if e and e[1] is not None]
-        return self._take(self.wire.read([(self.stream, entries)] if entries else []))
+    async def _taken(self, taken: Taken) -> tuple[list[Message], Tag]:
+        gone = taken.gone()
+        if gone:  # deleted from the stream (trimmed) while pending: nothing left to handle
+            await self._call([["XACK", self.stream, self.cfg.group, *gone]])
+        present = taken.present()
+        msgs = self._take(self.wire.read([(self.stream, present)])) if present else []
+        for m in msgs:
+            m.deliveries = taken.before.get(m.key or "", 0) + 1
+        self.committer.epoch = taken.epoch
+        return msgs, int(taken.epoch)
 
     # --- handling ---------------------------------------------------------------------------
 
-    async def _handle(self, batch: list[Message]) -> Commit:
-        """Run the handler over `batch`; return the commit command for what succeeded."""
-        if self.limiter is not None:
+    async def _handle(self, batch: list[Message], tag: Tag) -> Pending | None:
+        """Run the handler over `batch`; return the commit of what succeeded."""
+        ctx = self.ctx
+        if ctx.limiter is not None:
             # Sleeping costs no CPU, and the keepalive keeps the batch from being claimed.
-            await self.limiter.take(len(batch))
-        if self.holds is not None and not self.holds():
+            await ctx.limiter.take(len(batch))
+        if not self._holds():
             return None  # lost the partition (e.g. frozen past its lease): the batch is not ours
-        out = Batch(maxlen=self.cfg.maxlen, namespace=self.namespace)
-        token = current_batch.set(out)
+        out = self.committer.outbox(self.cfg.maxlen, ctx.namespace)
+        token = current_outbox.set(out)
         self.stats.running += 1
+        gate = self.ownership.gate if self.ownership is not None else None
         try:
-            if self.gate is None:
-                done, failed = await self.delivery.run(batch, out)
+            if gate is None:
+                done, failed = await ctx.delivery.run(batch, out)
             else:
-                async with self.gate:
-                    done, failed = await self.delivery.run(batch, out)
+                async with gate:
+                    done, failed = await ctx.delivery.run(batch, out)
         finally:
             out.closed = True
-            current_batch.reset(token)
+            current_outbox.reset(token)
             self.stats.running -= 1
         if failed:
             await self.failures.handle(failed)
-        if out.outputs and not self._atomic(out):
-            await write_outputs(self.redis.client, done, out)
+        if out.ops and not self._atomic(out.keys()):
+            await self.committer.write_now(done, out)
         # What else this consumer may own while the commit runs: retries waiting, and a batch
         # in hand (read, not handled yet) of up to `count` entries plus claimed ones.
-        margin = len(self.failures.retry_at) + 2 * self.cfg.count + 100
-        cmds = commit_commands(
-            self.stream, self.cfg.group, self.name, done, out, memory=self.memory, margin=margin
-        )
-        return Pending(cmds, done) if cmds else None
+        margin = len(self.failures.retry_at) + len(self.again) + 2 * self.cfg.count + 100
+        return self.committer.build(done, batch, out, margin=margin, tag=tag)
 
-    def _atomic(self, out: Batch) -> bool:
-        """Whether outputs and acks can be committed in one script (same node and slot)."""
-        topics = out.keys()
-        if self.redis.same_slot([self.stream, *topics]):
+    def _atomic(self, written: set[str]) -> bool:
+        """Whether the operations and acks can be committed in one script (same node and
+        slot)."""
+        if self.ctx.redis.same_slot([self.stream, *written]):
             return True
         if not self.warned_cross_slot:
             self.warned_cross_slot = True
             log.warning(
                 "%s: %s and its outputs %s are in different cluster slots: at-least-once "
                 "(outputs before the ack); one hash tag, e.g. {orders}:in and {orders}:out, "
-                "keeps it exactly-once.", self.name, self.stream, sorted(topics),
+                "keeps it exactly-once.", self.name, self.stream, sorted(written),
             )  # fmt: skip
         return False
 
-    async def _flush(self, commit: Commit) -> None:
+    async def _flush(self, commit: Pending | None) -> None:
         """Write a pending commit now (at shutdown, or when no read rides with it)."""
-        if not commit:
-            return
         for _ in range(3):
+            if commit is None:
+                return
             replies = await self._call(commit.cmds)
             if not replies:
+                commit = self.committer.again(commit)  # may have been applied: check it
                 continue
-            if not self._committed(commit, replies):
+            verdict = self.committer.judge(commit, replies[0])
+            if not verdict.reload:
+                self._act(commit, verdict)
                 return
-            await self.wire.close()  # NOSCRIPT: connecting loads the scripts again
-        for entry_id in commit.ids:  # still ours, unacked: handle them again
-            self.failures.later(entry_id, 1.0)
+            await self._reload()
+        if commit is not None:
+            for entry_id in commit.ids:  # still ours, unacked: handle them again
+                self.failures.later(entry_id, 1.0)
 
     async def _retire(self) -> None:
         """On a clean stop, delete this consumer if it owns nothing (checked in the same step)."""
         if self.failures.retry_at:
             return
-        cmd = ["EVAL", DELCONSUMER_SCRIPT, 1, self.stream, self.cfg.group, self.name]
         try:
-            await self.wire.call([cmd])
+            script = self.ctx.redis.script(DELCONSUMER_SCRIPT)
+            await self.wire.run(
+                script, [self.stream, self.committer.fence], [self.cfg.group, self.name]
+            )
         except Exception:
             log.debug("retire failed", exc_info=True)

@@ -1,111 +1,56 @@
-"""Delivery of a batch to its handler: decode → handler → Retry/Skip → retries and dead letters.
+"""Delivery of a batch to its handler: decode → handler → Retry/Skip, within the agent's timeout.
 
 `MessageDelivery` calls a per-message handler for each entry in order, `BatchDelivery` calls a
 batch handler once; both return which entries are done and which failed, and agree on the rules:
-`Skip` acks without output, `Retry(delay_s)` retries later, any other error retries with backoff
-until `max_deliveries`, a message that fails its schema goes straight to the dead letters.
-`Failures` carries those decisions out. Tracing wraps the handler and the stats are counted here
-around it, so the consumer loop knows neither.
+`Skip` acks without output, `Retry(delay_s)` retries later, any other error — and a handler call
+cancelled at the agent's `timeout_s` — retries with backoff until `max_deliveries`, a message that
+fails its schema goes straight to the dead letters (`deadletter.Failures` carries those decisions
+out). Tracing wraps the handler and the stats are counted here around it, so the consumer loop
+knows neither.
 
-Dead letters keep the raw bytes of every field in the order they arrived, followed by the
-dead-letter fields (`DEAD_LETTER_FIELDS`), so `dead replay` restores the entry byte for byte.
+Timeouts cost nothing per message: the batch runs in one cancel scope, and the process's upkeep
+tick (`Delivery.overdue`) cancels it when the call in progress has run past its deadline; the call
+is marked failed with a `HandlerTimeout` and the rest of the batch goes on.
 """
 
 from __future__ import annotations
 
-import logging
-import random
 import time
-import traceback
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import keys
-from ..codec import StructCodec, as_text
-from ..exceptions import Retry, SerializationError, Skip
-from .commit import Batch
+import anyio
+
+from ..codec import StructCodec
+from ..exceptions import SerializationError, Skip
 from .stats import LATENCY_BUCKETS_S
-from .wire import LOST
 
 if TYPE_CHECKING:
-    from ..connection import RedisConnection
     from ..message import Message
-    from ..settings import ConsumerConfig
     from ..tracing import Tracing
-    from .agent import AgentStats
+    from .commit import Outbox
+    from .deadletter import Failed
+    from .stats import AgentStats
 
-__all__ = [
-    "DEAD_LETTER_FIELDS",
-    "DEAD_LETTER_SCRIPT",
-    "BatchDelivery",
-    "Delivery",
-    "Failures",
-    "MessageDelivery",
-    "flat_fields",
-    "split_dead",
-]
-
-log = logging.getLogger("streammachine.consume.agent")
-
-Failed = list[tuple["Message", BaseException]]
-
-#: The fields appended, in this order, to a message when it is dead-lettered.
-DEAD_LETTER_FIELDS = (
-    "error",
-    "error_type",
-    "traceback",
-    "deliveries",
-    "source_stream",
-    "source_id",
-    "group",
-    "failed_at",
-)
-
-# Dead-letter an entry only while this consumer still owns it: one that was claimed away is the
-# new owner's to finish. KEYS: [stream, dead-letter stream]; ARGV: group, consumer, id, fields...
-DEAD_LETTER_SCRIPT = """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2]) == 0 then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
-return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-"""
+__all__ = ["BatchDelivery", "Delivery", "HandlerTimeout", "MessageDelivery"]
 
 
-def flat_fields(raw: Any) -> list[Any]:
-    """An entry's fields as read (a flat list or a dict) as a flat [k1, v1, ...] list."""
-    if raw is None:
-        return []
-    if isinstance(raw, dict):
-        return [x for kv in raw.items() for x in kv]
-    return list(raw)
-
-
-def split_dead(flat: list[Any]) -> tuple[list[Any], dict[str, Any]]:
-    """A dead letter's raw fields split into the original message's (as it arrived, in order)
-    and the dead-letter fields. Entries written before the fields were appended in a fixed
-    order are split by name.
-
-    Example:
-        >>> split_dead([b"n", b"\\xff", *[x for f in DEAD_LETTER_FIELDS for x in (f, "v")]])[0]
-        [b'n', b'\\xff']
-    """
-    n = 2 * len(DEAD_LETTER_FIELDS)
-    names = [as_text(k) for k in flat[-n::2]] if len(flat) >= n else []
-    if names == list(DEAD_LETTER_FIELDS):
-        tail = flat[-n:]
-        return flat[:-n], dict(zip(names, tail[1::2], strict=True))
-    original: list[Any] = []
-    meta: dict[str, Any] = {}
-    for k, v in zip(flat[::2], flat[1::2], strict=False):
-        if as_text(k) in DEAD_LETTER_FIELDS:
-            meta[as_text(k)] = v
-        else:
-            original += [k, v]
-    return original, meta
+class HandlerTimeout(TimeoutError):
+    """A handler call ran past the agent's `timeout_s` and was cancelled."""
 
 
 class Delivery:
-    """Calls an agent's handler over a batch and reports what is done and what failed."""
+    """Calls an agent's handler over a batch and reports what is done and what failed.
+
+    Args:
+        fn: the handler.
+        codec: decodes `record.value` when the agent has a schema.
+        stats: the agent's counters.
+        tracing: wraps each call in a span, when configured.
+        stream, group: for the spans.
+        timeout_s: how long one handler call may run (None: no limit).
+    """
 
     def __init__(
         self,
@@ -116,6 +61,7 @@ class Delivery:
         tracing: Tracing | None = None,
         stream: str = "",
         group: str = "",
+        timeout_s: float | None = None,
     ) -> None:
         self.fn = fn
         self.codec = codec
@@ -123,47 +69,85 @@ class Delivery:
         self.tracing = tracing
         self.stream = stream
         self.group = group
+        self.timeout_s = timeout_s
+        #: When the handler call in progress started (loop clock), or None between calls.
+        self.started: float | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._timed_out = False
 
-    async def run(self, batch: list[Message], out: Batch) -> tuple[list[str], Failed]:
+    async def run(self, batch: list[Message], out: Outbox) -> tuple[list[str], Failed]:
         """Handle `batch`, buffering handler output in `out`; return (done ids, failures)."""
         raise NotImplementedError
+
+    def overdue(self, now: float) -> bool:
+        """Called by the upkeep tick: cancel the call in progress if it ran past its deadline.
+        True while a call is past it (one that blocks the event loop cannot be cancelled: it
+        shows as overdue until it returns)."""
+        started, limit = self.started, self.timeout_s
+        if started is None or limit is None or now - started < limit:
+            return False
+        if self._scope is not None and not self._timed_out:
+            self._timed_out = True
+            self._scope.cancel()
+        return True
+
+    def _timeout(self) -> HandlerTimeout:
+        self.stats.timed_out += 1
+        return HandlerTimeout(
+            f"the handler ran longer than timeout_s={self.timeout_s:g} s and was cancelled"
+        )
 
 
 class MessageDelivery(Delivery):
     """A per-message handler: called for each entry in order; one failure fails one entry."""
 
-    async def run(self, batch: list[Message], out: Batch) -> tuple[list[str], Failed]:
+    async def run(self, batch: list[Message], out: Outbox) -> tuple[list[str], Failed]:
         fn, codec, stats = self.fn, self.codec, self.stats
         if self.tracing is not None:
             fn = self.tracing.wrap(fn, self.stream, self.group)
         # The stats middleware, inlined: this loop runs once per message.
         buckets, bounds, clock = stats.latency_buckets, LATENCY_BUCKETS_S, time.perf_counter
+        now = time.monotonic
         total_s = 0.0
         done: list[str] = []
         failed: Failed = []
         skipped = 0
-        outputs = out.outputs
-        for msg in batch:
-            key = out.current = msg.key or ""
-            mark = len(outputs)  # this message's outputs are appended after it
-            t0 = clock()
-            try:
-                if codec is not None:
-                    msg.value = codec.decode(msg._fields)
-                await fn(msg)
-            except Skip:
-                skipped += 1
-                del outputs[mark:]
-                done.append(key)
-                continue
-            except Exception as exc:
-                del outputs[mark:]
-                failed.append((msg, exc))
-                continue
-            took = clock() - t0
-            total_s += took
-            buckets[bisect_left(bounds, took)] += 1
-            done.append(key)
+        ops = out.ops
+        i, count = 0, len(batch)
+        while i < count:
+            # One cancel scope for the rest of the batch; a timeout ends it at call i, which
+            # fails, and the batch goes on after it in a new one.
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                while i < count:
+                    msg = batch[i]
+                    key = out.current = msg.key or ""
+                    mark = len(ops)  # this message's operations are appended after it
+                    self.started = now()
+                    t0 = clock()
+                    i += 1
+                    try:
+                        if codec is not None:
+                            msg.value = codec.decode(msg._fields)
+                        await fn(msg)
+                    except Skip:
+                        skipped += 1
+                        out.discard(mark)
+                        done.append(key)
+                        continue
+                    except Exception as exc:
+                        out.discard(mark)
+                        failed.append((msg, exc))
+                        continue
+                    took = clock() - t0
+                    total_s += took
+                    buckets[bisect_left(bounds, took)] += 1
+                    done.append(key)
+            self.started = self._scope = None
+            if scope.cancelled_caught:
+                self._timed_out = False
+                out.discard(mark)
+                failed.append((batch[i - 1], self._timeout()))
         stats.latency_s_total += total_s
         stats.skipped += skipped
         stats.processed += len(done) - skipped
@@ -173,7 +157,7 @@ class MessageDelivery(Delivery):
 class BatchDelivery(Delivery):
     """A batch handler: called once with every entry that decodes; it succeeds or fails whole."""
 
-    async def run(self, batch: list[Message], out: Batch) -> tuple[list[str], Failed]:
+    async def run(self, batch: list[Message], out: Outbox) -> tuple[list[str], Failed]:
         failed: Failed = []
         if self.codec is not None:
             valid = []
@@ -187,125 +171,30 @@ class BatchDelivery(Delivery):
             batch = valid
         if not batch:
             return [], failed
-        out.current = batch[0].key or ""
+        out.current = ""
+        out.whole = True
         ids = [m.key or "" for m in batch]
         t0 = time.perf_counter()
-        try:
-            await self.fn(batch)
-        except Skip:
-            out.outputs.clear()
-            self.stats.skipped += len(batch)
-            return ids, failed
-        except Exception as exc:
-            out.outputs.clear()
-            return [], failed + [(m, exc) for m in batch]
-        out.whole = True
+        error: BaseException | None = None
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            self.started = time.monotonic()
+            try:
+                await self.fn(batch)
+            except Skip:
+                out.discard(0)
+                self.stats.skipped += len(batch)
+                return ids, failed
+            except Exception as exc:
+                error = exc
+            finally:
+                self.started = self._scope = None
+        if scope.cancelled_caught:
+            self._timed_out = False
+            error = self._timeout()
+        if error is not None:
+            out.discard(0)
+            return [], failed + [(m, error) for m in batch]
         self.stats.observe(time.perf_counter() - t0)
         self.stats.processed += len(batch)
         return ids, failed
-
-
-class Failures:
-    """Retries with backoff and dead letters for the entries whose handler failed.
-
-    It talks to Redis through the shared pool: it runs while the consumer's next read is in
-    flight on the consumer's own connection.
-    """
-
-    def __init__(
-        self,
-        redis: RedisConnection,
-        stream: str,
-        consumer: str,
-        cfg: ConsumerConfig,
-        stats: AgentStats,
-        agent_name: str,
-    ) -> None:
-        self.redis = redis
-        self.stream = stream
-        self.consumer = consumer
-        self.cfg = cfg
-        self.stats = stats
-        self.agent_name = agent_name
-        self.dead_letter = cfg.dead_letter or keys.dead_letters(stream)
-        #: entry id → when it is due again (loop clock)
-        self.retry_at: dict[str, float] = {}
-
-    def due(self) -> list[str]:
-        """Take the entries whose retry is due."""
-        now = time.monotonic()
-        due = [i for i, t in self.retry_at.items() if t <= now]
-        for i in due:
-            del self.retry_at[i]
-        return due
-
-    def later(self, entry_id: str, delay_s: float = 0.0) -> None:
-        """Handle `entry_id` (owned by this consumer) again after `delay_s`."""
-        self.retry_at[entry_id] = time.monotonic() + delay_s
-
-    async def handle(self, failed: Failed) -> None:
-        """Log each failure; schedule a retry after backoff, or dead-letter it."""
-        stats, cfg = self.stats, self.cfg
-        for msg, exc in failed:
-            key, deliveries = msg.key or "", msg.deliveries
-            if isinstance(exc, Retry):
-                stats.retried += 1
-                self.later(key, exc.delay_s)
-                continue
-            stats.failed += 1
-            if isinstance(exc, SerializationError) or (
-                cfg.max_deliveries and deliveries >= cfg.max_deliveries
-            ):
-                await self._dead_letter(msg, exc)
-                continue
-            log.error(
-                "%s: handler %s failed on %s %s (delivery %d); it stays pending",
-                self.consumer, self.agent_name, self.stream, key, deliveries,
-                exc_info=(type(exc), exc, exc.__traceback__),
-            )  # fmt: skip
-            backoff_s = min(60.0, cfg.retry_backoff_ms / 1000.0 * 2 ** max(0, deliveries - 1))
-            self.later(key, backoff_s * (0.5 + random.random() / 2))
-            stats.retried += 1
-
-    async def _dead_letter(self, msg: Message, exc: BaseException) -> None:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:]
-        meta = (
-            str(exc)[:2000] or type(exc).__name__,
-            type(exc).__name__,
-            tb,
-            str(msg.deliveries),
-            self.stream,
-            msg.key or "",
-            self.cfg.group,
-            f"{time.time():.3f}",
-        )
-        fields = flat_fields(msg._fields)
-        for name, value in zip(DEAD_LETTER_FIELDS, meta, strict=True):
-            fields += [name, value]
-        key, group, dead = msg.key or "", self.cfg.group, self.dead_letter
-        client = self.redis.client
-        try:
-            if self.redis.same_slot([self.stream, dead]):
-                script = self.redis.script(DEAD_LETTER_SCRIPT)
-                moved = await script(
-                    keys=[self.stream, dead], args=[group, self.consumer, key, *fields]
-                )
-            else:  # another cluster slot: not atomic, an entry may be dead-lettered twice
-                async with client.pipeline(transaction=False) as pipe:
-                    pipe.execute_command("XADD", dead, "*", *fields)
-                    pipe.xack(self.stream, group, key)
-                    moved = (await pipe.execute())[-1]
-        except Exception as err:
-            # Retry it later as a new delivery; it fails again and is dead-lettered then.
-            kind = "lost Redis" if isinstance(err, LOST) else "failed"
-            log.error("%s: dead-lettering %s %s (%s); retrying", self.consumer, key, kind, err)
-            self.later(key, 1.0)
-            return
-        if not moved:
-            log.info("%s: %s was claimed by another consumer; it finishes it", self.consumer, key)
-            return
-        self.stats.dead += 1
-        log.error(
-            "%s: %s %s moved to %s after %d deliveries: %s: %s",
-            self.consumer, self.stream, key, dead, msg.deliveries, type(exc).__name__, exc,
-        )  # fmt: skip

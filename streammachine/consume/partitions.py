@@ -31,6 +31,7 @@ import anyio
 from .. import keys
 from ..exceptions import REDIS_FAILURES
 from ..schedule.lease import Lease
+from .context import Ownership
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
@@ -78,7 +79,7 @@ class PartitionOwner:
 
     def __init__(self, agent: Agent, *, ttl_s: float = LEASE_TTL_S, renew_s: float = RENEW_S):
         self.agent = agent
-        self.redis: RedisConnection = agent.app.redis
+        self.redis: RedisConnection = agent.host.redis
         cfg = agent.config
         self.stream, self.group = cfg.stream, cfg.group
         self.k = cfg.partitions or 1
@@ -208,9 +209,7 @@ class PartitionOwner:
                     keys.partition(self.stream, index),
                     index,
                     housekeeper=True,
-                    takeover=True,
-                    holds=lambda: self.holds(index),
-                    gate=self.gate,
+                    ownership=Ownership(lambda: self.holds(index), takeover=True, gate=self.gate),
                 )
                 await consumer.run(own_stop)
                 tg.cancel_scope.cancel()

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .. import keys
-from ..presence.heartbeat import AgentBeat, AgentStats, Heartbeat, TimerBeat
+from ..consume.stats import AgentStats
+from ..presence.heartbeat import AgentBeat, Heartbeat, TimerBeat
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis

@@ -26,6 +26,7 @@ import anyio
 import msgspec
 
 from .. import keys
+from ..consume.stats import AgentStats
 from ..exceptions import REDIS_FAILURES
 from .liveness import ALIVE_SCRIPT, PROCESSES_KEY, process_prefix
 
@@ -50,18 +51,6 @@ NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 
 
-class AgentStats(msgspec.Struct):
-    """An agent's counters in a heartbeat (`agent.AgentStats.as_dict`)."""
-
-    processed: NonNegInt = 0
-    failed: NonNegInt = 0
-    retried: NonNegInt = 0
-    dead: NonNegInt = 0
-    skipped: NonNegInt = 0
-    latency_s_total: NonNegFloat = 0.0
-    latency_buckets: list[NonNegInt] = []
-
-
 class AgentBeat(msgspec.Struct):
     """One agent of a heartbeat."""
 
@@ -69,6 +58,8 @@ class AgentBeat(msgspec.Struct):
     stream: str = ""
     group: str = ""
     concurrency: NonNegInt = 1
+    #: Paused by an operator (`streammachine pause`): it reads nothing until resumed.
+    paused: bool = False
     stats: AgentStats = msgspec.field(default_factory=AgentStats)
 
 

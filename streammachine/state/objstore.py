@@ -22,7 +22,7 @@ from ..connection import LoopClient, RedisConnection
 from ..exceptions import SerializationError, UnsafePickleError, WrongTypeError
 from ..settings import Settings
 from ..urls import mask_url
-from .storage import check_namespace, ttl_ms
+from .values import check_namespace, ttl_ms
 
 __all__ = ["RedisObjectStorage"]
 

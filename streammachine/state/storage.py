@@ -12,26 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import random
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-import msgspec
 from redis.exceptions import ResponseError, WatchError
 
 from .. import keys
 from ..connection import LoopClient, RedisConnection
-from ..exceptions import ConfigError, SerializationError, WrongTypeError
+from ..consume.commit import current_outbox
+from ..exceptions import ConfigError, WrongTypeError
 from ..settings import Settings
 from ..urls import mask_url
+from .staged import MISSING, Staged
+from .values import (
+    INT64,
+    add_number,
+    check_key,
+    check_namespace,
+    decode_value,
+    encode_value,
+    ttl_ms,
+)
 
 __all__ = ["Storage"]
 
-_NAMESPACE_RE = re.compile(r"[\w.-]+")
-_INT64 = 2**63
-MAX_TTL_S = 3_155_760_000.0  # 100 years
 # Scripts, so each write or incr is one atomic command that also keeps the invariant: a key's hash
 # field and its ttl key never both exist (see the module docstring). INCRBY keeps the key's TTL.
 _WRITE_LUA = """
@@ -47,70 +52,6 @@ _INCR_LUA = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return redis.call('INCRBY', KEYS[2], ARGV[2]) end
 return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
 """
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder()
-
-
-def check_namespace(namespace: str) -> str:
-    """Return `namespace` if it is letters, digits, `_`, `.` and `-`; else raise `ConfigError`.
-
-    A `:` or a glob character would let one namespace's key patterns reach into another's.
-    """
-    if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
-        raise ConfigError(
-            f"storage namespace {namespace!r} is invalid: use letters, digits, '_', '.' and '-' "
-            "(no ':' or glob characters), e.g. 'orders' or 'my-app'"
-        )
-    return namespace
-
-
-def check_key(key: Any) -> str:
-    """Return `key` if it is a str; else raise `ConfigError` saying so (Redis would take an int
-    as its text, but the key's TTL and listing would then disagree with it)."""
-    if not isinstance(key, str):
-        raise ConfigError(
-            f"storage keys are str, not {type(key).__name__} ({key!r}): use str(key), e.g. "
-            f"storage.write({str(key)!r}, value)"
-        )
-    return key
-
-
-def encode_value(key: str, value: Any) -> bytes:
-    """Encode one value for Redis: ints as decimal text, everything else as msgpack."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(int(value)).encode()
-    try:
-        data = _encoder.encode(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise WrongTypeError(
-            f"storage key {key!r}: cannot store a value of type {type(value).__name__} ({exc}); "
-            "store int, float, str, bytes, bool, None and lists/dicts of them, or pickle it with "
-            "RedisObjectStorage.store_with_pickle"
-        ) from None
-    if data[0] < 0x80:  # a positive fixint (e.g. an Enum's value) would read back as ASCII text
-        return str(data[0]).encode()
-    return data
-
-
-def decode_value(key: str, raw: bytes) -> Any:
-    """Decode what `encode_value` wrote; decimal text (also from `redis-cli`) is a number."""
-    if raw[:1].isdigit() or raw[:1] == b"-":
-        try:
-            return int(raw)
-        except ValueError:
-            try:
-                return float(raw)
-            except ValueError:
-                pass
-    else:
-        try:
-            return _decoder.decode(raw)
-        except msgspec.DecodeError:
-            pass
-    raise SerializationError(
-        f"storage key {key!r} holds {raw[:32]!r}, which is neither msgpack nor a number, so it "
-        "was not written by StreamMachine; overwrite it with write() or delete it"
-    )
 
 
 class Storage:
@@ -176,6 +117,36 @@ class Storage:
     def _ttl_key(self, key: str) -> str:
         return self._ttl_prefix + key
 
+    def _staged(self) -> Staged | None:
+        """Inside a handler whose commit can carry this namespace's changes (same Redis, same
+        cluster slot as the stream), the batch's view of it; else None (write at once)."""
+        out = current_outbox.get()
+        if out is None or out.closed or out.url != self.url:
+            return None
+        view = out.views.get(self.hash_key)
+        if view is None:
+            if not out.same_slot(self.hash_key):
+                return None
+            view = out.views[self.hash_key] = Staged(out, self.hash_key, decode_value)
+        return view
+
+    async def _seen(self, view: Staged, key: str) -> Any:
+        """`key` as the batch sees it, read from Redis the first time (MISSING when absent)."""
+        if not view.known(key):
+            view.remember(key, await self._raw(key))
+        return view.value(key)
+
+    async def _raw(self, key: str) -> bytes | None:
+        client = self._redis.client
+        raw: Any = await client.hget(self.hash_key, key)
+        if raw is None:  # maybe a TTL key; read both at once in case a write moves it meanwhile
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.hget(self.hash_key, key)
+                pipe.get(self._ttl_key(key))
+                in_hash, in_ttl = await pipe.execute()
+            raw = in_hash if in_hash is not None else in_ttl
+        return raw  # type: ignore[no-any-return]
+
     async def close(self) -> None:
         """Close this storage's own connection pool (a shared `RedisConnection` is left open)."""
         await self._redis.close()
@@ -197,6 +168,9 @@ class Storage:
         check_key(key)
         data = encode_value(key, value)
         px = "" if ttl_s is None else ttl_ms(ttl_s)
+        if (view := self._staged()) is not None:
+            view.set(key, value, data, None if ttl_s is None else ttl_ms(ttl_s))
+            return
         script = self._redis.script(_WRITE_LUA)
         await script(keys=[self.hash_key, self._ttl_key(key)], args=[key, data, px])
 
@@ -209,19 +183,17 @@ class Storage:
             >>> count = await storage.read("counter", default=0)  # doctest: +SKIP
         """
         check_key(key)
-        client = self._redis.client
-        raw: Any = await client.hget(self.hash_key, key)
-        if raw is None:  # maybe a TTL key; read both at once in case a write moves it meanwhile
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.hget(self.hash_key, key)
-                pipe.get(self._ttl_key(key))
-                in_hash, in_ttl = await pipe.execute()
-            raw = in_hash if in_hash is not None else in_ttl
+        if (view := self._staged()) is not None:
+            value = await self._seen(view, key)
+            return default if value is MISSING else value
+        raw = await self._raw(key)
         return default if raw is None else decode_value(key, raw)
 
     async def exists(self, key: str) -> bool:
         """True when `key` has a value (None counts as a value)."""
         check_key(key)
+        if (view := self._staged()) is not None:
+            return await self._seen(view, key) is not MISSING
         client = self._redis.client
         if await client.hexists(self.hash_key, key):
             return True
@@ -234,6 +206,10 @@ class Storage:
     async def delete(self, key: str) -> bool:
         """Delete `key`; True when it existed."""
         check_key(key)
+        if (view := self._staged()) is not None:
+            existed = await self._seen(view, key) is not MISSING
+            view.delete(key)
+            return existed
         async with self._redis.client.pipeline(transaction=True) as pipe:
             pipe.hdel(self.hash_key, key)
             pipe.delete(self._ttl_key(key))
@@ -280,13 +256,21 @@ class Storage:
         check_key(key)
         if isinstance(by, bool) or not isinstance(by, int | float):
             raise WrongTypeError(f"incr({key!r}, by={by!r}): by must be an int or a float")
-        if isinstance(by, int) and -_INT64 <= by < _INT64:
+        if (view := self._staged()) is not None:
+            current = await self._seen(view, key)
+            if isinstance(by, int) and (current is MISSING or type(current) is int):
+                new_int = (0 if current is MISSING else current) + by
+                if -INT64 <= new_int < INT64:
+                    view.incr(key, by)
+                    return new_int
+            return await self.update(key, lambda cur: add_number(key, cur, by), default=0)  # type: ignore[no-any-return]
+        if isinstance(by, int) and -INT64 <= by < INT64:
             keys = [self.hash_key, self._ttl_key(key)]
             try:
                 return int(await self._redis.script(_INCR_LUA)(keys=keys, args=[key, by]))
             except ResponseError:
                 pass  # not an int (a float, another type, beyond 64 bits): decided below
-        new: int | float = await self.update(key, lambda cur: _add(key, cur, by), default=0)
+        new: int | float = await self.update(key, lambda cur: add_number(key, cur, by), default=0)
         return new
 
     async def update(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
@@ -306,6 +290,11 @@ class Storage:
             ['bob']
         """
         check_key(key)
+        if (view := self._staged()) is not None:
+            current = await self._seen(view, key)
+            new = fn(default if current is MISSING else current)
+            view.keep(key, new, encode_value(key, new))
+            return new
         ttl_key = self._ttl_key(key)
         async with self._redis.client.pipeline(transaction=True) as pipe:
             for attempt in itertools.count():
@@ -340,6 +329,9 @@ class Storage:
         names = [check_key(k) for k in keys]
         if not names:
             return {}
+        if (view := self._staged()) is not None:
+            seen = {k: await self._seen(view, k) for k in names}
+            return {k: v for k, v in seen.items() if v is not MISSING}
         async with self._redis.client.pipeline(transaction=True) as pipe:
             pipe.hmget(self.hash_key, names)
             pipe.mget([self._ttl_key(k) for k in names])
@@ -360,26 +352,11 @@ class Storage:
         encoded = {check_key(k): encode_value(k, v) for k, v in mapping.items()}
         if not encoded:
             return
+        if (view := self._staged()) is not None:
+            for k, raw in encoded.items():
+                view.set(k, mapping[k], raw, None)
+            return
         async with self._redis.client.pipeline(transaction=True) as pipe:
             pipe.hset(self.hash_key, mapping=encoded)  # type: ignore[arg-type]
             pipe.delete(*[self._ttl_key(k) for k in encoded])
             await pipe.execute()
-
-
-def ttl_ms(ttl_s: float) -> int:
-    """`ttl_s` in whole milliseconds (at least 1); `ConfigError` unless it is a number > 0 and at
-    most `MAX_TTL_S` (past that Redis refuses the expiry time)."""
-    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not ttl_s > 0:
-        raise ConfigError(f"ttl_s={ttl_s!r}: give a number of seconds > 0, or None for no expiry")
-    if not ttl_s <= MAX_TTL_S:
-        raise ConfigError(f"ttl_s={ttl_s!r} is more than 100 years ({MAX_TTL_S:.0f} s): use None")
-    return max(1, math.ceil(ttl_s * 1000))
-
-
-def _add(key: str, current: Any, by: int | float) -> int | float:
-    if isinstance(current, bool) or not isinstance(current, int | float):
-        raise WrongTypeError(
-            f"incr({key!r}): the stored value is a {type(current).__name__}, not a number; "
-            "use update() to change it"
-        )
-    return current + by

@@ -1,0 +1,270 @@
+"""The committer (consume/commit.py) on a real Redis: fenced commits (O(1) when nothing was
+taken, per-entry when something was), a commit re-sent after a lost reply applying once, state
+changes staged in the commit, the same script on memory://, handler timeouts and pausing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+import redis as syncredis
+
+from streammachine import App, Message, keys
+from streammachine.consume.claims import CLAIM_SCRIPT
+from streammachine.consume.commit import Outbox
+from streammachine.consume.consumer import Consumer
+from tests.util import eventually
+
+
+@asynccontextmanager
+async def running(app: App) -> AsyncIterator[App]:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(app.run)
+        app.started = app.started or anyio.Event()
+        await eventually(lambda: app.started is not None and app.started.is_set(), what="start")
+        try:
+            yield app
+        finally:
+            await app.shutdown()
+
+
+def xpending_calls(r: syncredis.Redis) -> int:
+    stats: Any = r.info("commandstats")
+    return int(stats.get("cmdstat_xpending", {}).get("calls", 0))
+
+
+async def one_consumer(url: str, n: int, r: syncredis.Redis) -> tuple[App, Consumer, list[str]]:
+    app = App(name="commit", redis_url=url)
+
+    @app.agent("in", group="g")
+    async def h(record: Message) -> None: ...
+
+    await app.redis.connect()
+    await app.agents[0].prepare()
+    ids = [r.xadd("in", {"n": str(i), "b": b"\xff\x00"}).decode() for i in range(n)]
+    return app, app.agents[0].consumers()[0], ids
+
+
+def outbox_for(ids: list[str]) -> Outbox:
+    out = Outbox()
+    for i in ids:
+        out.current = i
+        out.xadd("out", None, ["from", i, "raw", b"\x00\xfe"])
+    return out
+
+
+async def test_an_unfenced_commit_does_not_read_the_pel(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    app, consumer, ids = await one_consumer(redis_url, 20, redis_sync)
+    consumer.committer.epoch = "0"
+    batch = await consumer._exchange([consumer._read_cmd(False)])
+    before = xpending_calls(redis_sync)
+    await consumer._flush(consumer.committer.build(ids, batch, outbox_for(ids), margin=10, tag=0))
+    assert xpending_calls(redis_sync) == before, "the fast path reads the fence, not the PEL"
+    assert redis_sync.xlen("out") == 20
+    assert redis_sync.xpending("in", "g")["pending"] == 0
+    assert [f[b"raw"] for _, f in redis_sync.xrange("out")] == [b"\x00\xfe"] * 20
+    await consumer.wire.close()
+    await app.aclose()
+
+
+async def test_a_fenced_commit_drops_the_outputs_of_entries_taken_away(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    app, consumer, ids = await one_consumer(redis_url, 4, redis_sync)
+    consumer.committer.epoch = "0"
+    batch = await consumer._exchange([consumer._read_cmd(False)])
+    fence = keys.fence("in", "g")
+    # Another consumer claims two of the entries after a stall: the claim fences the owner.
+    redis_sync.eval(CLAIM_SCRIPT, 2, "in", fence, "g", "other", 0, ids[0], ids[2])
+    assert redis_sync.hget(fence, consumer.name) == b"1"
+    pending = consumer.committer.build(ids, batch, outbox_for(ids), margin=10, tag=0)
+    await consumer._flush(pending)
+    assert sorted(f[b"from"].decode() for _, f in redis_sync.xrange("out")) == [ids[1], ids[3]]
+    assert consumer.stats.dropped == 2
+    assert consumer.committer.epoch == "1", "the reply told the consumer the new counter"
+    owners = {p["message_id"].decode(): p["consumer"] for p in redis_sync.xpending_range("in", "g", "-", "+", 10)}  # fmt: skip
+    assert owners == {ids[0]: b"other", ids[2]: b"other"}
+    await consumer.wire.close()
+    await app.aclose()
+
+
+@pytest.mark.parametrize("whole", [False, True])
+async def test_a_commit_sent_again_after_a_lost_reply_applies_once(
+    redis_url: str, redis_sync: syncredis.Redis, whole: bool
+) -> None:
+    app, consumer, ids = await one_consumer(redis_url, 5, redis_sync)
+    consumer.committer.epoch = "0"
+    batch = await consumer._exchange([consumer._read_cmd(False)])
+    out = outbox_for(ids)
+    out.whole = whole
+    pending = consumer.committer.build(ids, batch, out, margin=10, tag=0)
+    assert pending is not None
+    await consumer._call(pending.cmds)  # applied; pretend its reply was lost
+    again = consumer.committer.again(pending)
+    assert again.check
+    await consumer._flush(again)
+    assert redis_sync.xlen("out") == 5
+    assert consumer.stats.dropped == 0, "outputs already written are not counted as dropped"
+    await consumer.wire.close()
+    await app.aclose()
+
+
+async def test_the_same_script_gives_the_same_result_on_memory_and_on_redis(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    """Parity: one commit script for both; the same batches (entries taken away, a whole batch,
+    binary fields, a failed check) give the same streams and PEL on fakeredis and on Redis."""
+    results = []
+    for url in (redis_url, "memory://"):
+        app = App(name="parity", redis_url=url)
+
+        @app.agent("in", group="g")
+        async def h(record: Message) -> None: ...
+
+        await app.redis.connect()
+        client = app.redis.client
+        await client.flushdb()
+        await app.agents[0].prepare()
+        ids = [(await client.xadd("in", {"n": str(i)})).decode() for i in range(6)]
+        consumer = app.agents[0].consumers()[0]
+        consumer.committer.epoch = "0"
+        batch = await consumer._exchange([consumer._read_cmd(False)])
+        fence = keys.fence("in", "g")
+        await client.eval(CLAIM_SCRIPT, 2, "in", fence, "g", "other", 0, ids[1])
+        await client.hset(keys.storage("default"), "k", b"2")
+        out = outbox_for(ids[:3])
+        out.current = ids[3]
+        out.op("c", keys.storage("default"), "k", "1", b"1")  # a check that fails
+        out.current = ids[4]
+        out.xadd("out", None, ["from", ids[4]])
+        pending = consumer.committer.build(ids[:5], batch, out, margin=10, tag=0)
+        await consumer._flush(pending)
+        outs = [f[b"from"].decode() for _, f in await client.xrange("out")]
+        pel = {p["message_id"].decode(): p["consumer"].decode() for p in await client.xpending_range("in", "g", "-", "+", 10)}  # fmt: skip
+        again = [m.key for m in consumer.again]
+        results.append(
+            (
+                [ids.index(o) for o in outs],
+                {ids.index(k): v != "other" for k, v in pel.items()},
+                [ids.index(a or "") for a in again],
+            )
+        )
+        await consumer.wire.close()
+        await app.aclose()
+    assert results[0] == results[1]
+    # ids 0 and 2 written; 1 taken away; 3's check failed, so 3 and 4 are handled again.
+    assert results[0] == ([0, 2], {1: False, 3: True, 4: True, 5: True}, [3, 4])
+
+
+async def test_storage_changes_in_a_handler_ride_in_the_commit(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    app = App(name="stateful", redis_url=redis_url, storage_namespace="st")
+    seen: list[Any] = []
+    gate = anyio.Event()
+
+    @app.agent("in", group="g", count=10, max_deliveries=0, retry_backoff_ms=10)
+    async def count(record: Message) -> None:
+        n = int(record.message["n"])
+        if n == 3 and record.deliveries == 1:
+            await app.storage.incr("count")
+            raise ValueError("the first delivery of 3 fails: its increment must vanish")
+        value = await app.storage.incr("count")
+        await app.storage.incr("sum", n)
+        seen.append((n, value, await app.storage.read("count")))
+        if n == 0:
+            await gate.wait()  # the batch is held: nothing of it reaches Redis yet
+
+    hkey = keys.storage("st")
+    async with running(app):
+        for i in range(6):
+            redis_sync.xadd("in", {"n": str(i)})
+        await eventually(lambda: seen, what="the first handler")
+        assert redis_sync.hget(hkey, "count") is None, "nothing is written before the commit"
+        gate.set()
+        await eventually(lambda: redis_sync.xpending("in", "g")["pending"] == 0 and len(seen) == 6)
+    assert redis_sync.hget(hkey, "count") == b"6"
+    assert redis_sync.hget(hkey, "sum") == b"15"
+    # read-your-writes: each handler saw the count with its own increment
+    assert all(value == read for _, value, read in seen)
+
+
+async def test_update_in_a_handler_loses_no_update_when_two_consumers_race(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    app = App(name="race", redis_url=redis_url, storage_namespace="race")
+
+    @app.agent("in", group="g", concurrency=4, count=5)
+    async def add(record: Message) -> None:
+        await app.storage.update("total", lambda v: v + 1, default=0)
+        await app.storage.update("items", lambda v: [*v, record.message["n"]], default=[])
+        await anyio.sleep(0.001)  # let the consumers interleave
+
+    async with running(app):
+        for i in range(200):
+            redis_sync.xadd("in", {"n": str(i)})
+        await eventually(
+            lambda: (
+                redis_sync.hget(keys.storage("race"), "total") == b"200"
+                and redis_sync.xpending("in", "g")["pending"] == 0
+            ),
+            timeout_s=30,
+        )
+        total = await app.storage.read("total")
+        items = await app.storage.read("items")
+    assert total == 200
+    assert sorted(items, key=int) == [str(i) for i in range(200)]
+
+
+async def test_a_handler_past_its_timeout_is_cancelled_retried_and_dead_lettered(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    app = App(name="hang", redis_url=redis_url)
+    calls: list[str] = []
+
+    @app.agent("in", group="g", timeout_s=0.3, max_deliveries=2, retry_backoff_ms=10)
+    async def hang(record: Message) -> None:
+        calls.append(record.message["n"])
+        if record.message["n"] == "stuck":
+            await anyio.sleep(3600)  # a network call with no timeout of its own
+        await app.send("out", {"n": record.message["n"]})
+
+    async with running(app):
+        redis_sync.xadd("in", {"n": "stuck"})
+        redis_sync.xadd("in", {"n": "fine"})
+        await eventually(lambda: redis_sync.xlen("in:dead") == 1, timeout_s=20)
+        await eventually(lambda: redis_sync.xlen("out") == 1)
+    assert calls.count("stuck") == 2
+    dead = redis_sync.xrange("in:dead")[0][1]
+    assert dead[b"error_type"] == b"HandlerTimeout"
+    assert b"timeout_s=0.3" in dead[b"error"]
+    assert app.agents[0].stats.timed_out == 2
+
+
+async def test_a_paused_agent_stops_reading_and_resumes(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    app = App(name="pausable", redis_url=redis_url)
+    got: list[str] = []
+
+    @app.agent("in", group="g")
+    async def h(record: Message) -> None:
+        got.append(record.message["n"])
+
+    async with running(app):
+        redis_sync.xadd("in", {"n": "1"})
+        await eventually(lambda: got == ["1"])
+        redis_sync.sadd(keys.paused("pausable"), "h")
+        await eventually(lambda: app.agents[0].paused, what="the pause")
+        redis_sync.xadd("in", {"n": "2"})
+        with anyio.move_on_after(1.5):
+            await eventually(lambda: len(got) > 1, timeout_s=2)
+        assert got == ["1"], "nothing is read while paused"
+        assert app.snapshot().agents[0].paused
+        redis_sync.srem(keys.paused("pausable"), "h")
+        await eventually(lambda: got == ["1", "2"], what="the resume")
