@@ -16,7 +16,7 @@ import msgspec
 
 from . import keys
 from .codec import StructCodec, encode_fields
-from .consume.commit import current_outbox
+from .consume.outbox import current_outbox
 from .exceptions import ConfigError
 from .schedule.delayed import schedule_commands
 from .schedule.timing import due_ms

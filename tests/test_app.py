@@ -205,7 +205,7 @@ async def test_commit_skips_entries_claimed_away_by_another_consumer(
 ) -> None:
     """A stalled consumer whose entries were claimed must not write their outputs or ack them."""
     from streammachine.consume.claims import CLAIM_SCRIPT
-    from streammachine.consume.commit import Outbox
+    from streammachine.consume.outbox import Outbox
 
     app = App(name="stall", redis_url=redis_url)
 

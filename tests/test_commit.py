@@ -14,8 +14,8 @@ import redis as syncredis
 
 from streammachine import App, Message, keys
 from streammachine.consume.claims import CLAIM_SCRIPT
-from streammachine.consume.commit import Outbox
 from streammachine.consume.consumer import Consumer
+from streammachine.consume.outbox import Outbox
 from tests.util import eventually
 
 

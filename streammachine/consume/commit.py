@@ -19,19 +19,39 @@ with no msgpack and no per-entry Lua tables on the fast path.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
 from .. import keys as key_names
+from .outbox import Outbox
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection, Script
     from ..message import Message
 
-__all__ = ["COMMIT_SCRIPT", "Committer", "Outbox", "Pending", "Verdict", "current_outbox"]
+__all__ = [
+    "COMMIT_SCRIPT",
+    "FENCE_LUA",
+    "FENCE_TTL_MS",
+    "Committer",
+    "Pending",
+    "Verdict",
+]
+
+#: A fence hash lives this long after the last time something was taken: a consumer frozen for
+#: longer than that, whose entries were taken, would trust a batch it no longer owns.
+FENCE_TTL_MS = 7 * 24 * 3600 * 1000
+
+# Lua: fence(consumer) marks `consumer` of KEYS[2] as robbed; used by every taking script (and by
+# the admin actions that take pending entries).
+FENCE_LUA = f"""
+local function fence(victim)
+  redis.call('HINCRBY', KEYS[2], victim, 1)
+  redis.call('PEXPIRE', KEYS[2], {FENCE_TTL_MS})
+end
+"""
 
 # KEYS: stream, fence hash, then the keys the operations write.
 # ARGV: group, consumer, tag (the fence counter the batch was read under; '' = unknown), whole
@@ -183,76 +203,6 @@ end
 return {acked, epoch, again, 1, dropped}
 """
 
-#: What `code` an Outbox operation has: see COMMIT_SCRIPT.
-XADD, ZADD, HSET, HDEL, CHECK = "x", "z", "h", "H", "c"
-STORE_SET, STORE_KEEP, STORE_INCR, STORE_DELETE = "s", "k", "i", "d"
-
-
-@dataclass(slots=True)
-class Outbox:
-    """What the handlers of one batch sent and changed, in order, until the batch commits.
-
-    Each operation belongs to the entry being handled when it was made (`current`), so the
-    outputs of an entry that failed, or that another consumer took, are not written. A batch
-    handler's operations belong to the whole batch (`whole`).
-
-    Example:
-        >>> out = Outbox(current="1-0")
-        >>> out.xadd("invoices", 0, ["total", "3.5"])
-        >>> out.keys()
-        {'invoices'}
-    """
-
-    current: str = ""
-    #: (owner entry id, code, key, arguments after the key)
-    ops: list[tuple[str, str, str, list[Any]]] = field(default_factory=list)
-    closed: bool = False
-    whole: bool = False
-    #: The approximate length cap of streams written by the agent (`maxlen=`), if any.
-    maxlen: int | None = None
-    #: The storage namespace of delayed sends made in the handler.
-    namespace: str = "default"
-    #: Per-batch state (e.g. `state.staged.Staged` of a storage namespace), by name.
-    views: dict[str, Any] = field(default_factory=dict)
-    #: The Redis URL the commit goes to, and the stream it reads: state elsewhere (another
-    #: server, or another cluster slot) is written at once instead.
-    url: str = ""
-    stream: str = ""
-    redis: Any = None
-
-    def same_slot(self, key: str) -> bool:
-        """Whether `key` can be written by this batch's commit (same cluster slot as the
-        stream; always on one node)."""
-        return self.redis is None or bool(self.redis.same_slot([self.stream, key]))
-
-    def xadd(self, key: str, maxlen: int | None, fields: list[Any]) -> None:
-        """An entry for stream `key`: `fields` flat [k1, v1, ...]; `maxlen` > 0 trims
-        approximately, < 0 exactly to -maxlen."""
-        self.ops.append((self.current, XADD, key, [maxlen or self.maxlen or 0, *fields]))
-
-    def zadd(self, key: str, score: int, member: bytes) -> None:
-        """A member of sorted set `key` (a delayed send)."""
-        self.ops.append((self.current, ZADD, key, [score, member]))
-
-    def op(self, code: str, key: str, *args: Any) -> None:
-        """Any other operation (`HSET`, `HDEL`, `CHECK`, the storage ones): see COMMIT_SCRIPT."""
-        self.ops.append((self.current, code, key, list(args)))
-
-    def discard(self, mark: int) -> None:
-        """Forget the operations made since `mark` (`len(ops)` then): that entry failed."""
-        del self.ops[mark:]
-        for view in self.views.values():
-            view.discard(self.current)
-
-    def keys(self) -> set[str]:
-        """The keys the operations write to."""
-        return {key for _, _, key, _ in self.ops}
-
-
-#: The outbox of the batch whose handler runs in this task (`App.send` and state changes
-#: buffer into it).
-current_outbox: ContextVar[Outbox | None] = ContextVar("streammachine_outbox", default=None)
-
 
 @dataclass(slots=True)
 class Pending:
@@ -369,42 +319,6 @@ class Committer:
                 continue  # an entry that failed or was skipped: nothing of it is written
             extend((o, code, len(rest) + 1, index(key, len(key_index) + 1), *rest))
         return [self.script.command(list(key_index), args)]
-
-    async def write_now(self, done: list[str], out: Outbox) -> None:
-        """The at-least-once fallback when operations live in another cluster slot than the
-        input: write those of the `done` entries now, before the ack (the commit then only
-        acks). Checks (optimistic concurrency) cannot span slots and are skipped."""
-        owners = set(done)
-        async with self.redis.client.pipeline(transaction=False) as pipe:
-            for entry_id, code, key, rest in out.ops:
-                if not (out.whole or entry_id in owners):
-                    continue
-                if code == XADD:
-                    maxlen, fields = rest[0], rest[1:]
-                    trim = ["MAXLEN", "~", maxlen] if maxlen > 0 else []
-                    trim = ["MAXLEN", -maxlen] if maxlen < 0 else trim
-                    pipe.execute_command("XADD", key, *trim, "*", *fields)
-                elif code in (ZADD, HSET):
-                    pipe.execute_command("ZADD" if code == ZADD else "HSET", key, *rest)
-                elif code == HDEL:
-                    pipe.execute_command("HDEL", key, *rest)
-                elif code == STORE_SET:
-                    name, value, ttl = rest
-                    if ttl == "":
-                        pipe.execute_command("HSET", key, name, value)
-                        pipe.execute_command("DEL", f"{key}:ttl:{name}")
-                    else:
-                        pipe.execute_command("SET", f"{key}:ttl:{name}", value, "PX", ttl)
-                        pipe.execute_command("HDEL", key, name)
-                elif code == STORE_KEEP:
-                    pipe.execute_command("HSET", key, *rest)
-                elif code == STORE_INCR:
-                    pipe.execute_command("HINCRBY", key, *rest)
-                elif code == STORE_DELETE:
-                    pipe.execute_command("HDEL", key, rest[0])
-                    pipe.execute_command("DEL", f"{key}:ttl:{rest[0]}")
-            await pipe.execute()
-        out.ops.clear()
 
     def judge(self, pending: Pending, reply: Any) -> Verdict:
         """What the reply of `pending`'s script (or XACK) means; updates the fence counter."""

@@ -20,17 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..codec import as_text
-from ..presence.liveness import LiveSet, is_live
-from .claims import (
-    CLAIM_SCRIPT,
-    RECLAIM_SCRIPT,
-    TAKEOVER_SCRIPT,
-    Taken,
-    claim_cursor_after,
-)
-from .commit import Committer, Pending, Verdict, current_outbox
-from .upkeep import DELCONSUMER_SCRIPT, keepalive, tidy
+from ..presence.liveness import LiveSet
+from .claims import CLAIM_SCRIPT, RECLAIM_SCRIPT, TAKEOVER_SCRIPT, Tag, Taking, older
+from .commit import Committer, Pending, Verdict
+from .crossslot import write_now
+from .outbox import current_outbox
+from .upkeep import DELCONSUMER_SCRIPT, keepalive
 from .wire import Read, Wire, WireLost
 
 if TYPE_CHECKING:
@@ -41,14 +36,8 @@ __all__ = ["Consumer"]
 
 log = logging.getLogger("streammachine.agent")
 
-Tag = int | None  # the fence counter a batch was read under; None: unknown (checked per entry)
 
-
-def _older(a: Tag, b: Tag) -> Tag:
-    return None if a is None or b is None else min(a, b)
-
-
-class Consumer:
+class Consumer(Taking):
     """One consumer of an agent on one stream.
 
     Args:
@@ -205,53 +194,6 @@ class Consumer:
         await self._flush(commit)
         await self._retire()
 
-    async def _drain_pending(
-        self, stop: anyio.Event, *, takeover: bool = False, skip: set[str] | None = None
-    ) -> None:
-        """Handle the entries this consumer already owns, in order, before new ones: at start
-        (a restart under the same name), and after a lost connection (the lost reply of a read
-        may have delivered entries this consumer never saw; nobody else may claim them while it
-        lives). `skip`: entries in hand; with `takeover`, first take every pending entry of the
-        group (fencing their owners)."""
-        if takeover:
-            args = [self.cfg.group, self.name]
-            reply = await self._run(TAKEOVER_SCRIPT, args)
-            if reply is not None:
-                self.committer.epoch = as_text(reply[1])
-                if int(reply[0]):
-                    log.info("%s: took over %d pending entries", self.name, int(reply[0]))
-        after = "0"
-        while not stop.is_set():
-            tag = self.epoch
-            batch = await self._exchange([self._read_cmd(False, after)])
-            if not batch:
-                return
-            after = batch[-1].key or after
-            gone = [m.key for m in batch if m._fields is None]
-            if gone:  # trimmed from the stream while pending: nothing left to handle
-                await self._call([["XACK", self.stream, self.cfg.group, *gone]])
-            held = skip or set()
-            batch = [
-                m
-                for m in batch
-                if m._fields is not None
-                and m.key not in held
-                and m.key not in self.failures.retry_at
-            ]
-            await self._count_deliveries(batch)
-            await self._flush(await self._handle(batch, tag))
-
-    async def _count_deliveries(self, batch: list[Message]) -> None:
-        """Set `deliveries` of re-read own entries from the PEL (one range query)."""
-        if not batch:
-            return
-        lo, hi = batch[0].key or "-", batch[-1].key or "+"
-        replies = await self._call([["XPENDING", self.stream, self.cfg.group, lo, hi, len(batch), self.name]])  # fmt: skip
-        if replies and isinstance(replies[0], list):
-            counts = {as_text(e[0]): int(e[3]) for e in replies[0]}
-            for m in batch:
-                m.deliveries = counts.get(m.key or "", 1)
-
     def _with(self, commit: Pending | None, read: list[Any]) -> list[list[Any]]:
         self.riding = commit
         return [*commit.cmds, read] if commit else [read]
@@ -334,7 +276,7 @@ class Consumer:
             # handled again), or a commit Redis refused (e.g. OOM).
             self.failures.later(entry_id, verdict.retry_after_s)
         if verdict.again:
-            self.again_tag = _older(self.again_tag, self.epoch) if self.again else self.epoch
+            self.again_tag = older(self.again_tag, self.epoch) if self.again else self.epoch
             self.again += verdict.again
         if verdict.dropped and not pending.check:
             self.stats.dropped += verdict.dropped
@@ -357,112 +299,6 @@ class Consumer:
             await self.ctx.prepare()
         except Exception:
             log.debug("recreating the group after reconnecting failed", exc_info=True)
-
-    # --- due work ---------------------------------------------------------------------------
-
-    async def _with_due_work(self, batch: list[Message], tag: Tag) -> tuple[list[Message], Tag]:
-        """`batch` plus the entries due now (handled again, retries, stalled entries of others),
-        each once, and the tag of the whole (the oldest of its parts')."""
-        due: list[Message] = []
-        if self.again:
-            due, self.again = self.again, []
-            tag = _older(tag, self.again_tag)
-        more, more_tag = await self._due_work()
-        if more:
-            due += more
-            tag = _older(tag, more_tag)
-        if not due:
-            return batch, tag
-        seen = {m.key for m in batch}
-        for m in due:
-            if m.key not in seen:
-                seen.add(m.key)
-                batch.append(m)
-        return batch, tag
-
-    async def _due_work(self) -> tuple[list[Message], Tag]:
-        faults, self.faults = self.faults, set()
-        if "moved" in faults:
-            await self._outage()
-        if "error" in faults:
-            await anyio.sleep(1.0)
-        if "nogroup" in faults:
-            log.warning("%s: group %s vanished; recreating", self.name, self.cfg.group)
-            try:
-                await self.ctx.prepare()
-            except Exception:
-                log.debug("recreating group failed", exc_info=True)
-        out: list[Message] = []
-        tag: Tag = self.epoch
-        retries = self.failures.due()
-        if retries:
-            msgs, t = await self._reclaim(retries)
-            out += msgs
-            tag = _older(tag, t)
-        now = time.monotonic()
-        if now >= self.next_claim and not self._paused():
-            self.next_claim = now + self.cfg.claim_interval_ms / 1000.0
-            msgs, t = await self._claim_stalled()
-            out += msgs
-            tag = _older(tag, t)
-            if self.housekeeper and now >= self.next_housekeeping:
-                self.next_housekeeping = now + max(1.0, self.cfg.claim_interval_ms / 1000.0)
-                await tidy(self.ctx.redis, self.stream, self.cfg, self.name)
-        return out, tag
-
-    async def _reclaim(self, retries: list[str]) -> tuple[list[Message], Tag]:
-        """Take back, as new deliveries, the due retries this consumer still owns."""
-        reply = await self._run(RECLAIM_SCRIPT, [self.cfg.group, self.name, *retries])
-        if reply is None:
-            for entry_id in retries:  # still ours: try again soon
-                self.failures.later(entry_id, 1.0)
-            return [], None
-        return await self._taken(Taken(reply))
-
-    async def _claim_stalled(self) -> tuple[list[Message], Tag]:
-        """Claim entries of *other* consumers idle longer than `claim_idle_ms`, whose process
-        is no longer alive (its heartbeat ran out); the claim script fences their owners.
-
-        XPENDING IDLE lists them with their owners (XAUTOCLAIM cannot leave out the consumer's
-        own); the script re-checks owner and idle time, so an entry refreshed meanwhile stays."""
-        cfg = self.cfg
-        scan = max(cfg.count * 4, 100)
-        cmd = ["XPENDING", self.stream, cfg.group, "IDLE", cfg.claim_idle_ms, self.claim_cursor, "+", scan]  # fmt: skip
-        replies = await self._call([cmd])
-        if not replies or isinstance(replies[0], Exception):
-            if replies:
-                log.warning("%s: XPENDING failed: %s", self.name, replies[0])
-            return [], None
-        pending = replies[0]
-        self.claim_cursor = claim_cursor_after(pending, scan)
-        owners = {as_text(e[1]) for e in pending} - {self.name}
-        if not owners:
-            return [], None
-        # Never from a live process, even while a handler blocks its loop (else two workers take
-        # each other's in-flight batches for ever); a frozen or dead one's heartbeat runs out.
-        live = await self.live.get()
-        dead = {o for o in owners if not is_live(o, live)}
-        ids = [as_text(e[0]) for e in pending if as_text(e[1]) in dead][: cfg.count]
-        if not ids:
-            return [], None
-        reply = await self._run(CLAIM_SCRIPT, [cfg.group, self.name, cfg.claim_idle_ms, *ids])
-        if reply is None:
-            return [], None
-        msgs, tag = await self._taken(Taken(reply))
-        if msgs:
-            log.info("%s: claimed %d stalled entries", self.name, len(msgs))
-        return msgs, tag
-
-    async def _taken(self, taken: Taken) -> tuple[list[Message], Tag]:
-        gone = taken.gone()
-        if gone:  # deleted from the stream (trimmed) while pending: nothing left to handle
-            await self._call([["XACK", self.stream, self.cfg.group, *gone]])
-        present = taken.present()
-        msgs = self._take(self.wire.read([(self.stream, present)])) if present else []
-        for m in msgs:
-            m.deliveries = taken.before.get(m.key or "", 0) + 1
-        self.committer.epoch = taken.epoch
-        return msgs, int(taken.epoch)
 
     # --- handling ---------------------------------------------------------------------------
 
@@ -491,7 +327,7 @@ class Consumer:
         if failed:
             await self.failures.handle(failed)
         if out.ops and not self._atomic(out.keys()):
-            await self.committer.write_now(done, out)
+            await write_now(self.ctx.redis, done, out)
         # What else this consumer may own while the commit runs: retries waiting, and a batch
         # in hand (read, not handled yet) of up to `count` entries plus claimed ones.
         margin = len(self.failures.retry_at) + len(self.again) + 2 * self.cfg.count + 100

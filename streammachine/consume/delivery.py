@@ -29,8 +29,8 @@ from .stats import LATENCY_BUCKETS_S
 if TYPE_CHECKING:
     from ..message import Message
     from ..tracing import Tracing
-    from .commit import Outbox
     from .deadletter import Failed
+    from .outbox import Outbox
     from .stats import AgentStats
 
 __all__ = ["BatchDelivery", "Delivery", "HandlerTimeout", "MessageDelivery"]

@@ -14,7 +14,7 @@ from .. import keys
 from ..codec import as_text, parse_entry_id
 from ..exceptions import REDIS_FAILURES
 from ..presence.liveness import is_live, live_prefixes
-from .claims import FENCE_LUA
+from .commit import FENCE_LUA
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection

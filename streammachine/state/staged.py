@@ -23,10 +23,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..consume.commit import CHECK, STORE_DELETE, STORE_INCR, STORE_KEEP, STORE_SET
+from ..consume.outbox import CHECK, STORE_DELETE, STORE_INCR, STORE_KEEP, STORE_SET
 
 if TYPE_CHECKING:
-    from ..consume.commit import Outbox
+    from ..consume.outbox import Outbox
 
 __all__ = ["MISSING", "Staged"]
 

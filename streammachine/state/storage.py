@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError, WatchError
 
 from .. import keys
 from ..connection import LoopClient, RedisConnection
-from ..consume.commit import current_outbox
+from ..consume.outbox import current_outbox
 from ..exceptions import ConfigError, WrongTypeError
 from ..settings import Settings
 from ..urls import mask_url
