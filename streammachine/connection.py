@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 from .codec import as_text, encode_fields
 from .exceptions import REDIS_FAILURES, ConfigError, map_redis_errors
 from .features import Features, parse_info
-from .message import Message, messages_from_reply
+from .message import Message
 from .settings import Settings
 from .urls import create_client, mask_url, validate_url
 
@@ -240,28 +240,31 @@ class RedisConnection:
         stop: asyncio.Event | None = None,
     ) -> AsyncIterator[Message]:
         """Read `stream` as `consumer` of `group`, yielding Messages; each is acked when the
-        loop body that got it finishes (at-least-once). Stops when `stop` is set.
+        loop body that got it finishes (at-least-once). Stops when `stop` is set. It reads on a
+        connection of its own, as an agent's consumers do (`consume.wire.Wire`).
 
         Example:
             >>> async for record in redis.consumer("orders", "billing"):  # doctest: +SKIP
             ...     print(record.message)
         """
+        from .consume.wire import Wire, read_command
+
         await self.ensure_group(stream, group, start)
         block = None if self.is_memory else block_ms
-        while stop is None or not stop.is_set():
-            reply = await self.client.execute_command(
-                "XREADGROUP", "GROUP", group, consumer, "COUNT", count,
-                *(("BLOCK", block) if block else ()), "STREAMS", stream, ">",
-                NEVER_DECODE=True,
-            )  # type: ignore[no-untyped-call]  # fmt: skip
-            messages = messages_from_reply(reply, consumer)
-            if not messages:
-                if block is None:
-                    await asyncio.sleep(0.02)
-                continue
-            for msg in messages:
-                yield msg
-                await self.client.xack(stream, group, msg.key or "")
+        wire = Wire(self, stream, consumer)
+        try:
+            while stop is None or not stop.is_set():
+                cmd = read_command(group, consumer, count, block, stream)
+                messages = wire.read((await wire.call([cmd]))[0]).messages
+                if not messages:
+                    if block is None:
+                        await asyncio.sleep(0.02)
+                    continue
+                for msg in messages:
+                    yield msg
+                    await wire.call([["XACK", stream, group, msg.key or ""]])
+        finally:
+            await wire.close()
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -169,3 +169,29 @@ def test_cli_streams_and_send_on_a_cluster(cluster: RedisClusterServer, rc: Sync
     assert listed.returncode == 0, listed.stderr.decode()
     names = {json.loads(line)["stream"] for line in listed.stdout.decode().splitlines()}
     assert {"alpha", "beta", "gamma"} <= names, "SCAN covers every node"
+
+
+async def test_cross_slot_outputs_of_a_redelivered_input_are_written_once_with_idmp(
+    cluster: RedisClusterServer, rc: SyncCluster
+) -> None:
+    """An input handled twice (its first handler's outputs written, then a crash before the ack)
+    writes its cross-slot outputs with the same idempotency ids: once on Redis >= 8.6 (XADD
+    IDMP), twice on older servers (at-least-once, as documented)."""
+    from streammachine.consume.crossslot import write_now
+    from streammachine.consume.outbox import Outbox
+
+    app = App(name="cross-idmp", redis_url=cluster.url)
+    features = await app.redis.features()
+    for _attempt in range(2):  # the first delivery, then the redelivery after the crash
+        out = Outbox()
+        for entry in ("1-0", "2-0"):
+            out.current = entry
+            out.xadd("elsewhere", None, ["from", entry, "n", "1"])
+            out.xadd("elsewhere", None, ["from", entry, "n", "2"])
+        await write_now(app.redis, ["1-0", "2-0"], out, group="g", stream="in")
+    written = [(f[b"from"], f[b"n"]) for _, f in rc.xrange("elsewhere")]
+    if features.idmp:
+        assert sorted(written) == [(b"1-0", b"1"), (b"1-0", b"2"), (b"2-0", b"1"), (b"2-0", b"2")]
+    else:
+        assert len(written) == 8, "at-least-once without IDMP"
+    await app.aclose()

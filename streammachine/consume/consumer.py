@@ -26,7 +26,7 @@ from .commit import Committer, Pending, Verdict
 from .crossslot import write_now
 from .outbox import current_outbox
 from .upkeep import DELCONSUMER_SCRIPT, keepalive
-from .wire import Read, Wire, WireLost
+from .wire import Read, Wire, WireLost, read_command
 
 if TYPE_CHECKING:
     from ..message import Message
@@ -96,10 +96,8 @@ class Consumer(Taking):
 
     def _read_cmd(self, block: bool, start_id: str = ">") -> list[Any]:
         cfg = self.cfg
-        cmd: list[Any] = ["XREADGROUP", "GROUP", cfg.group, self.name, "COUNT", cfg.count]
-        if block and not self.memory:
-            cmd += ["BLOCK", cfg.block_ms]
-        return [*cmd, "STREAMS", self.stream, start_id]
+        block_ms = cfg.block_ms if block and not self.memory else None
+        return read_command(cfg.group, self.name, cfg.count, block_ms, self.stream, start_id)
 
     async def run(self, stop: anyio.Event) -> None:
         """Consume until `stop` is set, then drain: finish and commit the batch in hand."""
@@ -327,7 +325,7 @@ class Consumer(Taking):
         if failed:
             await self.failures.handle(failed)
         if out.ops and not self._atomic(out.keys()):
-            await write_now(self.ctx.redis, done, out)
+            await write_now(self.ctx.redis, done, out, group=self.cfg.group, stream=self.stream)
         # What else this consumer may own while the commit runs: retries waiting, and a batch
         # in hand (read, not handled yet) of up to `count` entries plus claimed ones.
         margin = len(self.failures.retry_at) + len(self.again) + 2 * self.cfg.count + 100

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from ..connection import RedisConnection, Script
 
-__all__ = ["LOST", "Read", "Wire", "WireLost", "pack"]
+__all__ = ["LOST", "Read", "Wire", "WireLost", "pack", "read_command"]
 
 log = logging.getLogger("streammachine.consume.agent")
 
@@ -47,6 +47,17 @@ class Read:
 
     messages: list[Message] = field(default_factory=list)
     fault: Fault | None = None
+
+
+def read_command(
+    group: str, consumer: str, count: int, block_ms: int | None, stream: str, start_id: str = ">"
+) -> list[Any]:
+    """XREADGROUP of up to `count` entries of `stream` (new ones, or the consumer's own pending
+    ones after `start_id`), blocking up to `block_ms` when given."""
+    cmd: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+    if block_ms:
+        cmd += ["BLOCK", block_ms]
+    return [*cmd, "STREAMS", stream, start_id]
 
 
 class Wire:
