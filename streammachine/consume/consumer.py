@@ -144,6 +144,7 @@ class Consumer(Taking):
         # handles again whatever they did not ack.
         while self.redo:
             await self._flush(self.redo.pop())
+        self.again = []  # still ours and pending: the drain handles them
         await self._drain_pending(stop, takeover=takeover)
         batch: list[Message] = []
         tag: Tag = None
@@ -159,7 +160,8 @@ class Consumer(Taking):
                 self.resync = False
                 await self._flush(commit)
                 commit = None
-                await self._drain_pending(stop, skip={m.key or "" for m in batch})
+                held = {m.key or "" for m in (*batch, *self.again)}
+                await self._drain_pending(stop, skip=held)
             if self._paused() and not stop.is_set():
                 # Paused by an operator: commit what is done, hold what is in hand (the
                 # keepalive keeps it ours), read nothing until resumed.
