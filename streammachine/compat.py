@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .consume.agent import Agent as StreamConsumer
-
 if TYPE_CHECKING:
+    from .consume.agent import Agent as StreamConsumer
+
     _HAS_FAST_OHLC_CYTHON: bool
 
 __all__ = ["_HAS_FAST_OHLC_CYTHON", "StreamConsumer", "_has_cython_decode"]
@@ -35,6 +35,12 @@ _has_cython_decode = True
 
 
 def __getattr__(name: str) -> Any:
+    # Resolved on access, so that answering `_has_cython_decode` loads neither the delivery
+    # core nor Numba.
+    if name == "StreamConsumer":
+        from .consume.agent import Agent
+
+        return Agent
     if name == "_HAS_FAST_OHLC_CYTHON":
         from .ohlc.kernel import jit_active
 

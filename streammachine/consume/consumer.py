@@ -326,7 +326,7 @@ class Consumer(Taking):
             self.stats.running -= 1
         if failed:
             await self.failures.handle(failed)
-        if out.ops and not self._atomic(out.keys()):
+        if out.ops and not self._atomic(out.targets()):
             await write_now(self.ctx.redis, done, out, group=self.cfg.group, stream=self.stream)
         # What else this consumer may own while the commit runs: retries waiting, and a batch
         # in hand (read, not handled yet) of up to `count` entries plus claimed ones.

@@ -39,7 +39,7 @@ class Outbox:
     Example:
         >>> out = Outbox(current="1-0")
         >>> out.xadd("invoices", 0, ["total", "3.5"])
-        >>> out.keys()
+        >>> out.targets()
         {'invoices'}
     """
 
@@ -84,8 +84,8 @@ class Outbox:
         for view in self.views.values():
             view.discard(self.current)
 
-    def keys(self) -> set[str]:
-        """The keys the operations write to."""
+    def targets(self) -> set[str]:
+        """The Redis keys the operations write to."""
         return {key for _, _, key, _ in self.ops}
 
 
