@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .consume.upkeep import watch_agents
+from .consume.upkeep import TICK_S, agent_tick
 from .schedule.lease import run_leased_timers
+from .ticker import Ticker
 from .tracing import get_tracing
 
 if TYPE_CHECKING:
@@ -111,7 +112,11 @@ class Lifecycle:
         extras = list(self.background)
         # Every running app moves the due delayed entries of its namespace.
         extras.append(self.scheduler.run_mover)
-        extras.append(functools.partial(watch_agents, self.redis, self.name, chosen))
+        # One loop for the process's periodic jobs (`ticker`).
+        ticker = Ticker()
+        if chosen:
+            ticker.every(TICK_S, "agent switches", agent_tick(self.redis, self.name, chosen))
+        extras.append(ticker.run)
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
         self.started = self.started or anyio.Event()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -26,9 +26,9 @@ __all__ = [
     "TICK_S",
     "TOUCH_SCRIPT",
     "acked_floor",
+    "agent_tick",
     "keepalive",
     "tidy",
-    "watch_agents",
 ]
 
 log = logging.getLogger("streammachine.agent")
@@ -129,34 +129,25 @@ async def acked_floor(client: Any, stream: str) -> bytes | None:
     return None if floor is None else f"{floor[0]}-{floor[1]}".encode()
 
 
-async def watch_agents(
-    redis: RedisConnection, app_name: str, agents: Sequence[Agent], stop: anyio.Event
-) -> None:
-    """The process's agent tick, every `TICK_S` until `stop`: follow the app's paused agents
-    in Redis (`keys.paused`, set by `streammachine pause`), and cancel handler calls that ran
-    past their `timeout_s`."""
-    if not agents:
-        return
+def agent_tick(
+    redis: RedisConnection, app_name: str, agents: Sequence[Agent]
+) -> Callable[[], Awaitable[None]]:
+    """The process's agent job (run by the process's `ticker.Ticker` every `TICK_S`): follow the
+    app's paused agents in Redis (`keys.paused`, set by `streammachine pause`), and cancel handler
+    calls that ran past their `timeout_s`."""
     key = keys.paused(app_name)
-    failing = False
-    while not stop.is_set():
-        try:
-            with anyio.fail_after(max(1.0, TICK_S)):
-                paused = {as_text(m) for m in await redis.client.smembers(key)}
-            for agent in agents:
-                if agent.paused != (agent.name in paused):
-                    log.warning(
-                        "%s: %s by an operator", agent.name,
-                        "paused" if agent.name in paused else "resumed",
-                    )  # fmt: skip
-                    agent.switch.set(agent.name in paused)
-            failing = False
-        except Exception as exc:  # Redis away: keep the switches as they are
-            if not failing:
-                log.debug("paused agents of %s: %s", app_name, exc)
-            failing = True
+
+    async def tick() -> None:
         now = time.monotonic()
         for agent in agents:
             agent.overdue(now)
-        with anyio.move_on_after(TICK_S):
-            await stop.wait()
+        paused = {as_text(m) for m in await redis.client.smembers(key)}
+        for agent in agents:
+            if agent.paused != (agent.name in paused):
+                log.warning(
+                    "%s: %s by an operator", agent.name,
+                    "paused" if agent.name in paused else "resumed",
+                )  # fmt: skip
+                agent.switch.set(agent.name in paused)
+
+    return tick
