@@ -10,7 +10,7 @@ the dead letter holds. The report says which entries went back and which stayed,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -154,9 +154,17 @@ async def _retry_one(
     return {"id": entry_id, "source_stream": shown, "new_id": as_text(answer)}, None
 
 
-async def _retry(conn: RedisConnection, dead: str, ids: list[str], dry_run: bool) -> RetryReport:
+async def _retry(
+    conn: RedisConnection,
+    dead: str,
+    ids: list[str],
+    dry_run: bool,
+    progress: Callable[[int], None] | None = None,
+) -> RetryReport:
     report = RetryReport(dead, dry_run)
     for entry_id in ids:
+        if progress is not None:
+            progress(1)
         flat = await read_raw_dead(conn, dead, entry_id)
         done, stayed = await _retry_one(conn, dead, entry_id, flat, dry_run)
         if done is not None:
@@ -182,9 +190,11 @@ async def retry_dead(
     dry_run: bool = False,
     limit: int | None = None,
     actor: Actor | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> RetryReport:
     """Send dead letters back to their source streams: the given `ids`, else every one that
-    passes `where` (all of them without a filter), at most `limit`.
+    passes `where` (all of them without a filter), at most `limit`. `progress(1)` is called
+    for each entry (a progress bar).
 
     Raises:
         ConfigError: an id that is not an entry id (before anything is read).
@@ -202,7 +212,7 @@ async def retry_dead(
         return RetryReport(dead, dry_run, stayed=[{"id": i, "reason": _GONE} for i in wanted])
     if wanted is None:
         wanted = await _ids_matching(conn, dead, where or DeadFilter(), limit)
-    report = await _retry(conn, dead, wanted, dry_run)
+    report = await _retry(conn, dead, wanted, dry_run, progress)
     if not dry_run and report.replayed:
         done = [r["id"] for r in report.replayed]
         filt = (where or DeadFilter()).as_dict() if ids is None else None
@@ -320,9 +330,12 @@ async def replay_dead(
     conn: RedisConnection,
     stream: str,
     ids: Iterable[str] | None = None,
+    *,
+    batch_size: int = 500,
 ) -> int:
     """Send dead letters back (the given `ids`, or all present now); returns how many went back.
-    `retry_dead` says which stayed and why.
+    `retry_dead` says which stayed and why. (`batch_size` is accepted for compatibility: each
+    entry now goes back by a script of its own.)
 
     Example:
         >>> await replay_dead(conn, "orders", ["1700000000000-0"])  # doctest: +SKIP
