@@ -71,7 +71,13 @@ async def test_pause_and_resume_live_in_the_app_set_and_are_audited(
         [{"name": "bill", "stream": "orders", "group": "g", "paused": True}],
     )  # fmt: skip
     done = await pause_agent(aredis, "shop", "bill", actor=ACTOR)
-    assert done == {"app": "shop", "agent": "bill", "paused": True, "changed": True, "running": True}
+    assert done == {
+        "app": "shop",
+        "agent": "bill",
+        "paused": True,
+        "changed": True,
+        "running": True,
+    }
     assert redis_sync.smembers(keys.paused("shop")) == {b"bill"}
     assert (await pause_agent(aredis, "shop", "bill", actor=ACTOR))["changed"] is False
     (row,) = await list_agents(aredis)
@@ -183,7 +189,9 @@ async def test_dead_letters_filter_show_dry_run_edit_and_purge(
     with pytest.raises(ConfigError, match="say what to change"):
         await edit_and_retry(aredis, "orders", b)
 
-    dry_purge = await purge_dead(aredis, "orders", where=DeadFilter.parse(error="sku"), dry_run=True)
+    dry_purge = await purge_dead(
+        aredis, "orders", where=DeadFilter.parse(error="sku"), dry_run=True
+    )
     assert dry_purge.deleted == [c] and redis_sync.xlen("orders:dead") == 2
     purged = await purge_dead(aredis, "orders", [c, "1-1"], actor=ACTOR)
     assert (purged.deleted, purged.missing) == ([c], ["1-1"])
@@ -353,7 +361,9 @@ async def test_the_inspector_decodes_filters_and_bounds(
         schema=StructCodec(Tick), where=["symbol~aap"],
     )  # fmt: skip
     assert typed["entries"][0]["value"] == {"price": 29.0, "symbol": "AAPL"}
-    bad = await inspect_stream(aredis, "ticks", count=1, newest_first=True, schema=StructCodec(Tick))
+    bad = await inspect_stream(
+        aredis, "ticks", count=1, newest_first=True, schema=StructCodec(Tick)
+    )
     assert bad["entries"][0]["value"] is None and "Tick" in bad["entries"][0]["schema_error"]
     capped = await inspect_stream(aredis, "ticks", where=["symbol=none"], scan_limit=10)
     assert capped["entries"] == [] and capped["scanned"] == 10 and capped["next"]

@@ -39,7 +39,9 @@ __all__ = ["MAX_BODY_BYTES", "ops_routes"]
 MAX_BODY_BYTES = 1_000_000
 READ_TIMEOUT_S = 10.0
 
-_FAILURES: tuple[type[BaseException], ...] = (*REDIS_FAILURES, StreamMachineError)
+# Besides Redis' own errors: redis-py's TypeError for a URL option its connection class does not
+# take (raised at the first command), answered 503 like an unreachable server.
+_FAILURES: tuple[type[BaseException], ...] = (*REDIS_FAILURES, StreamMachineError, TypeError)
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -68,6 +70,10 @@ def ops_routes(
 
     def answer(fn: Callable[[Request], Awaitable[Any]]) -> Handler:
         async def call(request: Request) -> Response:
+            try:
+                conn()  # a URL setting Redis cannot take is the server's problem: 503, not 400
+            except StreamMachineError as exc:
+                return JSON({"error": f"cannot use Redis at {mask_url(url)}: {exc}"}, 503)
             try:
                 with anyio.fail_after(READ_TIMEOUT_S):
                     return JSON(await fn(request))
