@@ -224,7 +224,8 @@ async def test_the_operator_api_reads_and_acts(redis_url: str, redis_sync: syncr
         dry = await act("dead.retry", {"stream": "pay", "error": "order 0", "dry_run": True})
         assert [r["id"] for r in dry["replayed"]] == [ids[0]] and redis_sync.xlen("pay:dead") == 3
         edited = await act(
-            "dead.edit_retry", {"stream": "pay", "id": ids[0], "set": {"order": "0-fixed"}}
+            "dead.edit_retry",
+            {"stream": "pay", "id": ids[0], "set": {"order": "0-fixed"}, "confirm": True},
         )
         assert [r["id"] for r in edited["replayed"]] == [ids[0]]
         assert redis_sync.xrevrange("pay", count=1)[0][1] == {b"order": b"0-fixed"}

@@ -65,6 +65,7 @@ class DeadEdit(_Args):
     set: dict[Name, Text] = {}
     unset: list[Name] = []
     dry_run: bool = False
+    confirm: bool = False
 
 
 class PendingArgs(_Args):
@@ -160,7 +161,7 @@ ACTIONS: dict[str, Action] = {
     "pause": Action(AgentArgs, False, _pause, "Pause an agent everywhere"),
     "resume": Action(AgentArgs, False, _resume, "Resume an agent everywhere"),
     "dead.retry": Action(DeadSelect, False, _retry, "Send dead letters back"),
-    "dead.edit_retry": Action(DeadEdit, False, _edit, "Edit a dead letter and send it back"),
+    "dead.edit_retry": Action(DeadEdit, True, _edit, "Edit a dead letter and send it back"),
     "dead.purge": Action(DeadSelect, True, _purge, "Delete dead letters"),
     "pending.dead_letter": Action(PendingArgs, True, _pending_dead, "Dead-letter pending entries"),
     "pending.hand_back": Action(PendingArgs, True, _hand_back, "Hand pending entries back"),

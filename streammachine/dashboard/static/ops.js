@@ -257,7 +257,7 @@
         } else {
           const lines = Object.entries(set).map(([k, v]) => `${k} = ${v}`);
           if (!(await ask(`Send dead letter ${d.id} back with these changes?`, lines))) return;
-          report(await act("dead.edit_retry", { stream: deadStream, id: d.id, set }));
+          report(await act("dead.edit_retry", { stream: deadStream, id: d.id, set, confirm: true }));
         }
         $("detail").close();
         await loadDead();
