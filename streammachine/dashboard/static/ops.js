@@ -230,9 +230,10 @@
         const input = el("input");
         input.value = text;
         input.dataset.field = name;
-        input.disabled = !unlocked();
-        row.appendChild(input);
         const extra = d.message.decoded[name];
+        // Binary values are shown escaped; sending them back edited would send the escapes.
+        input.disabled = !unlocked() || !!(extra && extra.binary);
+        row.appendChild(input);
         if (extra && (extra.json !== undefined || extra.msgpack !== undefined)) {
           row.appendChild(el("code", JSON.stringify(extra.json !== undefined ? extra.json : extra.msgpack)));
         }
