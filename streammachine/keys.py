@@ -34,8 +34,10 @@ __all__ = [
     "DEAD_SUFFIX",
     "INSTANCES",
     "LATE_SUFFIX",
+    "PAUSED_MATCH",
     "PREFIX",
     "PROCESSES",
+    "SCHEDULED_MATCH",
     "cron",
     "dead_letters",
     "fence",
@@ -51,6 +53,7 @@ __all__ = [
     "progress",
     "rate",
     "scheduled",
+    "scope_of",
     "slot_tag",
     "storage",
     "timer_lease",
@@ -62,6 +65,9 @@ LATE_SUFFIX = ":late"
 INSTANCES = f"{PREFIX}:instances:"
 PROCESSES = f"{PREFIX}:processes"
 AUDIT = f"{PREFIX}:audit"
+#: SCAN patterns of the per-scope keys readers list (`scope_of` gives the scope back).
+PAUSED_MATCH = f"{PREFIX}:paused:{{*}}"
+SCHEDULED_MATCH = f"{PREFIX}:sched:{{*}}"
 
 
 def slot_tag(key: str) -> str:
@@ -189,3 +195,14 @@ def progress(stream: str, source: str) -> str:
 def paused(app: str) -> str:
     """The set of the paused agents of `app`."""
     return f"{PREFIX}:paused:{{{app}}}"
+
+
+def scope_of(key: str) -> str | None:
+    """The scope inside a per-scope key's braces (an app, a namespace), None when it has none.
+
+    Example:
+        >>> scope_of(paused("orders")), scope_of("orders")
+        ('orders', None)
+    """
+    start, end = key.find("{"), key.rfind("}")
+    return key[start + 1 : end] if 0 <= start < end else None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .consume.upkeep import TICK_S, agent_tick
+from .exceptions import REDIS_FAILURES
 from .schedule.lease import run_leased_timers
 from .ticker import Ticker
 from .tracing import get_tracing
@@ -114,8 +115,9 @@ class Lifecycle:
         extras.append(self.scheduler.run_mover)
         # One loop for the process's periodic jobs (`ticker`).
         ticker = Ticker()
+        switches = agent_tick(self.redis, self.name, chosen)
         if chosen:
-            ticker.every(TICK_S, "agent switches", agent_tick(self.redis, self.name, chosen))
+            ticker.every(TICK_S, "agent switches", switches)
         extras.append(ticker.run)
         self._stop = anyio.Event()
         self._stopped = anyio.Event()
@@ -131,6 +133,10 @@ class Lifecycle:
                 await hook()
             for agent in chosen:
                 await agent.prepare()
+            if chosen:
+                # A worker started while an agent is paused reads nothing of it.
+                with contextlib.suppress(*REDIS_FAILURES):
+                    await switches()
             async with anyio.create_task_group() as tg:
                 for agent in chosen:
                     tg.start_soon(self._supervised, agent.run, self._stop)

@@ -21,6 +21,10 @@ log = logging.getLogger("streammachine.settings")
 __all__ = ["AppConfig", "ConsumerConfig", "Settings", "TimerConfig"]
 
 DEFAULT_GROUP = "eventengine"
+#: The dashboard's environment variables, named once (the CLI's `--token` options read them too).
+DASHBOARD_TOKEN_ENV = "STREAMMACHINE_DASHBOARD_TOKEN"
+DASHBOARD_OPERATOR_TOKEN_ENV = "STREAMMACHINE_DASHBOARD_OPERATOR_TOKEN"
+DASHBOARD_ALLOWED_HOSTS_ENV = "STREAMMACHINE_DASHBOARD_ALLOWED_HOSTS"
 StartAt = Literal["earliest", "latest"]
 
 
@@ -86,6 +90,11 @@ class Settings:
     dashboard_host: str | None = None
     dashboard_port: int | None = None
     dashboard_token: str | None = None
+    #: The token that lets the dashboard act (pause, retry, purge, ...); unset = read-only.
+    dashboard_operator_token: str | None = None
+    #: Host names the dashboard answers when it has no token (besides IP addresses and
+    #: `localhost`), so a loopback dashboard cannot be read through DNS rebinding.
+    dashboard_allowed_hosts: tuple[str, ...] = ()
     #: Where readiness is reported (sd_notify): systemd's NOTIFY_SOCKET, or the supervisor's.
     notify_socket: str | None = None
 
@@ -116,7 +125,13 @@ class Settings:
             dashboard=_env_bool(e, "STREAMMACHINE_DASHBOARD"),
             dashboard_host=e.get("STREAMMACHINE_DASHBOARD_HOST") or None,
             dashboard_port=_env_int(e, "STREAMMACHINE_DASHBOARD_PORT", 0, 0) or None,
-            dashboard_token=e.get("STREAMMACHINE_DASHBOARD_TOKEN") or None,
+            dashboard_token=e.get(DASHBOARD_TOKEN_ENV) or None,
+            dashboard_operator_token=e.get(DASHBOARD_OPERATOR_TOKEN_ENV) or None,
+            dashboard_allowed_hosts=tuple(
+                h.strip().lower()
+                for h in e.get(DASHBOARD_ALLOWED_HOSTS_ENV, "").split(",")
+                if h.strip()
+            ),
             notify_socket=e.get("NOTIFY_SOCKET") or None,
         )
 

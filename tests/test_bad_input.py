@@ -16,6 +16,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 import redis as syncredis
 import typer.main
 
@@ -188,6 +189,69 @@ CASES: list[tuple[str, list[str]]] = [
     ("run", ["--workers", "x", "x:app"]),
     ("run", ["x:app", "--redis-url", ""]),
     ("run", ["x:app", "--redis-url", "redis://127.0.0.1/abc"]),
+    # operating (issue 27): each refused before it acts, and audited only when it acted
+    ("inspect", [BAD]),
+    ("inspect", [""]),
+    ("inspect", ["nosuch"]),
+    ("inspect", ["storage-hash"]),
+    ("inspect", ["orders", "--where", "oops"]),
+    ("inspect", ["orders", "--from", "yesterday"]),
+    ("inspect", ["orders", "--count", "0"]),
+    ("pause", ["bill"]),
+    ("pause", ["bill", "--app", ""]),
+    ("pause", ["", "--app", "shop"]),
+    ("pause", [BAD, "--app", "shop"]),
+    ("pause", ["bill", "--app", HUGE]),
+    ("pause", ["a", "--app", "odd"]),
+    ("resume", ["bill"]),
+    ("resume", [BAD, "--app", "shop"]),
+    ("resume", ["a", "--app", "odd"]),
+    ("agents", ["extra"]),
+    ("agents", ["--redis-url", ""]),
+    ("agents", ["--redis-url", DOWN]),
+    ("audit", ["--count", "0"]),
+    ("audit", ["--redis-url", DOWN]),
+    ("rewind", ["orders"]),
+    ("rewind", ["orders", "--group", "billing", "--to", "yesterday", "--yes"]),
+    ("rewind", ["orders", "--group", "billing", "--to", "0"]),
+    ("rewind", ["orders", "--group", "nogroup", "--to", "0", "--yes"]),
+    ("rewind", ["nosuch", "--group", "billing", "--to", "0", "--yes"]),
+    ("rewind", [BAD, "--group", "billing", "--to", "0", "--yes"]),
+    ("pending list", [BAD]),
+    ("pending list", [""]),
+    ("pending list", ["nosuch"]),
+    ("pending list", ["orders", "--count", "0"]),
+    ("pending list", ["orders", "--group", "nogroup"]),
+    ("pending dead-letter", ["orders", "--group", "billing", "--id", "abc", "--yes"]),
+    ("pending dead-letter", ["orders", "--group", "billing", "--id", "1-1"]),
+    ("pending dead-letter", ["orders", "--group", "billing", "--id", "1-1", "--yes"]),
+    ("pending dead-letter", ["orders", "--group", "nogroup", "--id", "1-1", "--yes"]),
+    ("pending hand-back", ["orders", "--group", "billing", "--id", "abc", "--yes"]),
+    ("pending hand-back", ["orders", "--group", "billing", "--id", "1-1"]),
+    ("pending hand-back", ["orders", "--group", "billing", "--id", "1-1", "--yes"]),
+    ("pending hand-back", ["nosuch", "--group", "billing", "--id", "1-1", "--yes"]),
+    ("dead show", ["orders", "abc"]),
+    ("dead show", ["orders", "1-1"]),
+    ("dead show", [BAD, "1-1"]),
+    ("dead edit", ["orders", "1-1"]),
+    ("dead edit", ["orders", "abc", "--set", "a=1"]),
+    ("dead edit", ["orders", "1-1", "--set", "a=1"]),
+    ("dead edit", ["orders", "1-1", "--set", "noequals"]),
+    ("dead purge", ["orders"]),
+    ("dead purge", ["orders", "--all"]),
+    ("dead purge", ["orders", "--id", "abc", "--yes"]),
+    ("dead purge", ["orders", "--id", "1-1", "--yes"]),
+    ("dead purge", ["orders", "--since", "yesterday", "--yes"]),
+    ("dead purge", ["orders", "--id", "1-1", "--all", "--yes"]),
+    ("dead replay", ["orders", "--where", "oops"]),
+    ("dead replay", ["orders", "--since", "yesterday"]),
+    ("dead replay", ["orders", "--id", "1-1", "--all"]),
+    ("scheduled promote", ["nothex"]),
+    ("scheduled promote", ["0" * 24]),
+    ("scheduled promote", ["0" * 24, "--namespace", ""]),
+    ("scheduled cancel", ["0" * 24]),
+    ("scheduled cancel", ["bad", "--yes"]),
+    ("scheduled cancel", ["0" * 24, "--yes"]),
 ]
 
 
@@ -208,7 +272,8 @@ def _commands() -> set[str]:
 
 
 def test_the_sweep_covers_every_command() -> None:
-    swept = {path for path, _ in CASES} | {"dead list"}  # `dead STREAM` is `dead list STREAM`
+    # `dead STREAM` is `dead list STREAM`, `scheduled [STREAM]` is `scheduled list [STREAM]`.
+    swept = {path for path, _ in CASES} | {"dead list", "scheduled list"}
     missing = _commands() - swept
     assert not missing, f"add bad-input rows for: {sorted(missing)}"
 
@@ -248,6 +313,7 @@ def _seed(client: syncredis.Redis) -> None:
     client.hset("streammachine:storage:{default}", "k", "1")
     record = {"id": "h-1-abc", "app": "shop", "host": "h", "pid": 1, "ttl_s": 15.0}
     client.set("streammachine:instances:h-1-abc", json.dumps(record))  # no TTL: a stable DUMP
+    client.set("streammachine:paused:{odd}", "not a set")
 
 
 def _run(path: str, args: list[str], redis_url: str) -> subprocess.CompletedProcess[str]:
@@ -275,6 +341,7 @@ def _shown(args: list[str]) -> str:
     return " ".join(repr(a if len(a) < 40 else a[:20] + f"…({len(a)} chars)") for a in args)
 
 
+@pytest.mark.timeout(900)  # ~220 runs of the CLI, 4 at a time, on a shared machine
 def test_bad_input_is_one_line_nonzero_and_changes_nothing(
     redis_url: str, redis_sync: syncredis.Redis
 ) -> None:

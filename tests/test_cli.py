@@ -335,7 +335,10 @@ def test_storage_set_get_keys_delete_clear(redis_url: str) -> None:
 
 
 def test_health_healthy_and_unreachable(redis_url: str, redis_sync: syncredis.Redis) -> None:
-    redis_sync.hset("streammachine:instances:web-1", mapping={"app": "orders", "pid": "42"})
+    record = {"id": "web-1", "app": "orders", "host": "web", "pid": 42, "ttl_s": 15}
+    redis_sync.set("streammachine:instances:web-1", json.dumps(record), px=15_000)
+    # Not a heartbeat the dashboard accepts, so health skips it too (and says so).
+    redis_sync.hset("streammachine:instances:web-2", mapping={"app": "ghost", "pid": "43"})
     down = f"redis://127.0.0.1:{free_port()}/0"
     text, as_json, down_text, down_json = cli_many(
         redis_url,
@@ -348,9 +351,11 @@ def test_health_healthy_and_unreachable(redis_url: str, redis_sync: syncredis.Re
     )
     assert text.returncode == 0 and text.stdout.startswith("ok: Redis "), text.stderr
     assert "app=orders" in text.stdout and "pid=42" in text.stdout
+    assert "ghost" not in text.stdout and "skipped 1 instance record" in text.stdout
     report = json.loads(as_json.stdout)
     assert report["healthy"] is True and report["redis_version"]
     assert [i["app"] for i in report["instances"]] == ["orders"]
+    assert report["skipped_records"] == 1
     one_error_line(down_text, 1, "cannot reach Redis at redis://127.0.0.1:")
     assert down_json.returncode == 1 and "Traceback" not in down_json.stderr
     assert json.loads(down_json.stdout)["healthy"] is False

@@ -252,10 +252,13 @@ async def test_endpoints_and_metrics_follow_a_running_app(redis_url: str) -> Non
         assert "default-src 'self'" in page.headers["content-security-policy"]
         assert page.headers["x-content-type-options"] == "nosniff"
         assert '<script src="static/app.js" defer></script>' in page.text
-        assert page.text.count("<script") == 1  # no inline script for the CSP to refuse
-        js = await client.get("/static/app.js")
-        assert js.status_code == 200 and "javascript" in js.headers["content-type"]
-        assert "innerHTML" not in js.text
+        assert '<script src="static/ops.js" defer></script>' in page.text
+        # No inline script for the CSP to refuse: the page's two scripts, both files.
+        assert page.text.count("<script") == page.text.count('<script src="static/') == 2
+        for name in ("app.js", "ops.js"):
+            js = await client.get(f"/static/{name}")
+            assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+            assert "innerHTML" not in js.text and "insertAdjacentHTML" not in js.text
         assert (await client.get("/static/style.css")).status_code == 200
         assert (await client.get("/static/nope.js")).status_code == 404
 

@@ -1,6 +1,6 @@
-"""Read-only views of streams, consumer groups, dead letters and app instances: the queries behind
-`streammachine streams|tail|dead|health`, the dashboard and the MCP tools (dead-letter replay, a
-write, is in `streammachine.admin.replay`).
+"""Read-only views of streams and consumer groups: the queries behind `streammachine streams|tail`,
+the dashboard and the MCP tools (dead letters are read by `streammachine.admin.deadletters`, the
+running instances by `streammachine.admin.instances`).
 
 Every function takes a redis-py asyncio client (`RedisConnection.client`) or a `RedisConnection`,
 returns plain dicts with stable keys and str values (bytes decoded as UTF-8, bad bytes replaced),
@@ -15,7 +15,6 @@ allowed, `lag` is None, meaning "more than we counted".
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Sequence
@@ -26,34 +25,36 @@ from redis.exceptions import ResponseError
 from .. import keys
 from ..codec import as_text, parse_entry_id
 from ..connection import RedisConnection
-from ..consume.deadletter import DEAD_LETTER_FIELDS
 from ..exceptions import ConfigError
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
 __all__ = [
-    "DEAD_LETTER_FIELDS",
+    "MAX_NAME_CHARS",
     "check_stream",
-    "dead_letter_stream",
+    "entry_dict",
     "list_consumers",
-    "list_dead",
-    "list_instances",
     "list_streams",
     "read_entries",
     "server_info",
     "stream_info",
 ]
 
-_HEARTBEAT_FIELDS = ("heartbeat_at", "heartbeat", "ts", "last_seen", "updated_at", "time")
 # Counts the entries after the group's last-delivered id, capped, without sending them back.
+#: The longest stream, group or app name the readers show; longer ones are left out.
+MAX_NAME_CHARS = 1024
 _PARTITION_RE = re.compile(r"(.+):p(\d+)")
 _LAG_LUA = "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])"
 
 
-def _c(client: aioredis.Redis | RedisConnection) -> Any:
-    # Any: redis-py's annotations mix sync and async return types; callers get typed dicts.
+def client_of(client: aioredis.Redis | RedisConnection) -> Any:
+    """The redis-py client of a RedisConnection, or the client itself (Any: redis-py's
+    annotations mix sync and async return types; callers get typed dicts)."""
     return client.client if isinstance(client, RedisConnection) else client
+
+
+_c = client_of
 
 
 def _name(value: Any) -> str:
@@ -242,6 +243,8 @@ async def list_streams(
     c = _c(client)
     names: dict[str, str | bytes] = {}  # shown name -> the key as Redis has it
     async for key in c.scan_iter(match=pattern, count=1000, _type="stream"):
+        if len(key) > MAX_NAME_CHARS:  # someone's huge key name: left out, as everywhere
+            continue
         names[_name(key)] = key
         if len(names) >= limit:
             break
@@ -292,141 +295,3 @@ async def read_entries(
     else:
         entries = await c.xrange(stream, f"({after}", "+", count=count)
     return [entry_dict(stream, i, f) for i, f in entries]
-
-
-def dead_letter_stream(stream: str) -> str:
-    """The dead-letter stream of `stream`: `stream` itself when it ends with ":dead".
-
-    Example:
-        >>> dead_letter_stream("orders"), dead_letter_stream("orders:dead")
-        ('orders:dead', 'orders:dead')
-    """
-    return stream if stream.endswith(keys.DEAD_SUFFIX) else stream + keys.DEAD_SUFFIX
-
-
-def dead_dict(dead: str, entry_id: Any, raw: Any) -> dict[str, Any]:
-    """A dead-letter entry: its metadata, and the original message's fields under "fields"."""
-    f = _fields(raw)
-    deliveries, failed_at = f.get("deliveries", ""), f.get("failed_at", "")
-    return {
-        "stream": dead,
-        "id": as_text(entry_id),
-        "source_stream": f.get("source_stream") or _default_source(dead),
-        "source_id": f.get("source_id"),
-        "group": f.get("group"),
-        "error": f.get("error"),
-        "error_type": f.get("error_type"),
-        "deliveries": int(deliveries) if deliveries.isdecimal() else None,
-        "failed_at": _float(failed_at),
-        "traceback": f.get("traceback"),
-        "fields": {k: v for k, v in f.items() if k not in DEAD_LETTER_FIELDS},
-    }
-
-
-def _default_source(dead: str) -> str | None:
-    return dead[: -len(keys.DEAD_SUFFIX)] if dead.endswith(keys.DEAD_SUFFIX) else None
-
-
-def _float(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-async def list_dead(
-    client: aioredis.Redis | RedisConnection, stream: str, count: int = 100
-) -> list[dict[str, Any]]:
-    """The oldest `count` dead letters of `stream` (see `dead_letter_stream`), oldest first.
-
-    Each is `{"stream", "id", "source_stream", "source_id", "group", "error", "error_type",
-    "deliveries", "failed_at", "traceback", "fields"}`, `fields` being the original message.
-
-    Example:
-        >>> [d["error"] for d in await list_dead(conn.client, "orders")]  # doctest: +SKIP
-        ['division by zero']
-    """
-    dead = dead_letter_stream(stream)
-    entries = await _c(client).xrange(dead, "-", "+", count=count)
-    return [dead_dict(dead, i, f) for i, f in entries]
-
-
-async def list_instances(
-    client: aioredis.Redis | RedisConnection, limit: int = 1000
-) -> list[dict[str, Any]]:
-    """Registered app instances (keys `streammachine:instances:*`, a hash or a JSON string), read
-    leniently: `{"key", "app", "host", "pid", "age_s", "format", "data"}`, `format` being "json" (a
-    JSON object), "hash" or None (anything else, kept as `data["value"]`). `age_s` is the time since the
-    last heartbeat: from the key's remaining TTL when the record has `ttl_s` (the registry of
-    `streammachine.dashboard`), else from a timestamp field such as `heartbeat_at`.
-
-    Example:
-        >>> await list_instances(conn.client)  # doctest: +SKIP
-        [{'key': 'streammachine:instances:web-1-42', 'app': 'orders', 'host': 'web-1', ...}]
-    """
-    c = _c(client)
-    found: list[str] = []
-    async for key in c.scan_iter(match=keys.INSTANCES + "*", count=1000):
-        found.append(as_text(key))
-        if len(found) >= limit:
-            break
-    if not found:
-        return []
-    found.sort()
-    async with c.pipeline(transaction=False) as pipe:
-        for key in found:
-            pipe.type(key)
-            pipe.pttl(key)
-        replies = await pipe.execute(raise_on_error=False)
-    typed = [
-        (k, as_text(kind), pttl)
-        for k, kind, pttl in zip(found, replies[::2], replies[1::2], strict=True)
-        if as_text(kind) in ("hash", "string")
-    ]
-    async with c.pipeline(transaction=False) as pipe:
-        for key, kind, _ in typed:
-            if kind == "hash":
-                pipe.hgetall(key)
-            else:
-                pipe.get(key)
-        values = await pipe.execute(raise_on_error=False) if typed else []
-    now = time.time()
-    return [
-        _instance(key, raw, pttl, now)
-        for (key, _, pttl), raw in zip(typed, values, strict=True)
-        if raw and not isinstance(raw, Exception)
-    ]
-
-
-def _instance(key: str, raw: Any, pttl_ms: Any, now: float) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    fmt: str | None = None
-    if isinstance(raw, dict):
-        data, fmt = _fields(raw), "hash"
-    elif isinstance(raw, bytes | str):
-        try:
-            parsed = json.loads(raw)
-        except (ValueError, RecursionError):
-            data = {"value": as_text(raw)}
-        else:
-            fmt = "json" if isinstance(parsed, dict) else None
-            data = parsed if isinstance(parsed, dict) else {"value": parsed}
-    beat = next((data[k] for k in _HEARTBEAT_FIELDS if k in data), None)
-    ts = _float(str(beat)) if beat is not None else None
-    if ts is not None and ts > 1e11:  # milliseconds
-        ts /= 1000.0
-    age_s = None if ts is None else max(0.0, now - ts)
-    ttl_s = _float(str(data.get("ttl_s")))
-    if ttl_s is not None and isinstance(pttl_ms, int) and pttl_ms >= 0:
-        # A heartbeat that refreshes the key's TTL: its age needs no other host's clock.
-        age_s = max(0.0, ttl_s - pttl_ms / 1000.0)
-    pid = data.get("pid")
-    return {
-        "key": key,
-        "app": data.get("app") or data.get("name"),
-        "host": data.get("host") or data.get("hostname"),
-        "pid": int(str(pid)) if str(pid).isdecimal() else None,
-        "age_s": None if age_s is None else round(age_s, 3),
-        "format": fmt,
-        "data": data,
-    }

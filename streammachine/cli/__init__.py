@@ -11,7 +11,20 @@ from typing import Any
 
 import typer
 
-from . import asyncapi, dashboard, mcp, ohlc, ops, schedule, streams, tail
+from . import (
+    asyncapi,
+    dashboard,
+    dead,
+    inspect,
+    mcp,
+    ohlc,
+    operate,
+    ops,
+    scheduled,
+    streams,
+    tail,
+    top,
+)
 from . import run as run_cmd
 from .common import check_argv, fail
 
@@ -23,7 +36,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for module in (run_cmd, streams, tail, schedule, ops, ohlc, mcp, dashboard, asyncapi):
+for module in (
+    run_cmd, streams, tail, inspect, scheduled, ops, dead, operate, ohlc, mcp, dashboard, top,
+    asyncapi,
+):  # fmt: skip
     module.register(app)
 
 

@@ -6,11 +6,13 @@ import functools
 import inspect
 import math
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
@@ -88,6 +90,27 @@ def command(group: typer.Typer, name: str, *, log_level: str = "warning") -> Cal
         return fn
 
     return register
+
+
+class DefaultToList(TyperGroup):
+    """A command group whose `list` is the default: `dead STREAM` means `dead list STREAM` (and,
+    with `list_when_empty`, the bare group means `list`)."""
+
+    list_when_empty = False
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        help_names = set(ctx.help_option_names)
+        if args and args[0] not in self.commands and not help_names.intersection(args[:1]):
+            args = ["list", *args]
+        elif not args and self.list_when_empty:
+            args = ["list"]
+        return super().parse_args(ctx, args)
+
+
+class ListWhenEmpty(DefaultToList):
+    """`DefaultToList` that also lists when given nothing (`scheduled`)."""
+
+    list_when_empty = True
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -179,8 +202,37 @@ async def until_signal(body: Callable[[], Awaitable[None]]) -> None:
         tg.cancel_scope.cancel()
 
 
+# Characters a terminal acts on: C0 controls (ESC starts colour and cursor codes, CR rewrites a
+# line), DEL, C1 controls (0x9b is a one-byte CSI on some terminals), the Unicode line separators
+# and the bidirectional overrides that reorder what is shown ("Trojan Source").
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL_BUT_LINES = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    ch = m.group(0)
+    return _NAMED.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+
+
+def safe(value: Any) -> str:
+    """`value` as text a terminal shows as it is: every control character written as an escape
+    (`\\x1b`, `\\n`), so data from Redis can neither colour nor move the cursor nor forge a line.
+
+    Example:
+        >>> safe("a\\x1b[31mb\\nc")
+        'a\\\\x1b[31mb\\\\nc'
+    """
+    return _CONTROL.sub(_escape, value if isinstance(value, str) else str(value))
+
+
 def out(line: str) -> None:
-    """Write one line to stdout now (a closed pipe, as with `| head`, ends the command quietly)."""
+    """Write one line to stdout now (a closed pipe, as with `| head`, ends the command quietly).
+    Control characters other than newlines and tabs are escaped (see `safe`): callers pass data
+    through `safe` themselves where a newline in it must not start a line."""
+    line = _CONTROL_BUT_LINES.sub(_escape, line)
     try:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
@@ -273,11 +325,16 @@ def _key(key: Any) -> Any:
     return repr(key) if isinstance(key, float) else str(key)
 
 
+_JSON_RAW = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
 def dumps(obj: Any) -> str:
     """One line of valid JSON (UTF-8 text, bytes decoded, non-finite floats as strings, anything
-    else as str)."""
+    else as str). Characters a terminal acts on are `\\uXXXX` escapes (JSON escapes the C0
+    controls itself; DEL, C1 and bidi controls it would write raw): the same data, safe to show."""
     import json
 
     from ..codec import as_text
 
-    return json.dumps(_plain(obj), ensure_ascii=False, default=as_text, allow_nan=False)
+    text = json.dumps(_plain(obj), ensure_ascii=False, default=as_text, allow_nan=False)
+    return _JSON_RAW.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)

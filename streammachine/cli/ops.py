@@ -1,4 +1,4 @@
-"""CLI commands: health, storage and dead."""
+"""CLI commands: health and storage (dead letters: `dead`)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
-from ..codec import as_text
 from .common import (
     JsonOut,
     TooDeep,
@@ -18,9 +16,9 @@ from .common import (
     fail,
     out,
     parse_json,
+    safe,
     with_redis,
 )
-from .progress import MIN_ENTRIES, interactive, progress_bar
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
@@ -38,24 +36,8 @@ HEALTH_TIMEOUT_S = 2.0
 MAX_TTL_S = 3_155_760_000.0  # 100 years: beyond, Redis refuses the expiry (storage.MAX_TTL_S)
 
 
-class DefaultToList(TyperGroup):
-    """`dead STREAM` means `dead list STREAM`; `dead replay STREAM` is a subcommand."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        help_names = set(ctx.help_option_names)
-        if args and args[0] not in self.commands and not help_names.intersection(args[:1]):
-            args = ["list", *args]
-        return super().parse_args(ctx, args)
-
-
 def _n(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
-
-
-def _fmt_time(ts: float | None) -> str:
-    import time
-
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 # --- health ----------------------------------------------------------------------------------
@@ -66,7 +48,8 @@ def _health(redis_url: str | None, json_out: bool) -> None:
     import anyio
     from redis.exceptions import ResponseError
 
-    from ..admin.queries import list_instances, server_info
+    from ..admin.instances import read_instances
+    from ..admin.queries import server_info
     from ..connection import RedisConnection
     from ..exceptions import StreamMachineError
     from ..urls import mask_url
@@ -83,10 +66,12 @@ def _health(redis_url: str | None, json_out: bool) -> None:
             with anyio.fail_after(HEALTH_TIMEOUT_S):
                 info = await server_info(conn)
                 try:
-                    instances = await list_instances(conn)
+                    found, bad = await read_instances(conn)
                 except ResponseError:  # e.g. an ACL without SCAN: Redis itself is fine
-                    instances = []
-            return {"healthy": True, "redis_url": mask_url(url), **info, "instances": instances}
+                    found, bad = [], []
+            instances = [_instance(i) for i in found]
+            report = {"healthy": True, "redis_url": mask_url(url), **info, "instances": instances}
+            return report | {"skipped_records": len(bad)}
         finally:
             with anyio.CancelScope(shield=True):
                 await conn.close()
@@ -109,7 +94,27 @@ def _health(redis_url: str | None, json_out: bool) -> None:
     out(f"ok: Redis {version} at {report['redis_url']} answered in {report['latency_ms']} ms")
     for i in report["instances"]:
         age = "-" if i["age_s"] is None else f"{i['age_s']:.0f} s ago"
-        out(f"instance {i['key']}: app={i['app']} host={i['host']} pid={i['pid']} seen={age}")
+        out(
+            f"instance {safe(i['key'])}: app={safe(i['app'])} host={safe(i['host'])} "
+            f"pid={i['pid']} seen={age}" + ("" if i["fresh"] else " (late)")
+        )
+    if report["skipped_records"]:
+        out(f"skipped {report['skipped_records']} instance records that are not valid heartbeats")
+
+
+def _instance(i: dict[str, Any]) -> dict[str, Any]:
+    """What `health` says of one instance (the record's names are capped by the reader)."""
+    return {
+        "key": i["key"],
+        "id": i.get("id"),
+        "app": i.get("app"),
+        "host": i.get("host"),
+        "pid": i.get("pid"),
+        "version": i.get("version"),
+        "age_s": i.get("heartbeat_age_s"),
+        "fresh": i.get("fresh"),
+        "agents": [a.get("name") for a in i.get("agents") or []],
+    }
 
 
 # --- storage ---------------------------------------------------------------------------------
@@ -229,7 +234,7 @@ def _register_storage(app: typer.Typer) -> None:
             check_name("pattern", pattern)
         ns, found = _storage(redis_url, namespace, _keys, pattern)
         for k in found:
-            out(dumps({"namespace": ns, "key": k}) if json_out else k)
+            out(dumps({"namespace": ns, "key": k}) if json_out else safe(k))
 
     @command(storage, "clear")
     def clear(
@@ -244,131 +249,8 @@ def _register_storage(app: typer.Typer) -> None:
         sys.stderr.write(f"cleared {_n(n, 'key')} from storage namespace {ns!r}\n")
 
 
-# --- dead ------------------------------------------------------------------------------------
-
-
-async def _dead_list(conn: RedisConnection, stream: str, count: int) -> tuple[int, list[Any]]:
-    from ..admin.queries import check_stream, dead_letter_stream, list_dead
-
-    dead = dead_letter_stream(stream)
-    if not await check_stream(conn, dead):
-        if dead != stream and not await check_stream(conn, stream):
-            fail(f"neither {stream!r} nor {dead!r} exists: check the stream name")
-        return 0, []
-    total = int(await conn.client.xlen(dead))
-    return total, await list_dead(conn, stream, count)
-
-
-def _print_dead(stream: str, total: int, items: list[dict[str, Any]], json_out: bool) -> None:
-    if json_out:
-        for d in items:
-            out(dumps(d))
-        return
-    from ..admin.queries import dead_letter_stream
-
-    dead = dead_letter_stream(stream)
-    sys.stderr.write(
-        f"{dead}: {_n(total, 'dead letter')}"
-        + (f", showing {len(items)}\n" if total > len(items) else "\n")
-    )
-    if not items:
-        return
-    if not sys.stdout.isatty():
-        for d in items:
-            out(
-                f"{d['id']} source={d['source_stream']}/{d['source_id']} group={d['group']} "
-                f"deliveries={d['deliveries']} failed_at={_fmt_time(d['failed_at'])} "
-                f"{d['error_type']}: {d['error']}"
-            )
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=dead, title_justify="left")
-    for col in ("id", "source id", "group", "deliveries", "failed at", "error"):
-        table.add_column(col, overflow="fold")
-    for d in items:
-        table.add_row(
-            d["id"], str(d["source_id"]), str(d["group"]), str(d["deliveries"]),
-            _fmt_time(d["failed_at"]), f"{d['error_type']}: {d['error']}",
-        )  # fmt: skip
-    Console().print(table)
-
-
-async def _replay_all_with_progress(conn: RedisConnection, stream: str) -> int:
-    """`replay_dead(conn, stream)` page by page, so a terminal sees a progress bar: like it,
-    it stops at the newest entry present at the start (re-failing messages cannot loop)."""
-    from ..admin.queries import dead_letter_stream
-    from ..admin.replay import replay_dead
-
-    dead, page = dead_letter_stream(stream), 500
-    total = int(await conn.client.xlen(dead))
-    newest = await conn.client.xrevrange(dead, "+", "-", count=1)
-    if not newest:
-        return 0
-    last, cursor, replayed = as_text(newest[0][0]), "-", 0
-    with progress_bar(f"replaying {dead}", total, enabled=total >= MIN_ENTRIES) as advance:
-        while True:
-            batch = await conn.client.xrange(dead, cursor, last, count=page)
-            ids = [as_text(i) for i, _ in batch or []]
-            if ids:
-                replayed += await replay_dead(conn, stream, ids)
-                advance(len(ids))
-            if len(ids) < page:
-                return replayed
-            cursor = "(" + ids[-1]
-
-
-def _register_dead(app: typer.Typer) -> None:
-    dead = typer.Typer(
-        name="dead",
-        cls=DefaultToList,
-        no_args_is_help=True,
-        help="List dead letters (`dead STREAM`) or send them back (`dead replay STREAM`).",
-    )
-    app.add_typer(dead)
-
-    @command(dead, "list")
-    def list_(
-        stream: Annotated[str, typer.Argument(help="The stream, or its dead-letter stream.")],
-        count: Annotated[
-            int, typer.Option("--count", min=1, max=1_000_000, help="At most this many.")
-        ] = 100,
-        json_out: JsonOut = False,
-        redis_url: str | None = None,
-    ) -> None:
-        """List the dead letters of STREAM (kept in STREAM:dead), oldest first."""
-        check_name("stream name", stream)
-        total, items = with_redis(redis_url, lambda c: _dead_list(c, stream, count))
-        _print_dead(stream, total, items, json_out)
-
-    @command(dead, "replay")
-    def replay(
-        stream: Annotated[str, typer.Argument(help="The stream, or its dead-letter stream.")],
-        ids: Annotated[
-            list[str] | None, typer.Option("--id", help="A dead letter's id (repeatable).")
-        ] = None,
-        all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
-        redis_url: str | None = None,
-    ) -> None:
-        """Send dead letters back to their source stream (and delete them from STREAM:dead)."""
-        from ..admin.queries import dead_letter_stream
-        from ..admin.replay import replay_dead
-
-        check_name("stream name", stream)
-        if bool(ids) == all_:
-            fail("say which dead letters to replay: --id ID (repeatable) or --all", 2)
-        if all_ and interactive():
-            n = with_redis(redis_url, lambda c: _replay_all_with_progress(c, stream))
-        else:
-            n = with_redis(redis_url, lambda c: replay_dead(c, stream, ids))
-        out(f"replayed {_n(n, 'dead letter')} from {dead_letter_stream(stream)}")
-        if ids and n < len(set(ids)):
-            fail(f"{len(set(ids)) - n} of the given ids were not in {dead_letter_stream(stream)}")
-
-
 def register(app: typer.Typer) -> None:
-    """Add `health`, `storage` and `dead` to the CLI."""
+    """Add `health` and `storage` to the CLI."""
 
     @command(app, "health")
     def health(
@@ -382,4 +264,3 @@ def register(app: typer.Typer) -> None:
         _health(redis_url, json_out)
 
     _register_storage(app)
-    _register_dead(app)

@@ -1,21 +1,15 @@
-"""CLI command `scheduled`: the delayed entries waiting in Redis (and the `send --delay/--at`
-helpers that `send` uses)."""
+"""The `send --delay/--at` helpers that `send` uses (the `scheduled` command group, listing and
+acting on what waits, is in `cli/scheduled.py`)."""
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .common import (
-    JsonOut,
-    check_name,
-    command,
-    dumps,
     fail,
     out,
-    with_redis,
 )
 
 if TYPE_CHECKING:
@@ -77,67 +71,3 @@ async def send_later(
     for start in range(0, len(every), 1000):
         ids = await sched.schedule_many(stream, every[start : start + 1000], due)
         out("\n".join(ids))
-
-
-def _when(ms: int) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
-def register(app: typer.Typer) -> None:
-    """Add `scheduled` to the CLI."""
-
-    @command(app, "scheduled")
-    def scheduled(
-        stream: Annotated[
-            str | None, typer.Argument(help="Only the entries for this stream.")
-        ] = None,
-        count: Annotated[
-            int, typer.Option("--count", min=1, max=100_000, help="Show at most N.")
-        ] = 100,
-        namespace: Namespace = None,
-        json_out: JsonOut = False,
-        redis_url: str | None = None,
-    ) -> None:
-        """List the delayed entries waiting in Redis, soonest first (`send --delay/--at`).
-
-        Examples: `scheduled`, `scheduled reminders --json`.
-        """
-        from ..exceptions import ConfigError
-        from ..state.values import check_namespace
-
-        if stream is not None:
-            check_name("stream name", stream)
-        try:
-            ns = check_namespace(namespace if namespace is not None else "default")
-        except ConfigError as exc:
-            fail(str(exc), 2)
-
-        async def read(conn: RedisConnection) -> tuple[list[Any], dict[str, Any]]:
-            from ..schedule.delayed import Scheduler
-
-            sched = Scheduler(conn, ns)
-            return await sched.entries(stream, count), await sched.summary()
-
-        entries, summary = with_redis(redis_url, read)
-        now_ms = int(time.time() * 1000)
-        if json_out:
-            for e in entries:
-                d = e.as_dict()
-                d |= {"due": _when(e.due_ms), "in_s": round((e.due_ms - now_ms) / 1000, 3)}
-                out(dumps(d))
-            return
-        if not entries:
-            what = f" for {stream}" if stream else ""
-            out(f"nothing scheduled{what} in namespace {ns!r}")
-            return
-        for e in entries:
-            fields = " ".join(
-                f"{k.decode('utf-8', 'replace')}={v.decode('utf-8', 'replace')}"
-                for k, v in e.fields
-            )
-            wait = (e.due_ms - now_ms) / 1000
-            out(f"{e.id}  {e.stream}  {_when(e.due_ms)}  in {wait:.1f} s  {fields}")
-        if summary["count"] > len(entries) and stream is None:
-            out(f"... {summary['count'] - len(entries)} more (use --count)")

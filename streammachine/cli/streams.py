@@ -18,6 +18,7 @@ from .common import (
     fail,
     out,
     parse_json,
+    safe,
     with_redis,
 )
 
@@ -130,7 +131,7 @@ async def _send_all(
 # --- streams ---------------------------------------------------------------------------------
 
 
-def _print_streams(infos: list[dict[str, Any]], json_out: bool) -> None:
+def _print_streams(infos: list[dict[str, Any]], json_out: bool, wide: bool = False) -> None:
     if json_out:
         for info in infos:
             out(dumps(info))
@@ -138,43 +139,67 @@ def _print_streams(infos: list[dict[str, Any]], json_out: bool) -> None:
     if not sys.stdout.isatty():
         for info in infos:
             out(
-                f"{info['stream']} length={info['length']} first={info['first_id']} "
+                f"{safe(info['stream'])} length={info['length']} first={info['first_id']} "
                 f"last={info['last_id']} groups={len(info['groups'])}"
             )
             for g in info["groups"]:
-                owner = f" owner={g['owner']}" if g.get("owner") else ""
+                owner = f" owner={safe(g['owner'])}" if g.get("owner") else ""
+                stopped = g.get("paused_agents") or []
+                paused = f" paused={safe(','.join(stopped))}" if stopped else ""
                 out(
-                    f"  group {g['name']} consumers={g['consumers']} pending={g['pending']} "
+                    f"  group {safe(g['name'])} consumers={g['consumers']} pending={g['pending']} "
                     f"lag={_na(g['lag'])} oldest_pending_idle_ms={_na(g['oldest_pending_idle_ms'])}"
-                    f"{owner}"
+                    f"{owner}{paused}"
                 )
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
+    # Short headers that never wrap, so the table fits 80 columns; --wide adds the rest.
+    columns = ["Stream", ">Len", "Group", ">Cons", ">Pend", ">Lag", ">Idle", "Paused"]
+    if wide:
+        columns[2:2] = ["First id", "Last id"]
+        columns.append("Owner")
     table = Table()
-    for col in ("stream", "length", "first id", "last id", "group"):
-        table.add_column(col, justify="right" if col == "length" else "left", overflow="fold")
-    for col in ("consumers", "pending", "lag", "oldest pending", "owner"):
-        table.add_column(col, justify="right")
+    for col in columns:
+        name = col.lstrip(">")
+        table.add_column(
+            name, overflow="fold", min_width=len(name), justify="right" if col[0] == ">" else "left"
+        )
     for info in infos:
-        head = [
-            info["stream"],
-            str(info["length"]),
-            info["first_id"] or "-",
-            info["last_id"] or "-",
-        ]
-        if not info["groups"]:
-            table.add_row(*head, "-", "", "", "", "", "")
-        for n, g in enumerate(info["groups"]):
+        head = [Text(safe(info["stream"])), Text(str(info["length"]))]
+        if wide:
+            head += [Text(info["first_id"] or "-"), Text(info["last_id"] or "-")]
+        blank = [Text("")] * len(head)
+        for n, g in enumerate(info["groups"] or [None]):
+            if g is None:
+                table.add_row(*head, Text("-"), *([Text("")] * (len(columns) - len(head) - 1)))
+                continue
             idle = g["oldest_pending_idle_ms"]
-            table.add_row(
-                *(head if n == 0 else ["", "", "", ""]),
-                g["name"], str(g["consumers"]), str(g["pending"]),
-                _na(g["lag"], "many"), "-" if idle is None else f"{idle / 1000:.1f} s idle",
-                g.get("owner") or "",
-            )  # fmt: skip
+            row = [
+                Text(safe(g["name"])), Text(str(g["consumers"])), Text(str(g["pending"])),
+                Text(_na(g["lag"], "many")), Text("-" if idle is None else f"{idle / 1000:.1f} s"),
+                Text(safe(", ".join(g.get("paused_agents") or [])), "yellow"),
+            ]  # fmt: skip
+            if wide:
+                row.append(Text(safe(g.get("owner") or "")))
+            table.add_row(*(head if n == 0 else blank), *row)
     Console().print(table)
+
+
+async def _with_paused(conn: Any, infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`infos` with each group's `paused_agents` (`app/agent` of the paused agents reading it)."""
+    from ..admin.agents import list_agents
+
+    stopped: dict[tuple[Any, Any], list[str]] = {}
+    for a in await list_agents(conn):
+        if a["paused"]:
+            stopped.setdefault((a["stream"], a["group"]), []).append(f"{a['app']}/{a['agent']}")
+    for info in infos:
+        for g in info["groups"]:
+            g["paused_agents"] = stopped.get((info["stream"], g["name"]), [])
+    return infos
 
 
 def _na(value: Any, none: str = "-") -> str:
@@ -252,15 +277,19 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[
             int, typer.Option("--limit", min=1, max=1_000_000, help="At most this many.")
         ] = 1000,
+        wide: Annotated[bool, typer.Option("--wide", help="Every column, however wide.")] = False,
         json_out: JsonOut = False,
         redis_url: str | None = None,
     ) -> None:
-        """List streams with their groups: consumers, pending, lag, oldest pending entry.
+        """List streams with their groups: consumers, pending, lag, oldest pending, paused agents.
 
         Uses SCAN (never KEYS), so it is safe on a busy server.
         """
         from ..admin.queries import list_streams
 
         check_name("pattern", pattern)
-        infos = with_redis(redis_url, lambda c: list_streams(c, pattern, limit))
-        _print_streams(infos, json_out)
+
+        async def read(conn: RedisConnection) -> list[dict[str, Any]]:
+            return await _with_paused(conn, await list_streams(conn, pattern, limit))
+
+        _print_streams(with_redis(redis_url, read), json_out, wide)

@@ -1,8 +1,8 @@
 """Observability: the web dashboard, Prometheus metrics and `top`, reading the heartbeats every
 App writes (`streammachine.presence.heartbeat`; the core never imports this package).
 
-`registry` (reading heartbeats back) imports no web framework; the Starlette server and
-prometheus-client load only when their names are used.
+The heartbeats are read back by `streammachine.admin.instances` (re-exported here as
+`list_instances`); the Starlette server and prometheus-client load only when their names are used.
 
 Example:
     >>> from streammachine.dashboard import create_dashboard  # doctest: +SKIP
@@ -14,9 +14,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ..admin.instances import list_instances
+
 # add_heartbeat/heartbeat: the writer, in the core since the heartbeat moved there; kept importable.
 from ..presence.heartbeat import add_heartbeat, heartbeat
-from .registry import list_instances
 
 if TYPE_CHECKING:
     from .metrics import StatusCollector, render_metrics

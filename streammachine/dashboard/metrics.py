@@ -59,9 +59,34 @@ class StatusCollector(Collector):
         )
         bad.add_metric([], float(st.get("bad_heartbeats", 0)))
         yield bad
+        truncated = GaugeMetricFamily(
+            "streammachine_instances_left_out",
+            "Running instances left out of this snapshot to keep it bounded (see the docs).",
+        )
+        truncated.add_metric([], float(st.get("instances_truncated", 0)))
+        yield truncated
         yield from self._instances(st["instances"])
+        yield from self._agents(st.get("agents") or [])
         yield from self._streams(st["streams"])
+        dead = GaugeMetricFamily(
+            "streammachine_dead_letters",
+            "Entries in a stream's dead-letter stream (<stream>:dead).",
+            labels=["stream"],
+        )
+        for d in st.get("dead_letters") or []:
+            dead.add_metric([str(d["stream"])], _num(d.get("count")))
+        yield dead
         yield from self._scheduled(st.get("scheduled") or {})
+
+    def _agents(self, agents: list[dict[str, Any]]) -> Iterator[Metric]:
+        paused = GaugeMetricFamily(
+            "streammachine_agent_paused",
+            "1 while an agent is paused for its whole app (streammachine pause), else 0.",
+            labels=["app", "agent"],
+        )
+        for a in agents:
+            paused.add_metric([str(a["app"]), str(a["agent"])], 1.0 if a.get("paused") else 0.0)
+        yield paused
 
     def _scheduled(self, scheduled: dict[str, Any]) -> Iterator[Metric]:
         count = GaugeMetricFamily(

@@ -4,23 +4,21 @@ Routes: `/` (the page), `/static/*` (its script and style), `/api/status` (the s
 JSON), `/api/history` (the last minutes of throughput, lag, pending and dead letters),
 `/asyncapi.json` (the app's AsyncAPI document, when the dashboard runs inside an app),
 `/healthz` (liveness), `/readyz` (Redis reachable and no registered instance late),
-`/metrics` (Prometheus text). With a token (argument or `STREAMMACHINE_DASHBOARD_TOKEN`) every
-route but `/healthz` needs `Authorization: Bearer <token>` or `?token=<token>`.
+`/metrics` (Prometheus text), and the operator API (`ops`: `/api/agents`, `/api/dead`, ...,
+`POST /api/actions/<name>`). Who may read and who may act: see `guard`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hmac
 import html
-import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 import anyio
 import redis.asyncio as aioredis
@@ -29,12 +27,17 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..exceptions import REDIS_FAILURES
-from ..urls import create_client, mask_url
+from ..admin.instances import list_instances
+from ..connection import RedisConnection
+from ..exceptions import REDIS_FAILURES, StreamMachineError
+from ..settings import DASHBOARD_TOKEN_ENV as TOKEN_ENV
+from ..settings import Settings
+from ..urls import mask_url
+from .guard import JSON, Guard
 from .history import History
 from .metrics import render_metrics
+from .ops import ops_routes
 from .status import collect_status, unavailable
 
 if TYPE_CHECKING:
@@ -44,7 +47,14 @@ __all__ = ["TOKEN_ENV", "create_dashboard", "serve_dashboard"]
 
 log = logging.getLogger("streammachine.dashboard")
 
-TOKEN_ENV = "STREAMMACHINE_DASHBOARD_TOKEN"
+#: Besides Redis' own errors, what a bad URL setting raises at the first command (redis-py's
+#: TypeError for an option the connection class does not take): answered 503, never 500.
+_READ_FAILURES: tuple[type[BaseException], ...] = (
+    *REDIS_FAILURES,
+    StreamMachineError,
+    TypeError,
+    ValueError,
+)
 #: How long one Redis read may take before the request answers "unavailable".
 READ_TIMEOUT_S = 5.0
 #: How long one snapshot serves every request (pages, API, scrapes).
@@ -52,66 +62,7 @@ SNAPSHOT_MAX_AGE_S = 1.0
 #: How often the dashboard records a snapshot into its history, and how much it keeps.
 HISTORY_INTERVAL_S = 2.0
 HISTORY_WINDOW_S = 900.0
-_HEADERS = [
-    (
-        b"content-security-policy",
-        b"default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
-        b"frame-ancestors 'none'; form-action 'none'",
-    ),
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cache-control", b"no-store"),
-]
-_STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
-
-
-class JSON(Response):
-    """JSON with `<`, `>` and `&` escaped, so no byte of data can read as markup anywhere."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        text = json.dumps(content, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-        return text.encode("utf-8")
-
-
-class _Guard:
-    """Bearer-token check (all routes but /healthz) and security headers on every response."""
-
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
-        self.app = app
-        self.token = token.encode() if token else None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *_HEADERS]
-            await send(message)
-
-        if self.token is not None and scope["path"] != "/healthz" and not self._allowed(scope):
-            response = PlainTextResponse(
-                f"401: send Authorization: Bearer <token> (or ?token=) — see {TOKEN_ENV}\n",
-                status_code=401,
-                headers={"www-authenticate": 'Bearer realm="streammachine"'},
-            )
-            await response(scope, receive, send_with_headers)
-            return
-        await self.app(scope, receive, send_with_headers)
-
-    def _allowed(self, scope: Scope) -> bool:
-        assert self.token is not None
-        for name, value in scope["headers"]:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                return hmac.compare_digest(value[7:].strip(), self.token)
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        given = query.get("token", [""])[0].encode()
-        return bool(given) and hmac.compare_digest(given, self.token)
+_STATIC = {"app.js": "text/javascript", "ops.js": "text/javascript", "style.css": "text/css"}
 
 
 class _Backend:
@@ -119,19 +70,24 @@ class _Backend:
     latest snapshot, shared by requests for `SNAPSHOT_MAX_AGE_S`, so many open pages and
     scrapers cost Redis one snapshot a second, not one each."""
 
-    def __init__(self, redis_url: str, history: History) -> None:
+    def __init__(self, redis_url: str, history: History, settings: Settings) -> None:
         self.url = redis_url
         self.history = history
-        self._client: aioredis.Redis | None = None
+        self.settings = settings
+        self._conn: RedisConnection | None = None
         self._lock: anyio.Lock | None = None
         self._snapshot: dict[str, Any] | None = None
         self._taken_at = 0.0
 
+    def conn(self) -> RedisConnection:
+        """The dashboard's connection (a bad URL raises ConfigError here, answered 503)."""
+        if self._conn is None:
+            self._conn = RedisConnection(url=self.url, max_connections=4, settings=self.settings)
+        return self._conn
+
     @property
     def client(self) -> aioredis.Redis:
-        if self._client is None:
-            self._client = create_client(self.url, max_connections=4)
-        return self._client
+        return self.conn().client
 
     async def status(self, max_age_s: float = SNAPSHOT_MAX_AGE_S) -> dict[str, Any]:
         self._lock = self._lock or anyio.Lock()
@@ -156,14 +112,14 @@ class _Backend:
         try:
             with anyio.fail_after(READ_TIMEOUT_S):
                 return await collect_status(self.client)
-        except REDIS_FAILURES as exc:  # TimeoutError (fail_after) is an OSError
+        except _READ_FAILURES as exc:  # TimeoutError (fail_after) is an OSError
             return unavailable(f"cannot read Redis at {mask_url(self.url)}: {exc or 'timeout'}")
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
             with contextlib.suppress(*REDIS_FAILURES):
-                await client.aclose()
+                await conn.close()
 
 
 def _asset(name: str) -> str:
@@ -174,6 +130,9 @@ def create_dashboard(
     redis_url: str,
     *,
     token: str | None = None,
+    operator_token: str | None = None,
+    allowed_hosts: frozenset[str] | None = None,
+    settings: Settings | None = None,
     app: App | None = None,
     history_interval_s: float = HISTORY_INTERVAL_S,
     history_window_s: float = HISTORY_WINDOW_S,
@@ -185,8 +144,13 @@ def create_dashboard(
 
     Args:
         redis_url: the Redis the apps run on (any URL `RedisConnection` accepts).
-        token: require this bearer token on every route but `/healthz`
-            (default: `STREAMMACHINE_DASHBOARD_TOKEN`; empty = no auth).
+        token: require this bearer token on every route but `/healthz` (default: the
+            settings' `dashboard_token`, `STREAMMACHINE_DASHBOARD_TOKEN`; empty = no auth).
+        operator_token: the token that allows actions (default: the settings'
+            `dashboard_operator_token`; unset = read-only).
+        allowed_hosts: answer only these `Host` names (and IP addresses and `localhost`);
+            None = any (see `guard`).
+        settings: where the defaults come from (default: `Settings.current()`, read here once).
         app: the App this dashboard runs in, for `/asyncapi.json` (404 without one).
         history_interval_s: seconds between the snapshots kept for the charts.
         history_window_s: how many seconds of them are kept.
@@ -195,11 +159,10 @@ def create_dashboard(
         >>> import uvicorn  # doctest: +SKIP
         >>> uvicorn.run(create_dashboard("redis://localhost:6379/0"), port=8000)  # doctest: +SKIP
     """
-    if token is None:
-        from ..settings import Settings
-
-        token = Settings.current().dashboard_token
-    backend = _Backend(redis_url, History(history_interval_s, history_window_s))
+    settings = settings or (app.settings if app is not None else Settings.current())
+    token = settings.dashboard_token if token is None else token
+    operator = settings.dashboard_operator_token if operator_token is None else operator_token
+    backend = _Backend(redis_url, History(history_interval_s, history_window_s), settings)
     asyncapi: list[dict[str, Any]] = []  # built on first request: agents are registered by then
     page = _asset("index.html")
     assets = {name: _asset(name) for name in _STATIC}
@@ -252,10 +215,8 @@ def create_dashboard(
         try:
             with anyio.fail_after(READ_TIMEOUT_S):
                 await backend.client.ping()
-                from .registry import list_instances
-
                 instances = await list_instances(backend.client)
-        except REDIS_FAILURES as exc:  # TimeoutError (fail_after) is an OSError
+        except _READ_FAILURES as exc:  # TimeoutError (fail_after) is an OSError
             reason = f"redis unreachable at {mask_url(redis_url)}: {exc or 'timeout'}"
             return JSON({"ready": False, "reason": reason}, status_code=503)
         late = [str(i.get("id")) for i in instances if not i.get("fresh")]
@@ -287,12 +248,16 @@ def create_dashboard(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            *ops_routes(backend.conn, operator or None, app, redis_url),
         ],
         lifespan=lifespan,
     )
     asgi.state.backend = backend
     asgi.state.token = token
-    asgi.add_middleware(_Guard, token=token)
+    asgi.state.operator_token = operator or None
+    asgi.add_middleware(
+        Guard, token=token or None, operator_token=operator or None, allowed_hosts=allowed_hosts
+    )
     return asgi
 
 
@@ -325,10 +290,17 @@ async def run_dashboard_server(
     stop: anyio.Event,
     token: str | None = None,
     *,
+    operator_token: str | None = None,
+    settings: Settings | None = None,
     app: App | None = None,
     history_interval_s: float = HISTORY_INTERVAL_S,
 ) -> bool:
-    """Serve until `stop` is set; False (and one log line) when the port cannot be bound."""
+    """Serve until `stop` is set; False (and one log line) when the port cannot be bound.
+
+    Without a read token the server answers only `Host` names that cannot come from another
+    site: IP addresses, `localhost`, and the settings' `dashboard_allowed_hosts` (see `guard`).
+    """
+    settings = settings or (app.settings if app is not None else Settings.current())
     try:
         # Bound here, not by uvicorn: uvicorn calls sys.exit() when a port is taken.
         sock = _bind(host, port)
@@ -338,9 +310,20 @@ async def run_dashboard_server(
         else:
             log.error("dashboard cannot listen on %s:%d (%s); running without it", host, port, exc)
         return False
-    asgi = create_dashboard(redis_url, token=token, app=app, history_interval_s=history_interval_s)
+    token = settings.dashboard_token if token is None else token
+    asgi = create_dashboard(
+        redis_url,
+        token=token,
+        operator_token=operator_token,
+        allowed_hosts=None if token else frozenset(settings.dashboard_allowed_hosts),
+        settings=settings,
+        app=app,
+        history_interval_s=history_interval_s,
+    )
     if host not in ("127.0.0.1", "::1", "localhost") and not asgi.state.token:
         log.warning("dashboard on %s has no token: set %s to require one", host, TOKEN_ENV)
+    if asgi.state.operator_token:
+        log.info("dashboard actions are on (an operator token is set)")
     config = uvicorn.Config(
         asgi, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=2
     )
@@ -372,10 +355,15 @@ async def serve_dashboard(
     stop: anyio.Event,
     token: str | None = None,
     *,
+    operator_token: str | None = None,
+    settings: Settings | None = None,
     app: App | None = None,
     history_interval_s: float = HISTORY_INTERVAL_S,
 ) -> None:
     """Serve the dashboard on `host:port` until `stop` is set (an `App.background` task).
+
+    Tokens and allowed hosts come from `settings` (default: the app's, else
+    `Settings.current()`, read here at the entry), unless given.
 
     With `app` (as `App.run` passes itself) it also serves that app's `/asyncapi.json`;
     `history_interval_s` is how often it records the snapshot its charts are drawn from.
@@ -390,7 +378,8 @@ async def serve_dashboard(
     """
     try:
         await run_dashboard_server(
-            redis_url, host, port, stop, token, app=app, history_interval_s=history_interval_s
-        )
+            redis_url, host, port, stop, token, operator_token=operator_token,
+            settings=settings, app=app, history_interval_s=history_interval_s,
+        )  # fmt: skip
     except Exception:  # the dashboard must never take the app down
         log.exception("the dashboard failed; the app keeps running without it")

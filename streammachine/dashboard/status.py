@@ -1,18 +1,28 @@
 """One read-only snapshot of everything the dashboard, `/metrics` and `top` show.
 
-Streams and groups come from `streammachine.admin.queries` (the queries the CLI and MCP tools use);
-this module adds the instances, each group's oldest-pending age, the dead-letter summary, the
-delayed entries waiting per namespace and recent candles. A snapshot is a handful of pipelined round trips whatever the number of streams.
+Streams and groups come from `streammachine.admin.queries`, instances from
+`streammachine.admin.instances` and agents' paused state from `streammachine.admin.agents` (the
+layer the CLI and MCP tools use); this module adds each group's oldest-pending age and paused
+agents, the dead-letter summary, the delayed entries waiting per namespace and recent candles. A
+snapshot is a handful of pipelined round trips whatever the number of streams.
+
+Everything here comes from Redis and may have been written by anyone, so the snapshot is capped:
+at most `MAX_AGENT_ROWS` agents of instances (later instances are left out and counted), names
+as `streammachine.admin.instances` caps them, `MAX_CANDLE_SERIES` candle series whose symbols
+are at most `MAX_SYMBOL_CHARS` long.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import keys
+from ..admin.agents import agent_rows, paused_agents
+from ..admin.instances import read_instances
 from ..admin.queries import list_streams
 from ..codec import as_text
-from .registry import read_instances
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -23,6 +33,11 @@ __all__ = ["CANDLE_FIELDS", "collect_status", "unavailable"]
 LAG_SCAN_LIMIT = 10_000
 #: Fields that mark an entry as a candle written by the OHLC consumer.
 CANDLE_FIELDS = frozenset({"symbol", "interval_ms", "open", "high", "low", "close"})
+#: The most agents (summed over instances) one snapshot lists.
+MAX_AGENT_ROWS = 1000
+#: Candle series kept, and the longest symbol shown.
+MAX_CANDLE_SERIES = 100
+MAX_SYMBOL_CHARS = 100
 
 
 def _id_ms(entry_id: str) -> int:
@@ -42,15 +57,17 @@ async def collect_status(
     """Instances, streams with their groups, dead letters and recent candles.
 
     Returns:
-        `{"generated_at_ms", "redis": {"ok", "error"}, "instances", "bad_heartbeats", "streams",
+        `{"generated_at_ms", "redis": {"ok", "error"}, "instances", "instances_truncated",
+        "bad_heartbeats", "agents" (as `admin.agents.list_agents`), "streams",
         "streams_truncated", "lag_scan_limit", "dead_letters", "scheduled", "candles"}`.
         `scheduled` is `{"count", "oldest_due_ms", "namespaces": [{"namespace", "count",
         "oldest_due_ms"}]}` (oldest = the soonest due time). Streams are as
         `inspect.list_streams` gives them (a group's `lag` is None when above `lag_scan_limit`
         on Redis < 7), plus `dead_letter` and `candles` flags, and each group gets
-        `oldest_pending_age_s` (the time since its oldest pending entry was written).
+        `oldest_pending_age_s` (the time since its oldest pending entry was written) and
+        `paused_agents` (`app/agent` of the paused agents that read it).
         `bad_heartbeats` counts the instance records left out because they are not valid
-        heartbeats (see `registry.read_instances`).
+        heartbeats (see `admin.instances.read_instances`).
 
     Args:
         client: a bytes-returning redis-py asyncio client.
@@ -65,14 +82,26 @@ async def collect_status(
     """
     secs, micros = await client.time()
     now_ms = int(secs) * 1000 + int(micros) // 1000
-    instances, bad_heartbeats = await read_instances(client)
+    found, bad_heartbeats = await read_instances(client)
+    instances, budget = [], MAX_AGENT_ROWS
+    for inst in found:
+        budget -= len(inst.get("agents") or [])
+        if budget < 0:
+            break
+        instances.append(inst)
+    agents = agent_rows(instances, await paused_agents(client))
+    stopped: dict[tuple[Any, Any], list[str]] = {}
+    for a in agents:
+        if a["paused"]:
+            stopped.setdefault((a["stream"], a["group"]), []).append(f"{a['app']}/{a['agent']}")
     streams = await list_streams(client, "*", max_streams + 1, lag_scan_limit=LAG_SCAN_LIMIT)
     truncated = len(streams) > max_streams
     streams = streams[:max_streams]
     for s in streams:
-        s["dead_letter"] = s["stream"].endswith(":dead")
+        s["dead_letter"] = s["stream"].endswith(keys.DEAD_SUFFIX)
         for g in s["groups"]:
-            g["oldest_pending_age_s"] = _pending_ageas_text(g, now_ms)
+            g["oldest_pending_age_s"] = _pending_age(g, now_ms)
+            g["paused_agents"] = stopped.get((s["stream"], g["name"]), [])
     candle_streams = await _candle_streams(client, [s["stream"] for s in streams])
     for s in streams:
         s["candles"] = s["stream"] in candle_streams
@@ -80,13 +109,15 @@ async def collect_status(
         "generated_at_ms": now_ms,
         "redis": {"ok": True, "error": None},
         "instances": instances,
+        "instances_truncated": len(found) - len(instances),
         "bad_heartbeats": len(bad_heartbeats),
+        "agents": agents,
         "streams": streams,
         "streams_truncated": truncated,
         "lag_scan_limit": LAG_SCAN_LIMIT,
         "dead_letters": [
             {
-                "stream": s["stream"][: -len(":dead")],
+                "stream": s["stream"][: -len(keys.DEAD_SUFFIX)],
                 "dead_stream": s["stream"],
                 "count": s["length"],
             }
@@ -102,14 +133,14 @@ async def _scheduled(client: aioredis.Redis) -> dict[str, Any]:
     """The delayed entries waiting in each namespace (one sorted set per namespace)."""
     from ..schedule.delayed import scheduled_summary
 
-    keys = sorted(
+    names = sorted(
         {
             as_text(k)
-            async for k in client.scan_iter(match="streammachine:sched:{*}", _type="zset")
-            if as_text(k).endswith("}")
+            async for k in client.scan_iter(match=keys.SCHEDULED_MATCH, _type="zset")
+            if as_text(k).endswith("}") and len(k) <= 1100
         }
-    )
-    namespaces = [await scheduled_summary(client, k) for k in keys]
+    )[:1000]
+    namespaces = [await scheduled_summary(client, k) for k in names]
     dues = [n["oldest_due_ms"] for n in namespaces if n["oldest_due_ms"] is not None]
     return {
         "count": sum(n["count"] for n in namespaces),
@@ -118,7 +149,7 @@ async def _scheduled(client: aioredis.Redis) -> dict[str, Any]:
     }
 
 
-def _pending_ageas_text(group: dict[str, Any], now_ms: int) -> float | None:
+def _pending_age(group: dict[str, Any], now_ms: int) -> float | None:
     """Seconds since the oldest pending entry was written (Redis clock, so no host skew)."""
     oldest = group.get("oldest_pending_id")
     if not oldest:
@@ -164,13 +195,20 @@ async def _candles(
         for entry_id, raw in reply:
             f = {as_text(k): as_text(v) for k, v in raw.items()}
             try:
+                symbol = f["symbol"]
                 interval = int(float(f["interval_ms"]))
                 start = int(float(f.get("candle_start_ms") or _id_ms(as_text(entry_id))))
                 candle = {k: float(f[k]) for k in ("open", "high", "low", "close")}
                 candle["volume"] = float(f.get("volume") or 0.0)
-            except (KeyError, ValueError):
+            except (KeyError, ValueError, OverflowError):
                 continue
-            bucket = series.setdefault((name, f["symbol"], interval), {})
+            if not all(math.isfinite(v) for v in candle.values()):
+                continue
+            if len(symbol) > MAX_SYMBOL_CHARS:
+                continue
+            if (name, symbol, interval) not in series and len(series) >= MAX_CANDLE_SERIES:
+                continue
+            bucket = series.setdefault((name, symbol, interval), {})
             if start not in bucket and len(bucket) < per_series:
                 bucket[start] = candle  # newest first, so the latest write of a candle wins
     return [
@@ -190,7 +228,9 @@ def unavailable(error: str) -> dict[str, Any]:
         "generated_at_ms": int(time.time() * 1000),
         "redis": {"ok": False, "error": error},
         "instances": [],
+        "instances_truncated": 0,
         "bad_heartbeats": 0,
+        "agents": [],
         "streams": [],
         "streams_truncated": False,
         "lag_scan_limit": LAG_SCAN_LIMIT,

@@ -67,6 +67,15 @@ same app join the same consumer groups and share the work.
   `ohlc_get_candles`, `ohlc_get_completed`, `ohlc_flush` (with `emit_to` to write the candles
   to a stream), `ohlc_stats`, `ohlc_list`, `ohlc_clear` (confirmation needed).
 - Redis and apps: `health_check`, `redis_ping`, `redis_info` (section), `app_instances`.
+- Operating (each action is written to the audit trail, `audit_log`): `agents_list`,
+  `agent_pause` and `agent_resume` (an agent in every process and host of its app);
+  `dead_show` (one dead letter decoded and raw), `dead_retry` (ids or a filter, `dry_run`),
+  `dead_edit_retry` and `dead_purge` (confirmation needed); `pending_dead_letter` and
+  `pending_hand_back` (take pending entries from their consumer; confirmation needed);
+  `group_rewind` (to an id or a time; `dry_run` says how many entries are handled again,
+  confirmation needed); `scheduled_list`, `scheduled_promote` (deliver now) and
+  `scheduled_cancel` (confirmation needed); `stream_inspect` (browse a stream decoded, filtered
+  by field, by id or time).
 - Resources: `streammachine://config` (settings, secrets masked), `streammachine://status`.
 
 ## Working safely
@@ -234,9 +243,10 @@ def guide(read_only: bool, task: str = "") -> str:
     mode = (
         "- This server is read-only: you can inspect everything and change nothing."
         if read_only
-        else "- `storage_delete`, `storage_clear`, `obj_delete` and `ohlc_clear` delete data. The "
-        "client asks the user when it can; otherwise ask the user yourself and pass "
-        "`confirm: true` only after they agreed."
+        else "- `storage_delete`, `storage_clear`, `obj_delete`, `ohlc_clear` and the operator "
+        "tools that delete or take away entries need a confirmation. The client asks the user "
+        "when it can; otherwise ask the user yourself and pass `confirm: true` only after they "
+        "agreed. A `dry_run` needs none: use it first."
     )
     goal = f"\n\n## The user's task\n{task}\nPlan the tool calls for it." if task else ""
     return GUIDE.replace("{mode}", mode) + goal
@@ -277,8 +287,8 @@ def instructions(read_only: bool) -> str:
     mode = (
         "This server is read-only: it lists, reads and inspects, and changes nothing."
         if read_only
-        else "Tools that delete data need the user's confirmation (asked by the client, or "
-        "confirm: true after you asked the user yourself)."
+        else "Tools that delete or take away data need the user's confirmation (asked by the "
+        "client, or confirm: true after you asked the user yourself); every action is audited."
     )
     return (
         "StreamMachine runs Python workers on Redis Streams. Use these tools to inspect and drive "

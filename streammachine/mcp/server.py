@@ -1,14 +1,17 @@
-"""The MCP server: StreamMachine's streams, storage, objects, OHLC aggregators and Redis health as
-tools an LLM client can call (the only module importing the `mcp` SDK, 2.x). This module wires
-the SDK; the tools are in `tools`, `streams`, `storage` and `ohlc`, the texts
-in `prompts`.
+"""The MCP server: StreamMachine's streams, storage, objects, OHLC aggregators, Redis health and
+the operator actions (pause, dead letters, pending, rewind, delayed entries, inspector, audit) as
+tools an LLM client can call (the SDK, 2.x, is imported here and in `confirm`). This module wires
+the SDK; the tools are in `tools`, `streams`, `storage`, `ops` and `ohlc`, the confirmations in
+`confirm`, the texts in `prompts`.
 
 Safety model:
     - Every tool carries all four MCP annotations (readOnly, destructive, idempotent, openWorld).
       `read_only=True` (`streammachine mcp --read-only`) registers the read-only tools only.
-    - The tools that delete data (`storage_delete`, `storage_clear`, `obj_delete`, `ohlc_clear`)
-      need a confirmation: a client that supports elicitation is asked (the user must accept
+    - The tools that delete or take away data (`CONFIRMED_TOOLS`: storage, objects, OHLC, and
+      the operator tools that purge, edit, dead-letter, hand back, rewind or cancel) need a
+      confirmation: a client that supports elicitation is asked (the user must accept
       `confirm: true`); any other client must pass `confirm: true`. Without it nothing changes.
+      A dry run needs none. Every operator action is written to the audit trail as `mcp`.
     - Bad arguments, Redis errors (unreachable, WRONGTYPE, NOGROUP) and refusals are error results
       (`isError`) with a message that names the argument or says what to do; never a crash, never
       a success. Passwords never appear in results or messages.
@@ -27,27 +30,27 @@ import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import anyio
 from mcp.server import MCPServer
-from mcp.server.mcpserver import AcceptedElicitation, Context, Elicit, ElicitationResult, Resolve
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, ToolAnnotations
-from mcp.types.version import is_version_at_least
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict
 
 from ..exceptions import ConfigError
 from ..settings import Settings
 from ..urls import validate_url
 from . import prompts as texts
-from .ohlc import AggName, ClearResult, Drop, OhlcTools
-from .storage import DeleteResult, Key, Namespace, ObjNamespace, ObjPattern, StorageTools
+from .confirm import confirmed_tools
+from .ohlc import OhlcTools
+from .ops import CONFIRMED, OpsTools, mcp_client
+from .storage import StorageTools
 from .streams import StreamTools
-from .tools import CALL_TIMEOUT_S, Confirm, ConfirmedBy, ToolFailure, Tools
+from .tools import CALL_TIMEOUT_S, Tools
 
 __all__ = ["CONFIRMED_TOOLS", "TOOLS", "create_server", "serve", "tidy_validation_error"]
 
@@ -81,135 +84,26 @@ TOOLS: dict[str, tuple[str, bool, bool, bool]] = {
     "ohlc_stats": ("OHLC aggregator statistics", True, False, True),
     "ohlc_list": ("List OHLC aggregators", True, False, True),
     "app_instances": ("Running StreamMachine instances", True, False, True),
+    "agents_list": ("Agents and their paused state", True, False, True),
+    "agent_pause": ("Pause an agent everywhere", False, False, True),
+    "agent_resume": ("Resume a paused agent", False, False, True),
+    "dead_show": ("One dead letter, decoded and raw", True, False, True),
+    "dead_retry": ("Send dead letters back", False, False, False),
+    "dead_edit_retry": ("Edit a dead letter and send it back", False, True, False),
+    "dead_purge": ("Delete dead letters", False, True, True),
+    "pending_dead_letter": ("Dead-letter pending entries", False, True, True),
+    "pending_hand_back": ("Hand pending entries back to their group", False, True, True),
+    "group_rewind": ("Rewind a consumer group", False, True, True),
+    "scheduled_list": ("Delayed entries waiting", True, False, True),
+    "scheduled_promote": ("Deliver delayed entries now", False, False, True),
+    "scheduled_cancel": ("Cancel delayed entries", False, True, True),
+    "stream_inspect": ("Browse a stream, decoded and raw", True, False, True),
+    "audit_log": ("What operators did", True, False, True),
 }
-#: The tools that delete data and so need a confirmation.
-CONFIRMED_TOOLS = ("storage_delete", "storage_clear", "obj_delete", "ohlc_clear")
+#: The tools that delete or take away data and so need a confirmation.
+CONFIRMED_TOOLS = ("storage_delete", "storage_clear", "obj_delete", "ohlc_clear", *CONFIRMED)
 
 ToolFn = Callable[..., Awaitable[Any]]
-
-# -- confirmation of destructive tools ------------------------------------------------------------
-
-
-class ConfirmForm(BaseModel):
-    """What the user is asked to accept."""
-
-    confirm: bool = Field(description="true to go ahead")
-
-
-class Confirmation(BaseModel):
-    """The decision without elicitation: the `confirm` argument."""
-
-    ok: bool
-
-
-async def _ask(ctx: Context, confirm: bool, question: str) -> Elicit[ConfirmForm] | Confirmation:
-    caps = ctx.client_capabilities
-    form = caps.elicitation if caps is not None else None
-    if form is not None and (form.form is not None or form.url is None):
-        version = ctx.protocol_version or ""
-        # Before 2026-07-28 the question is a request back to the client, which needs a channel.
-        modern = version and is_version_at_least(version, "2026-07-28")
-        if modern or ctx.session.can_send_request:
-            return Elicit(question + " This cannot be undone.", ConfirmForm)
-    return Confirmation(ok=confirm)
-
-
-# Resolvers (run before the tool body, from the tool's own arguments): the question shown is
-# fixed by the arguments, so a retried round of the 2026-07-28 protocol asks the same one.
-async def _ask_storage_delete(
-    ctx: Context, confirm: bool, key: str, namespace: str | None
-) -> Elicit[ConfirmForm] | Confirmation:
-    where = f"namespace {namespace!r}" if namespace else "the default namespace"
-    return await _ask(ctx, confirm, f"Delete the storage key {key!r} of {where}?")
-
-
-async def _ask_storage_clear(
-    ctx: Context, confirm: bool, namespace: str | None
-) -> Elicit[ConfirmForm] | Confirmation:
-    where = f"namespace {namespace!r}" if namespace else "the default namespace"
-    return await _ask(ctx, confirm, f"Delete EVERY storage key of {where}?")
-
-
-async def _ask_obj_delete(
-    ctx: Context, confirm: bool, pattern: str, namespace: str
-) -> Elicit[ConfirmForm] | Confirmation:
-    return await _ask(
-        ctx, confirm, f"Delete the stored objects of namespace {namespace!r} matching {pattern!r}?"
-    )
-
-
-async def _ask_ohlc_clear(
-    ctx: Context, confirm: bool, name: str, drop: bool
-) -> Elicit[ConfirmForm] | Confirmation:
-    what = "and remove" if drop else "of"
-    return await _ask(ctx, confirm, f"Delete every candle {what} OHLC aggregator {name!r}?")
-
-
-Confirmed = ElicitationResult[ConfirmForm]
-
-
-def _confirmed_by(outcome: Any, tool: str) -> ConfirmedBy:
-    """How a destructive call was confirmed; a `ToolFailure` (nothing changed) when it was not."""
-    if isinstance(outcome, AcceptedElicitation):
-        data = outcome.data
-        if isinstance(data, Confirmation):
-            if data.ok:
-                return "argument"
-            raise ToolFailure(
-                f"{tool} deletes data and was not confirmed, so nothing was changed. Ask the user; "
-                "if they agree, call it again with confirm: true."
-            )
-        if isinstance(data, ConfirmForm) and data.confirm:
-            return "elicitation"
-        raise ToolFailure(f"the user did not confirm {tool}, so nothing was changed")
-    action = getattr(outcome, "action", "declined")
-    raise ToolFailure(f"the user answered {action!r} to {tool}, so nothing was changed")
-
-
-def _confirmed_tools(store: StorageTools, ohlc: OhlcTools) -> dict[str, ToolFn]:
-    """The destructive tools: their arguments (`confirm` is read by the resolvers, not the bodies)
-    and the confirmation the SDK resolves before the body runs."""
-
-    async def storage_delete(
-        key: Key,
-        namespace: Namespace = None,
-        confirm: Confirm = False,
-        *,
-        confirmation: Annotated[Confirmed, Resolve(_ask_storage_delete)],
-    ) -> DeleteResult:
-        how = _confirmed_by(confirmation, "storage_delete")
-        return await store.storage_delete(key, namespace, how)
-
-    async def storage_clear(
-        namespace: Namespace = None,
-        confirm: Confirm = False,
-        *,
-        confirmation: Annotated[Confirmed, Resolve(_ask_storage_clear)],
-    ) -> DeleteResult:
-        return await store.storage_clear(namespace, _confirmed_by(confirmation, "storage_clear"))
-
-    async def obj_delete(
-        pattern: ObjPattern,
-        namespace: ObjNamespace = "objects",
-        confirm: Confirm = False,
-        *,
-        confirmation: Annotated[Confirmed, Resolve(_ask_obj_delete)],
-    ) -> DeleteResult:
-        how = _confirmed_by(confirmation, "obj_delete")
-        return await store.obj_delete(pattern, namespace, how)
-
-    async def ohlc_clear(
-        name: AggName,
-        drop: Drop = False,
-        confirm: Confirm = False,
-        *,
-        confirmation: Annotated[Confirmed, Resolve(_ask_ohlc_clear)],
-    ) -> ClearResult:
-        ohlc.agg(name)  # an unknown aggregator is reported before the confirmation
-        return await ohlc.ohlc_clear(name, drop, _confirmed_by(confirmation, "ohlc_clear"))
-
-    return {f.__name__: f for f in (storage_delete, storage_clear, obj_delete, ohlc_clear)}
-
 
 # -- errors ---------------------------------------------------------------------------------------
 
@@ -271,6 +165,20 @@ async def _tidy_errors(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> 
             if isinstance(block, dict) and isinstance(block.get("text"), str):
                 block["text"] = tidy_validation_error(block["text"])
     return result
+
+
+async def _client_name(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Note who calls (the name its `initialize` gave), so the audit trail can say it."""
+    try:
+        info = ctx.session.client_params.client_info
+        name = f"{info.name} {info.version}".strip()
+    except Exception:  # no session, no client info: anonymous
+        name = ""
+    token = mcp_client.set(name[:200])
+    try:
+        return await call_next(ctx)
+    finally:
+        mcp_client.reset(token)
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -350,9 +258,9 @@ def create_server(
         raise ConfigError(f"timeout_s must be > 0, not {timeout_s!r}")
     names = [n for n, hints in TOOLS.items() if hints[1] or not read_only]
     tools = Tools(url, settings, read_only, timeout_s, names)
-    store, ohlc = StorageTools(tools), OhlcTools(tools)
-    confirmed = _confirmed_tools(store, ohlc)
-    providers = (tools, StreamTools(tools), store, ohlc)
+    store, ohlc, ops = StorageTools(tools), OhlcTools(tools), OpsTools(tools)
+    confirmed = confirmed_tools(store, ohlc, ops)
+    providers = (tools, StreamTools(tools), store, ohlc, ops)
     registered = []
     for name in names:
         title, ro, destructive, idempotent = TOOLS[name]
@@ -399,6 +307,7 @@ def create_server(
         mime_type="application/json",
     )(tools.status)  # fmt: skip
     prompts = _register_prompts(server, read_only)
+    server.middleware.append(_client_name)
     server.middleware.append(_tidy_errors)
     server.middleware.append(_prompt_names_checked(prompts))
     return server

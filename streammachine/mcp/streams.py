@@ -16,6 +16,8 @@ from pydantic import BaseModel, Field
 from redis.exceptions import ResponseError
 
 from ..admin import queries as sm_queries
+from ..admin.deadletters import DeadFilter, dead_letter_stream, find_dead
+from ..admin.pending import list_pending
 from ..codec import as_text
 from .tools import MAX_VALUE_CHARS, Bounded, ToolFailure, Tools, clip, clip_fields, fit
 
@@ -101,6 +103,7 @@ class PendingEntry(BaseModel):
     consumer: str
     idle_ms: int
     deliveries: int
+    alive: bool = Field(description="Whether the consumer's process has a fresh heartbeat.")
 
 
 class GroupPending(BaseModel):
@@ -109,6 +112,9 @@ class GroupPending(BaseModel):
     lowest_id: str | None
     highest_id: str | None
     consumers: dict[str, int]
+    dead_consumers: list[str] = Field(
+        default=[], description="Consumers whose process is not alive (their entries wait)."
+    )
     entries: list[PendingEntry]
 
 
@@ -136,6 +142,9 @@ class DeadResult(Bounded):
     dead_letter_stream: str
     total: int
     entries: list[DeadLetter]
+    next: str | None = Field(
+        default=None, description="More may match: pass it as `after` to go on."
+    )
 
 
 def _check_id(name: str, value: str | None) -> None:
@@ -257,7 +266,7 @@ class StreamTools:
             except ResponseError:  # the group was deleted meanwhile
                 found = []
             g.consumer_list = [Consumer(**x) for x in found[:50]]
-        dead = sm_queries.dead_letter_stream(stream)
+        dead = dead_letter_stream(stream)
         n_dead = 0
         if dead != stream and as_text(await c.type(dead)) == "stream":
             n_dead = int(await c.xlen(dead))
@@ -293,25 +302,22 @@ class StreamTools:
         count: Annotated[int, Field(ge=1, le=1000, description="Entries per group.")] = 20,
     ) -> PendingResult:
         """Who holds what: entries delivered to a consumer group but not acknowledged yet, per
-        group (totals per consumer, then the oldest entries with consumer, idle time and
-        delivery count). Entries idle long are being retried or belong to a dead consumer."""
-        c = self.tools.conn.client
-        if not await sm_queries.check_stream(c, stream):
+        group (totals per consumer, then the oldest entries with consumer, idle time, delivery
+        count and whether the consumer's process is alive). Entries idle long are being retried
+        or belong to a dead consumer; `pending_hand_back` or `pending_dead_letter` act on them."""
+        found = await list_pending(
+            self.tools.conn, stream, group, consumer=consumer, count=count, min_idle_ms=min_idle_ms
+        )
+        if not found["exists"]:
             return PendingResult(
                 stream=stream, exists=False, note=f"stream {stream!r} does not exist"
             )
-        names = [group] if group else [as_text(g["name"]) for g in await c.xinfo_groups(stream)]
-        out: list[GroupPending] = []
-        for name in names[:20]:
-            summary = await c.xpending(stream, name)
-            rows = await c.xpending_range(
-                stream, name, min="-", max="+", count=count,
-                consumername=consumer, idle=min_idle_ms,
-            )  # fmt: skip
-            out.append(_group_pending(name, summary, rows))
+        out = [_group_pending(g) for g in found["groups"][:20]]
         kept, over = fit(out)
         note = (
-            "only the first groups fit; name one with group=" if over or len(names) > 20 else None
+            "only the first groups fit; name one with group="
+            if over or len(found["groups"]) > 20
+            else None
         )
         return PendingResult(
             stream=stream, exists=True, groups=kept, truncated=note is not None, note=note
@@ -321,14 +327,33 @@ class StreamTools:
         self,
         stream: Annotated[str, Field(min_length=1, description="A stream or its ':dead' stream.")],
         count: Annotated[int, Field(ge=1, le=500)] = 20,
+        where: Annotated[
+            list[Annotated[str, Field(max_length=2000)]] | None,
+            Field(
+                max_length=20,
+                description="FIELD=VALUE (equal) or FIELD~TEXT (contains), "
+                "on the original message's fields.",
+            ),
+        ] = None,
+        error: Annotated[
+            str | None, Field(max_length=2000, description="Text in the error.")
+        ] = None,
+        since: Annotated[
+            str | None, Field(description="Dead-lettered at or after: ISO 8601, 10m, 2h, an id.")
+        ] = None,
+        until: Annotated[str | None, Field(description="Dead-lettered at or before.")] = None,
+        after: Annotated[str | None, Field(description="Go on from a result's `next`.")] = None,
     ) -> DeadResult:
         """The oldest dead letters of a stream (`<stream>:dead`): messages a handler failed on
-        `max_deliveries` times, with the error, traceback, group and the original fields."""
-        c = self.tools.conn.client
-        dead = sm_queries.dead_letter_stream(stream)
-        total = int(await c.xlen(dead)) if await sm_queries.check_stream(c, dead) else 0
+        `max_deliveries` times, with the error, traceback, group and the original fields;
+        filtered by a field's value, the error text and a time range. `dead_show` shows one
+        decoded and raw; `dead_retry` sends them back."""
+        filt = DeadFilter.parse(where or [], error, since, until)
+        if after is not None:
+            _check_id("after", after)
+        page = await find_dead(self.tools.conn, stream, filt, count=count, after=after)
         items, clipped = [], False
-        for d in await sm_queries.list_dead(c, stream, count) if total else []:
+        for d in page["entries"]:
             d["fields"], cut = clip_fields(d["fields"])
             for k in ("error", "traceback"):
                 if d[k] is not None:
@@ -338,28 +363,24 @@ class StreamTools:
             d.pop("stream", None)
             items.append(DeadLetter(**d))
         kept, over = fit(items)
+        total = page["total"]
+        nxt = page["next"] if len(kept) == len(items) else f"({kept[-1].id}"
         note = f"showing {len(kept)} of {total} dead letters" if len(kept) < total else None
         return DeadResult(
-            stream=stream, dead_letter_stream=dead, total=total, entries=kept,
-            truncated=over or clipped, note=note,
+            stream=stream, dead_letter_stream=page["dead_stream"], total=total, entries=kept,
+            next=nxt, truncated=over or clipped, note=note,
         )  # fmt: skip
 
 
-def _group_pending(name: str, summary: Any, rows: Any) -> GroupPending:
-    """XPENDING's summary and entries of one group."""
+def _group_pending(g: dict[str, Any]) -> GroupPending:
+    """One group of `admin.pending.list_pending` as the tool's model."""
+    entries = g["entries"]
     return GroupPending(
-        group=name,
-        pending=int(summary["pending"]),
-        lowest_id=as_text(summary["min"]) if summary["min"] else None,
-        highest_id=as_text(summary["max"]) if summary["max"] else None,
-        consumers={as_text(x["name"]): int(x["pending"]) for x in summary["consumers"]},
-        entries=[
-            PendingEntry(
-                id=as_text(r["message_id"]),
-                consumer=as_text(r["consumer"]),
-                idle_ms=int(r["time_since_delivered"]),
-                deliveries=int(r["times_delivered"]),
-            )
-            for r in rows
-        ],
+        group=g["group"],
+        pending=g["pending"],
+        lowest_id=entries[0]["id"] if entries else None,
+        highest_id=entries[-1]["id"] if entries else None,
+        consumers={c["name"]: c["pending"] for c in g["consumers"]},
+        dead_consumers=[c["name"] for c in g["consumers"] if not c["alive"]],
+        entries=[PendingEntry(**e) for e in entries],
     )

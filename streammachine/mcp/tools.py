@@ -1,8 +1,8 @@
 """The operations behind the MCP server's tools, without the `mcp` SDK: the server's state (Redis
 URL, settings, connection), the size limits, the masking of secrets, the translation of errors
 into messages that say what to do, the Redis and instance tools with their output models, and the
-config and status resources. `streams`, `storage` and `ohlc` hold the other tools;
-`server` wires them all into the SDK.
+config and status resources. `streams`, `storage`, `ops` and `ohlc` hold the other tools, and
+`results` what every result shares; `server` wires them all into the SDK.
 
 A tool is an async method whose signature (pydantic-annotated arguments) and docstring become the
 MCP tool's input schema and description, and whose pydantic return type its output schema. A tool
@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -25,58 +24,56 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any
 
 import anyio
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, Field
 from redis.exceptions import AuthenticationError, ResponseError
 
 from ..admin import queries as sm_queries
+from ..admin.instances import list_instances
 from ..codec import as_text
 from ..connection import LoopClient, RedisConnection
 from ..exceptions import REDIS_FAILURES, StreamMachineError
 from ..settings import Settings
 from ..state.storage import Storage
 from ..urls import mask_url, url_secrets
+from .results import (
+    CALL_TIMEOUT_S,
+    MAX_FIELDS,
+    MAX_RESULT_BYTES,
+    MAX_VALUE_CHARS,
+    Bounded,
+    Confirm,
+    ConfirmedBy,
+    ToolFailure,
+    clip,
+    clip_fields,
+    fit,
+    jsonable,
+)
 
-__all__ = ["CALL_TIMEOUT_S", "MAX_RESULT_BYTES", "MAX_VALUE_CHARS", "ToolFailure", "Tools"]
+__all__ = [
+    "CALL_TIMEOUT_S",
+    "MAX_FIELDS",
+    "MAX_RESULT_BYTES",
+    "MAX_VALUE_CHARS",
+    "Bounded",
+    "Confirm",
+    "ConfirmedBy",
+    "ToolFailure",
+    "Tools",
+    "clip",
+    "clip_fields",
+    "fit",
+    "jsonable",
+]
 
 log = logging.getLogger("streammachine.mcp")
 
-#: Bounds of every result: JSON bytes of its list, characters of one value, fields of one entry.
-MAX_RESULT_BYTES = 100_000
-MAX_VALUE_CHARS = 2_000
-MAX_FIELDS = 50
-CALL_TIMEOUT_S = 15.0
-
-M = TypeVar("M", bound=BaseModel)
-ConfirmedBy = Literal["elicitation", "argument"]
 _SECRET_NAME = re.compile(r"pass|auth|secret|token|credential|private", re.IGNORECASE)
 
-
-class ToolFailure(StreamMachineError):
-    """A tool refused or failed; the message (secrets masked) is the error result's text.
-
-    Example:
-        >>> raise ToolFailure("argument 'name': no OHLC aggregator 'x'")  # doctest: +SKIP
-    """
-
-
-# -- argument types ---------------------------------------------------------------------------
-
-Confirm = Annotated[
-    StrictBool,
-    Field(description="Set true, after the user agreed, when the client cannot ask the user."),
-]
-
 # -- output models ----------------------------------------------------------------------------
-
-
-class Bounded(BaseModel):
-    """A result that may have been cut to stay small."""
-
-    truncated: bool = False
-    note: str | None = None
 
 
 class HealthResult(BaseModel):
@@ -116,63 +113,6 @@ class Instance(BaseModel):
 
 class InstancesResult(Bounded):
     instances: list[Instance]
-
-
-# -- helpers --------------------------------------------------------------------------------------
-
-
-def clip(text: str, limit: int = MAX_VALUE_CHARS) -> tuple[str, bool]:
-    """`text` cut at `limit` characters (saying how many more there were), and whether it was."""
-    if len(text) <= limit:
-        return text, False
-    return f"{text[:limit]}…[{len(text) - limit} more characters]", True
-
-
-def clip_fields(raw: Mapping[Any, Any] | None) -> tuple[dict[str, str], bool]:
-    """Entry fields as text, at most MAX_FIELDS of them, each value clipped."""
-    out: dict[str, str] = {}
-    cut = False
-    for i, (k, v) in enumerate((raw or {}).items()):
-        if i >= MAX_FIELDS:
-            return out, True
-        key, c1 = clip(as_text(k), 200)
-        out[key], c2 = clip(as_text(v))
-        cut = cut or c1 or c2
-    return out, cut
-
-
-def fit(items: Sequence[M], budget: int = MAX_RESULT_BYTES) -> tuple[list[M], bool]:
-    """The leading items whose JSON fits `budget` bytes (always at least one)."""
-    kept: list[M] = []
-    used = 0
-    for item in items:
-        size = len(item.model_dump_json())
-        if kept and used + size > budget:
-            return kept, True
-        kept.append(item)
-        used += size
-    return kept, False
-
-
-def jsonable(value: Any, depth: int = 0) -> Any:
-    """A stored value as JSON: bytes as UTF-8 text (else base64), other objects as their repr."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else repr(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        raw = bytes(value)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"base64": base64.b64encode(raw).decode()}
-    if depth > 64:
-        return repr(value)
-    if isinstance(value, Mapping):
-        return {as_text(k): jsonable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v, depth + 1) for v in value]
-    return repr(value)
 
 
 # -- the state and the tools ----------------------------------------------------------------------
@@ -289,7 +229,7 @@ class Tools:
         except Exception as exc:
             raise ToolFailure(f"unhealthy: {self.explain('health_check', exc)}") from None
         try:
-            instances = len(await sm_queries.list_instances(c))
+            instances = len(await list_instances(c))
         except ResponseError:  # an ACL without SCAN: Redis itself is fine
             instances = 0
         return HealthResult(
@@ -350,8 +290,6 @@ class Tools:
     ) -> InstancesResult:
         """Running StreamMachine processes (their heartbeat records in Redis): app, host, pid,
         version, heartbeat age, and each agent's stream, group and counters."""
-        from ..dashboard.registry import list_instances
-
         found = [i for i in await list_instances(self.conn.client) if app in (None, i.get("app"))]
         out = [_instance(r) for r in found[:limit]]
         kept, over = fit(out)
@@ -406,10 +344,12 @@ class Tools:
                     if n >= 10000:
                         break
                 out["streams"] = {"count": n, "capped": n >= 10000}
-                instances = await sm_queries.list_instances(c, limit=100)
+                instances = await list_instances(c, limit=100)
                 out["instances"] = [
-                    {k: i[k] for k in ("key", "app", "host", "pid", "age_s")} for i in instances
-                ]
+                    {"key": i["key"], "app": i.get("app"), "host": i.get("host"),
+                     "pid": i.get("pid"), "age_s": i.get("heartbeat_age_s")}
+                    for i in instances
+                ]  # fmt: skip
                 store = self.storage(None)
                 out["storage"] = {"namespace": store.namespace, "keys": len(await store.keys())}
         except Exception as exc:

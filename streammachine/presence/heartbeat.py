@@ -5,7 +5,7 @@ Each process writes one JSON object at `streammachine:instances:<host>-<pid>-<ra
 with their counters and handler-latency histogram, and its timers — a `Heartbeat`. A clean stop
 deletes the key; a killed process stops refreshing it and it ages out. Consumers' housekeeping
 (`liveness`) reads the keys to tell live processes from dead ones; the dashboard, `top` and
-`/metrics` read the records (`streammachine.dashboard.registry`), deriving a heartbeat's age from
+`/metrics` read the records (`streammachine.admin.instances`), deriving a heartbeat's age from
 the key's remaining TTL, so clocks of other hosts never matter.
 
 The App hands this module a typed `Snapshot` of itself; this module knows nothing else of it.

@@ -10,7 +10,13 @@
   const HISTORY = 60;
   const SVG_NS = "http://www.w3.org/2000/svg";
   const token = new URLSearchParams(window.location.search).get("token");
-  const headers = token ? { Authorization: "Bearer " + token } : {};
+  // Reads carry the operator token once the operator unlocked actions (ops.js), else the
+  // read token of the address; never a cookie.
+  function authHeaders() {
+    const op = window.sessionStorage.getItem("sm-operator");
+    const t = op || token;
+    return t ? { Authorization: "Bearer " + t } : {};
+  }
   const last = new Map(); // agent key -> {processed, at, rate}
   const history = new Map(); // agent key -> [rate, ...]
   const COLORS = { rate: "#2f7de1", lag: "#2f7de1", pending: "#d9822b", dead: "#cf222e" };
@@ -171,6 +177,8 @@
           cell(lag, g && g.lag !== 0 ? "num warn" : "num"),
           cell(g ? duration(g.oldest_pending_age_s) : "—", "num"),
           cell(g && g.owner ? g.owner : "", "mono"),
+          cell(g && g.paused_agents && g.paused_agents.length ? g.paused_agents.join(", ") : "", "warn"),
+          cell(g && window.SMOps ? window.SMOps.groupButtons(s.stream, g.name) : ""),
         ], n === 0 ? "first" : "more"));
       });
     }
@@ -181,6 +189,7 @@
   function renderDead(data) {
     fill("dead", data.dead_letters.map((d) => tr([
       cell(d.stream), cell(d.dead_stream), cell(num(d.count), d.count ? "num bad" : "num"),
+      cell(window.SMOps ? window.SMOps.deadButton(d.stream) : ""),
     ])), "No dead-letter streams.");
   }
 
@@ -394,14 +403,15 @@
     renderDead(data);
     renderTimers(data);
     renderCandles(data);
+    if (window.SMOps) window.SMOps.render(data);
   }
 
   async function poll() {
     try {
       const since = histSince === null ? "" : "?since=" + histSince;
       const [response, past] = await Promise.all([
-        fetch("api/status", { headers, cache: "no-store" }),
-        fetch("api/history" + since, { headers, cache: "no-store" }),
+        fetch("api/status", { headers: authHeaders(), cache: "no-store" }),
+        fetch("api/history" + since, { headers: authHeaders(), cache: "no-store" }),
       ]);
       if (response.status === 401) showError("401: this dashboard needs ?token=… in its address.");
       else {
@@ -419,5 +429,7 @@
     }
   }
 
+  // What ops.js shares of this page's helpers.
+  window.SM = { authHeaders, el, cell, tr, fill, num, duration };
   poll();
 })();
