@@ -29,6 +29,7 @@ _COUNTERS = (
     ("retried", "Messages scheduled for another delivery."),
     ("dead", "Messages moved to the dead-letter stream."),
     ("skipped", "Messages skipped by the handler."),
+    ("timed_out", "Handler calls cancelled at the agent's timeout_s (each also failed)."),
 )
 
 
@@ -116,6 +117,16 @@ class StatusCollector(Collector):
             key: CounterMetricFamily(f"streammachine_messages_{key}", doc, labels=_AGENT_LABELS)
             for key, doc in _COUNTERS
         }
+        dropped = CounterMetricFamily(
+            "streammachine_outputs_dropped",
+            "Outputs and state changes not written because another consumer took their entries.",
+            labels=_AGENT_LABELS,
+        )
+        overdue = GaugeMetricFamily(
+            "streammachine_handlers_overdue",
+            "Handler calls running longer than timeout_s right now (e.g. blocking the loop).",
+            labels=_AGENT_LABELS,
+        )
         latency = HistogramMetricFamily(
             "streammachine_handler_latency_seconds",
             "Handler call duration.",
@@ -149,6 +160,8 @@ class StatusCollector(Collector):
                 stats = agent.get("stats") or {}
                 for key, _ in _COUNTERS:
                     counters[key].add_metric(labels, _num(stats.get(key)))
+                dropped.add_metric(labels, _num(stats.get("dropped")))
+                overdue.add_metric(labels, _num(stats.get("overdue")))
                 buckets = _cumulative(bounds, stats.get("latency_buckets") or [])
                 if buckets:
                     latency.add_metric(labels, buckets, _num(stats.get("latency_s_total")))
@@ -158,6 +171,8 @@ class StatusCollector(Collector):
                 timer_fails.add_metric(tl, _num(timer.get("failures")))
         yield up
         yield from counters.values()
+        yield dropped
+        yield overdue
         yield latency
         yield timer_runs
         yield timer_fails

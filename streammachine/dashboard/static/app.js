@@ -150,7 +150,10 @@
         const calls = (st.latency_buckets || []).reduce((x, y) => x + y, 0);
         const { rate, series } = rateOf(inst, a);
         rows.push(tr([
-          cell(inst.app), cell(instanceLabel(inst)), cell(a.name), cell(a.stream), cell(a.group),
+          cell(inst.app), cell(instanceLabel(inst)),
+          cell(a.name + (a.paused ? " · paused" : "") +
+            (st.overdue ? " · " + num(st.overdue) + " past timeout" : ""), st.overdue ? "bad" : ""),
+          cell(a.stream), cell(a.group),
           cell(a.concurrency, "num"), cell(num(st.processed), "num"),
           cell(rate === null ? "…" : num(rate), "num"), cell(sparkline(series)),
           cell(num(st.failed), st.failed ? "num bad" : "num"), cell(num(st.retried), "num"),
