@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import redis as syncredis
 
-from streammachine.state import objstore
 from streammachine.exceptions import ConfigError, SerializationError, UnsafePickleError
+from streammachine.state import objstore
 from streammachine.state.objstore import RedisObjectStorage
 from tests.util import eventually
 
