@@ -177,6 +177,8 @@ class App(Sending, Lifecycle):
         takeover: bool = False,
         name: str | None = None,
         rate_limit: str | None = None,
+        exclusive: bool = False,
+        lease_ms: int | None = None,
     ) -> Callable[[AsyncFn[P, R]], AsyncFn[P, R]]:
         """Register a consumer of `stream` in consumer group `group`.
 
@@ -215,6 +217,9 @@ class App(Sending, Lifecycle):
             rate_limit: at most this many messages handled, e.g. "200/s", "10/m" or "5/h",
                 by all consumers, processes and hosts of this agent together (one limit in
                 Redis, see `streammachine.schedule.RateLimiter`).
+            exclusive: one consumer at a time across all processes and hosts (a lease; standbys
+                take over, pending entries first, in order). lease_ms: that lease's (or a
+                partition's) life without renewal, default 5000.
 
         Example:
             >>> @app.agent("input_stream", group="workers", concurrency=2)  # doctest: +SKIP
@@ -241,6 +246,8 @@ class App(Sending, Lifecycle):
             takeover=takeover,
             name=name or "",
             rate_limit=rate_limit,
+            exclusive=exclusive,
+            lease_ms=5000 if lease_ms is None else lease_ms,
         )
 
         if partitions:

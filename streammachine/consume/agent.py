@@ -28,6 +28,7 @@ from .wire import Wire
 
 if TYPE_CHECKING:
     from ..app import App
+    from .partitions import OnOwned
 
 __all__ = ["LATENCY_BUCKETS_S", "Agent", "AgentStats", "current_batch"]
 
@@ -57,6 +58,9 @@ class Agent:
         self.codec = StructCodec(schema, payload) if schema is not None else None
         self.batch = batch
         self.stats = AgentStats()
+        #: Awaited with (owner, partition index) when this process takes over a partition (or
+        #: an exclusive agent's stream), before it consumes it; e.g. to restore a snapshot.
+        self.on_owned: OnOwned | None = None
         self._limiter: RateLimiter | None = None
 
     def __repr__(self) -> str:
@@ -137,12 +141,13 @@ class Agent:
 
     async def run(self, stop: anyio.Event) -> None:
         """Run its consumers until `stop` is set and they have drained. A partitioned agent
-        consumes only the partitions this process owns (`partitions.PartitionOwner`)."""
+        consumes only the partitions this process owns, an exclusive one only while this process
+        owns its stream (`partitions.PartitionOwner`)."""
         self._limiter = self.limiter()
-        if self.config.partitions:
+        if self.config.partitions or self.config.exclusive:
             from .partitions import PartitionOwner
 
-            await PartitionOwner(self).run(stop)
+            await PartitionOwner.of(self).run(stop)
             return
         async with anyio.create_task_group() as tg:
             for consumer in self.consumers():
