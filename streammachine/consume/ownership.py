@@ -82,6 +82,26 @@ def key_names(stream: str, group: str, partitions: int | None) -> tuple[str, lis
     return keys.partition_members(stream, group), leases
 
 
+# Read only: the members that have not expired (Redis' clock), each lease's value and each key's
+# type (a key of another type is reported, not read).
+_READ_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local members = {}
+local members_kind = redis.call('TYPE', KEYS[1])['ok']
+if members_kind == 'zset' then
+  members = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+end
+local values, kinds = {}, {}
+for i = 2, #KEYS do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  kinds[#kinds + 1] = kind
+  values[#values + 1] = kind == 'string' and redis.call('GET', KEYS[i])
+end
+return {members, members_kind, values, kinds}
+"""
+
+
 @dataclass(frozen=True)
 class Ownership:
     """Who owns what of `stream` in `group`, as Redis says now.
@@ -114,29 +134,27 @@ async def ownership(
         [3]
     """
     members_key, lease_keys = key_names(stream, group, partitions)
-    pipe = client.pipeline(transaction=False)
-    pipe.time()
-    pipe.zrange(members_key, 0, -1, withscores=True)
-    for key in lease_keys:
-        pipe.get(key)
-    replies = await pipe.execute(raise_on_error=False)
+    # One script: Redis' clock, and every key in the stream's slot (a cluster routes it there).
+    raw_members, members_kind, values, kinds = await client.eval(
+        _READ_SCRIPT, 1 + len(lease_keys), members_key, *lease_keys
+    )
     problems: list[str] = []
     live: set[str] = set()
-    if isinstance(replies[1], Exception):
-        problems.append(f"{members_key}: {replies[1]}")
-    else:
-        now_ms = replies[0][0] * 1000 + replies[0][1] // 1000
-        for raw, score in replies[1]:
-            member = valid_member(raw)
-            if member is None:
-                problems.append(f"{members_key}: not a process id: {as_text(raw)[:80]!r}")
-            elif score > now_ms:
-                live.add(member)
+    if as_text(members_kind) not in ("zset", "none"):
+        problems.append(f"{members_key}: holds a {as_text(members_kind)}, not a sorted set")
+    for raw in raw_members:
+        member = valid_member(raw)
+        if member is None:
+            problems.append(f"{members_key}: not a process id: {as_text(raw)[:80]!r}")
+        else:
+            live.add(member)
     owners: dict[int, str | None] = {}
-    for i, (key, raw) in enumerate(zip(lease_keys, replies[2:], strict=True)):
-        holder = None if isinstance(raw, Exception) or raw is None else lease_holder(raw)
-        if isinstance(raw, Exception) or (raw is not None and holder is None):
-            problems.append(f"{key}: not a lease: {as_text(str(raw))[:80]!r}")
+    for i, (key, raw, kind) in enumerate(zip(lease_keys, values, kinds, strict=True)):
+        holder = None if raw is None else lease_holder(raw)
+        if as_text(kind) not in ("string", "none"):
+            problems.append(f"{key}: holds a {as_text(kind)}, not a lease")
+        elif raw is not None and holder is None:
+            problems.append(f"{key}: not a lease: {as_text(raw)[:80]!r}")
         owners[i] = holder if holder in live else None
     return Ownership(stream, group, owners, sorted(live), problems)
 
