@@ -7,8 +7,8 @@ names describe machinery this implementation does not have. They keep working, a
   (`codec.decode_dict_bytes_to_utf8`) is C-level str/bytes work driven by one comprehension, the
   fastest form CPython offers, so the fast path is always active.
 - `_HAS_FAST_OHLC_CYTHON`: the reference's flag for its compiled OHLC path; here True when the Numba
-  kernel is active (`ohlc.kernel.jit_active()`). Resolved on access, so importing it is cheap until
-  read (reading it imports Numba).
+  kernel is the default under the process's settings (`ohlc.kernel.jit_active()`). Resolved on
+  access, so importing it is cheap until read (reading it imports Numba).
 - `StreamConsumer`: the reference's name for one registered consumer; here that is `Agent`.
 - `App(to_scan=True)`: the reference scanned modules for decorated tasks (venusian); here decorators
   register at import time, so the argument is accepted and kept in `AppConfig.to_scan`, unused.

@@ -13,6 +13,7 @@ leases and crons, a namespace's schedule and storage) share the scope's.
 | `streammachine:processes` | live processes (`<host>-<pid>-`), scored by expiry |
 | `streammachine:fence:{<tag>}:<stream>:<group>` | per consumer, how often entries were taken away |
 | `streammachine:partitions:{<tag>}:<group>:members` / `…:lease:<i>` | partition ownership |
+| `streammachine:exclusive:{<tag>}:<stream>:<group>:members` / `…:lease` | an exclusive agent's owner |
 | `streammachine:lease:{<app>}:timers` | the process that runs an app's timers |
 | `streammachine:cron:{<app>}:<cron>` | the newest claimed fire time of a cron |
 | `streammachine:sched:{<ns>}` (`:inflight`, `:failed`) | delayed entries of a namespace |
@@ -22,7 +23,8 @@ leases and crons, a namespace's schedule and storage) share the scope's.
 | `streammachine:once:<key>` | an `App.once` guard |
 | `streammachine:idem:{<tag>}:<stream>:<producer>:<id>` | an idempotent write's entry id |
 | `streammachine:progress:{<tag>}:<stream>:<file>` | the lines of a file `send --file` wrote |
-| `streammachine:ohlc:{<tag>}:<group>` (`:state`, `:lease`) | an OHLC consumer's snapshot and lease |
+| `streammachine:ohlc:{<tag>}:<stream>:<group>:state` | an OHLC consumer's snapshot (its owner: `exclusive`) |
+| `<prefix>:state:<group>` | the same, as earlier versions wrote it (read once on upgrade) |
 | `streammachine:paused:{<app>}` | an app's paused agents |
 | `streammachine:audit` | operator actions |
 """
@@ -40,11 +42,14 @@ __all__ = [
     "SCHEDULED_MATCH",
     "cron",
     "dead_letters",
+    "exclusive_lease",
+    "exclusive_members",
     "fence",
     "idempotency",
     "late",
     "objects",
     "ohlc",
+    "ohlc_legacy_state",
     "once",
     "partition",
     "partition_lease",
@@ -132,6 +137,22 @@ def partition_lease(stream: str, group: str, index: int) -> str:
     return f"{PREFIX}:partitions:{slot_tag(stream)}:{stream}:{group}:lease:{index}"
 
 
+def exclusive_members(stream: str, group: str) -> str:
+    """The sorted set of processes that may own `stream` in `group` (an exclusive agent)."""
+    return f"{PREFIX}:exclusive:{slot_tag(stream)}:{stream}:{group}:members"
+
+
+def exclusive_lease(stream: str, group: str) -> str:
+    """The lease of the one owner of `stream` in `group` (an exclusive agent; its value: the
+    owner's id).
+
+    Example:
+        >>> exclusive_lease("ticks", "ohlc_workers")
+        'streammachine:exclusive:{ticks}:ticks:ohlc_workers:lease'
+    """
+    return f"{PREFIX}:exclusive:{slot_tag(stream)}:{stream}:{group}:lease"
+
+
 def timer_lease(app: str) -> str:
     """The lease whose holder runs the `scope="app"` timers of `app`.
 
@@ -178,7 +199,12 @@ def once(key: str) -> str:
 
 
 def ohlc(stream: str, group: str, what: str) -> str:
-    """An OHLC consumer's `state` stream or `lease`, in its tick stream's slot."""
+    """An OHLC consumer's `state` stream (`what`), in its tick stream's slot.
+
+    Example:
+        >>> ohlc("ticks", "ohlc_workers", "state")
+        'streammachine:ohlc:{ticks}:ticks:ohlc_workers:state'
+    """
     return f"{PREFIX}:ohlc:{slot_tag(stream)}:{stream}:{group}:{what}"
 
 
@@ -190,6 +216,17 @@ def idempotency(stream: str, producer: str, iid: str) -> str:
 def progress(stream: str, source: str) -> str:
     """How many lines of file `source` `streammachine send --file` wrote to `stream`."""
     return f"{PREFIX}:progress:{slot_tag(stream)}:{stream}:{source}"
+
+
+def ohlc_legacy_state(output_prefix: str, group: str) -> str:
+    """Where earlier versions kept an OHLC consumer's snapshot (no `streammachine:` prefix); read
+    once, when `ohlc(..., "state")` has none, so an upgrade resumes instead of starting over.
+
+    Example:
+        >>> ohlc_legacy_state("candles", "ohlc_workers")
+        'candles:state:ohlc_workers'
+    """
+    return f"{output_prefix}:state:{group}"
 
 
 def paused(app: str) -> str:

@@ -91,6 +91,8 @@ class Registration:
         name: str | None = None,
         rate_limit: str | None = None,
         timeout_s: float | None = None,
+        exclusive: bool = False,
+        lease_ms: int | None = None,
     ) -> Callable[[AsyncFn[P, R]], AsyncFn[P, R]]:
         """Register a consumer of `stream` in consumer group `group`.
 
@@ -133,6 +135,9 @@ class Registration:
                 the call is cancelled and counts as a failed delivery (retried, dead-lettered
                 after `max_deliveries`). Default `STREAMMACHINE_HANDLER_TIMEOUT_S` (300 s); 0
                 means no limit. A handler that blocks the event loop cannot be cancelled.
+            exclusive: one consumer at a time across all processes and hosts (a lease; standbys
+                take over, pending entries first, in order). lease_ms: that lease's (or a
+                partition's) life without renewal, default 5000.
 
         Example:
             >>> @app.agent("input_stream", group="workers", concurrency=2)  # doctest: +SKIP
@@ -160,6 +165,8 @@ class Registration:
             name=name or "",
             rate_limit=rate_limit,
             timeout_s=(s.handler_timeout_s if timeout_s is None else timeout_s) or None,
+            exclusive=exclusive,
+            lease_ms=5000 if lease_ms is None else lease_ms,
         )
 
         if partitions:

@@ -18,7 +18,7 @@ from .exceptions import ConfigError
 
 log = logging.getLogger("streammachine.settings")
 
-__all__ = ["AppConfig", "ConsumerConfig", "Settings", "TimerConfig"]
+__all__ = ["MAX_LEASE_MS", "AppConfig", "ConsumerConfig", "Settings", "TimerConfig"]
 
 DEFAULT_GROUP = "eventengine"
 #: The dashboard's environment variables, named once (the CLI's `--token` options read them too).
@@ -165,6 +165,10 @@ class Settings:
 
 _installed: Settings | None = None
 
+#: The longest lease (partition owners, exclusive agents) may live without renewal: a lease with
+#: a longer expiry was not written by StreamMachine, and is cut to this.
+MAX_LEASE_MS = 60_000
+
 
 @dataclass(slots=True)
 class AppConfig:
@@ -220,6 +224,10 @@ class ConsumerConfig:
     trim: Literal["acked"] | None = None
     partitions: int | None = None
     takeover: bool = False
+    #: One consumer at a time across every process and host (a lease; standbys take over).
+    exclusive: bool = False
+    #: How long a partition's (or an exclusive agent's) lease lives without renewal.
+    lease_ms: int = 5000
     name: str = ""
     #: One limit shared by every consumer, process and host of the agent, e.g. "200/s".
     rate_limit: str | None = None
@@ -252,6 +260,17 @@ class ConsumerConfig:
             raise ConfigError("maxlen must be >= 1 (or None for no trimming)")
         if self.partitions is not None and self.partitions < 1:
             raise ConfigError("partitions must be >= 1")
+        if self.exclusive and self.partitions:
+            raise ConfigError(
+                "exclusive=True and partitions=K do not go together: each partition already has "
+                "exactly one owner; drop one of them"
+            )
+        if isinstance(self.lease_ms, bool) or not isinstance(self.lease_ms, int):
+            raise ConfigError(f"lease_ms must be an int, not {self.lease_ms!r}")
+        if not 100 <= self.lease_ms <= MAX_LEASE_MS:
+            raise ConfigError(
+                f"lease_ms must be between 100 and {MAX_LEASE_MS}, not {self.lease_ms}"
+            )
         if self.trim not in (None, "acked"):
             raise ConfigError(f"trim must be 'acked' or None, not {self.trim!r}")
         if self.timeout_s is not None and not (

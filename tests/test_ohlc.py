@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -640,3 +641,25 @@ def test_a_second_process_loads_the_compiled_kernel_from_the_cache(tmp_path: Any
     env = {"NUMBA_CACHE_DIR": str(tmp_path), "STREAMMACHINE_DISABLE_JIT": "0"}
     assert _run(code, **env) == "0 1"  # compiled and saved
     assert _run(code, **env) == "1 0"  # loaded, not compiled
+
+
+def test_the_jit_switch_is_read_through_settings() -> None:
+    """`STREAMMACHINE_DISABLE_JIT` reaches the kernel only through `Settings.disable_jit`: the
+    settings a runner installs, or an App's, decide; the kernel modules never read the env."""
+    code = (
+        "from streammachine import App\n"
+        "from streammachine.settings import Settings\n"
+        "import streammachine.ohlc as o\n"
+        "from_env = o.FastOHLC().jit\n"
+        "app_off = App(settings=Settings(disable_jit=True)).ohlc('t').aggregator.jit\n"
+        "app_on = App(settings=Settings(disable_jit=False)).ohlc('t').aggregator.jit\n"
+        "Settings(disable_jit=True).install()\n"
+        "print(from_env, app_off, app_on, o.FastOHLC().jit, o._HAS_FAST_OHLC_CYTHON)\n"
+    )
+    on = str(HAS_NUMBA)
+    assert _run(code, STREAMMACHINE_DISABLE_JIT="1") == f"False False {on} False False"
+    assert _run(code, STREAMMACHINE_DISABLE_JIT="0") == f"{on} False {on} False False"
+    from streammachine.ohlc import aggregator, kernel, pykernel, store
+
+    for module in (kernel, pykernel, store, aggregator):
+        assert "os.environ" not in Path(module.__file__ or "").read_text(), module.__name__

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import anyio
 import pytest
 import redis as syncredis
 
-from streammachine import App, FastOHLCConsumer
+from streammachine import App, FastOHLCConsumer, keys
 from streammachine.ohlc import FastOHLC, format_candle_for_redis
 from streammachine.testing import TestApp
 from tests.util import eventually, wait_sync
@@ -23,6 +24,8 @@ from tests.util import eventually, wait_sync
 pytestmark = pytest.mark.anyio
 APPS = Path(__file__).parent / "apps"
 T0 = 1_700_000_000_000
+STATE = keys.ohlc("ticks", "ohlc_workers", "state")
+LEGACY_STATE = "candles:state:ohlc_workers"  # where earlier versions kept it
 
 
 def ticks(n: int, seed: int = 1, step_ms: int = 100) -> list[dict[str, str]]:
@@ -76,7 +79,7 @@ async def test_candles_equal_an_offline_run_and_late_ticks_are_dropped(
     assert {key(c): c for c in got} == want
     assert len(got) == len(want), "no candle twice"
     assert redis_sync.xpending("ticks", "ohlc_workers")["pending"] == 0
-    assert redis_sync.xlen("candles:state:ohlc_workers") == 1, "one snapshot, trimmed exactly"
+    assert redis_sync.xlen(STATE) == 1, "one snapshot, trimmed exactly"
 
 
 async def test_a_snapshot_of_an_earlier_version_restores(
@@ -84,7 +87,7 @@ async def test_a_snapshot_of_an_earlier_version_restores(
 ) -> None:
     earlier = FastOHLC([1000])
     earlier.update_tick("A", 1.5, 2.0, T0)
-    redis_sync.xadd("candles:state:ohlc_workers", {"data": earlier.snapshot()})  # uncompressed
+    redis_sync.xadd(LEGACY_STATE, {"data": earlier.snapshot()})  # uncompressed
     app = App(name="restore")
     consumer = app.ohlc("ticks", intervals=[1000], timestamp_field="ts", lease_ms=500)
     async with TestApp(app, url=redis_url):
@@ -92,7 +95,7 @@ async def test_a_snapshot_of_an_earlier_version_restores(
         assert consumer.aggregator.get_candles("A", 1000) == earlier.get_candles("A", 1000)
         await app.send("ticks", {"symbol": "A", "price": "3", "volume": "1", "ts": str(T0 + 5)})
         await eventually(lambda: consumer.aggregator.tick_count == 2, 10)
-    ((_, fields),) = redis_sync.xrange("candles:state:ohlc_workers")
+    ((_, fields),) = redis_sync.xrange(STATE)
     assert set(fields) == {b"zdata"}, "written compressed now"
 
 
@@ -197,3 +200,57 @@ def test_ohlc_cli_history_emit_and_errors(redis_url: str, redis_sync: syncredis.
     assert bad.returncode == 2 and bad.stderr.decode().count("\n") == 1
     missing = subprocess.run([*base, "nosuch"], env=env, capture_output=True, timeout=30)
     assert missing.returncode == 1 and b"no stream named 'nosuch'" in missing.stderr
+
+
+async def test_an_upgrade_resumes_from_the_old_state_key_and_emits_no_candle_twice(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    rows = ticks(600, seed=5, step_ms=10)  # 6 s of event time
+    # What an earlier version left: its candles emitted, its snapshot where it kept it (without
+    # the streammachine: prefix), its group past the ticks that snapshot holds.
+    ids = [redis_sync.xadd("ticks", r) for r in rows[:300]]
+    earlier = FastOHLC([1000])
+    for r in rows[:300]:
+        earlier.update_tick(r["symbol"], float(r["price"]), float(r["volume"]), int(r["ts"]))
+    for s, iv, c in earlier.flush_completed():
+        redis_sync.xadd("candles_1s", format_candle_for_redis(c, s, iv))
+    redis_sync.xadd(LEGACY_STATE, {"zdata": zlib.compress(earlier.snapshot())})
+    redis_sync.xgroup_create("ticks", "ohlc_workers", id=ids[-1])
+    app = App(name="upgrade")
+    consumer = app.ohlc("ticks", intervals=[1000], timestamp_field="ts", lease_ms=500)
+    async with TestApp(app, url=redis_url):
+        await eventually(lambda: consumer.running, 10)
+        for r in rows[300:]:
+            redis_sync.xadd("ticks", r)
+        # A tick for a candle the earlier version emitted: late, not a second candle.
+        redis_sync.xadd("ticks", {"symbol": "AAPL", "price": "1", "volume": "1", "ts": str(T0)})
+        await eventually(lambda: consumer.aggregator.tick_count == 601, 10)
+        await eventually(lambda: redis_sync.xpending("ticks", "ohlc_workers")["pending"] == 0)
+    got = emitted(redis_sync, ["candles_1s"])
+    want = offline(rows, [1000])
+    assert len(got) == len(want), "no candle twice"
+    assert {key(c): c for c in got} == want
+    assert consumer.aggregator.late_tick_count == 1
+    assert redis_sync.xlen(STATE) == 1, "the new key from the first commit on"
+
+
+async def test_a_snapshot_that_cannot_be_read_is_said_once_and_nothing_is_consumed(
+    redis_url: str, redis_sync: syncredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_sync.xadd(STATE, {"zdata": b"not zlib"})
+    app = App(name="corrupt")
+    consumer = app.ohlc("ticks", intervals=[1000], timestamp_field="ts", lease_ms=500)
+    said = lambda: [r for r in caplog.records if "cannot be restored" in r.getMessage()]  # noqa: E731
+    async with TestApp(app, url=redis_url):
+        await app.send("ticks", {"symbol": "A", "price": "1", "volume": "1", "ts": str(T0)})
+        await eventually(said, 10, "the warning")
+        members = keys.exclusive_members("ticks", "ohlc_workers")
+        score = lambda: redis_sync.zrange(members, 0, -1, withscores=True)[0][1]  # noqa: E731
+        tried = score()
+        await eventually(lambda: score() > tried + 300, 10, "more rounds of taking over")
+        assert not consumer.running and consumer.aggregator.tick_count == 0
+        assert redis_sync.xinfo_groups("ticks")[0]["entries-read"] in (0, None), "not read"
+        redis_sync.delete(STATE)  # what the warning says to do: it starts over
+        await eventually(lambda: consumer.aggregator.tick_count == 1, 10)
+    assert len(said()) == 1, "said once, though tried at every renewal"
+    assert STATE in said()[0].getMessage()

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import redis as syncredis
 from redis.cluster import RedisCluster as SyncCluster
@@ -211,3 +212,181 @@ def test_two_workers_of_one_run_share_the_partitions_in_order(redis_url: str) ->
     assert len(pids) == 2, "both workers owned partitions"
     _check(r, pids)
     r.close()
+
+
+# --- exclusive agents, and what others write into the ownership keys ------------------------------
+
+
+async def test_an_exclusive_agent_runs_in_one_app_at_a_time_and_a_standby_takes_over(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    from streammachine import App, Message
+    from streammachine.consume.ownership import ownership
+    from streammachine.testing import TestApp
+    from tests.util import eventually
+
+    handled: list[tuple[str, str]] = []
+    owned: list[str] = []
+    members = keys.exclusive_members("jobs", "g")
+
+    def make(name: str) -> App:
+        app = App(name="excl")
+
+        @app.agent("jobs", group="g", exclusive=True, lease_ms=500, name="jobs")
+        async def work(record: Message) -> None:
+            handled.append((name, record.message["n"]))
+
+        async def on_owned(owner: Any, index: int) -> None:
+            owned.append(name)
+
+        app.agents[0].on_owned = on_owned
+        return app
+
+    first, second = make("first"), make("second")
+    stops = {"first": anyio.Event(), "second": anyio.Event()}
+
+    async def run(app: App, name: str) -> None:
+        async with TestApp(app, url=redis_url):
+            await stops[name].wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, first, "first")
+        await eventually(lambda: owned == ["first"], 10, "the first app owning the stream")
+        tg.start_soon(run, second, "second")
+        await eventually(lambda: len(redis_sync.zrange(members, 0, -1)) == 2, 10)
+        for n in range(20):
+            await first.send("jobs", {"n": str(n)})
+        await eventually(lambda: len(handled) == 20, 10)
+        info = await ownership(first.redis.client, "jobs", "g")
+        assert info.unowned == [] and len(info.members) == 2
+        assert {who for who, _ in handled} == {"first"}, "the standby handled nothing"
+        stops["first"].set()  # it drains and gives the stream up: the standby takes it at once
+        await eventually(lambda: owned == ["first", "second"], 10, "the standby taking over")
+        for n in range(20, 30):
+            await second.send("jobs", {"n": str(n)})
+        await eventually(lambda: len(handled) == 30, 10)
+        stops["second"].set()
+    assert [int(n) for _, n in handled] == list(range(30)), "in order, each once"
+    assert {who for who, n in handled if int(n) >= 20} == {"second"}
+    assert redis_sync.xpending("jobs", "g")["pending"] == 0
+
+
+async def test_ownership_says_which_partitions_have_no_live_owner(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    from streammachine.consume.ownership import ownership
+
+    client = syncredis.Redis.from_url(redis_url)
+    members = keys.partition_members("s", "g")
+    live, stale = "h-1-aaaaaa", "h-2-bbbbbb"
+    now_ms = int(redis_sync.time()[0] * 1000)
+    redis_sync.zadd(members, {live: now_ms + 60_000, stale: now_ms - 1})
+    redis_sync.set(keys.partition_lease("s", "g", 0), f"{live}/18c0a1b2c3d4e5f6-0123456789abcdef")
+    redis_sync.set(keys.partition_lease("s", "g", 1), f"{stale}/18c0a1b2c3d4e5f6-0123456789abcdef")
+    redis_sync.set(keys.partition_lease("s", "g", 2), "garbage")
+    redis_sync.rpush(keys.partition_lease("s", "g", 3), "x")
+    import redis.asyncio as aioredis
+
+    aclient = aioredis.Redis.from_url(redis_url)
+    try:
+        info = await ownership(aclient, "s", "g", 5)
+    finally:
+        await aclient.aclose()
+        client.close()
+    assert info.owners == {0: live, 1: None, 2: None, 3: None, 4: None}
+    assert info.unowned == [1, 2, 3, 4]
+    assert len(info.problems) == 2, info.problems  # the garbage value and the list
+
+
+async def test_garbage_in_the_ownership_keys_is_repaired_said_once_and_stalls_nothing(
+    redis_url: str, redis_sync: syncredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another tenant's writes: members that are no process id or never expire, a list where a
+    lease lives, leases without expiry or with a far one. Before, one such member stopped every
+    partition (the cause logged at debug level) and a fake member owned partitions for ever."""
+    from streammachine import App, Message
+    from streammachine.consume.ownership import ownership
+    from streammachine.testing import TestApp
+    from tests.util import eventually
+
+    members = keys.partition_members("kt", "g")
+    far = 9e15
+    redis_sync.zadd(members, {b"\xff\xfe": far, "0000-fake": far, "ghost-1-abcdef": far})
+    redis_sync.rpush(keys.partition_lease("kt", "g", 0), "x")
+    redis_sync.set(keys.partition_lease("kt", "g", 1), "garbage")  # no expiry
+    redis_sync.set(keys.partition_lease("kt", "g", 2), "garbage", px=10**12)  # ~30 years
+    app = App(name="tampered")
+    seen: list[str] = []
+
+    @app.agent("kt", group="g", partitions=4, lease_ms=1000)
+    async def work(record: Message) -> None:
+        seen.append(record.message["n"])
+
+    async with TestApp(app, url=redis_url):
+        for n in range(40):
+            await app.send("kt", {"n": str(n)}, key=str(n))
+        await eventually(lambda: len(seen) == 40, 30, "every partition consumed")
+        info = await eventually(lambda: _no_unowned(ownership(app.redis.client, "kt", "g", 4)), 10)
+        assert info.problems == []
+        scores = redis_sync.zrange(members, 0, -1, withscores=True)
+        assert [m for m, _ in scores] == [m.encode() for m in info.members], "fakes expired"
+        now_ms = redis_sync.time()[0] * 1000
+        assert all(score <= now_ms + 2000 for _, score in scores), "expiry capped"
+    assert sorted(seen, key=int) == [str(n) for n in range(40)]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    expected = [
+        "3 members expiring after the lease TTL",
+        "not a process id: '\ufffd\ufffd'",
+        "not a process id: '0000-fake'",
+        "lease:0 held a list",
+        "lease:1 had no expiry",
+        "lease:2 had no expiry",
+    ]
+    for what in expected:
+        assert [w for w in warned if what in w], (what, warned)
+    assert len(warned) == len(set(warned)), f"each problem said once: {warned}"
+
+
+async def _no_unowned(pending: Any) -> Any:
+    info = await pending
+    return info if not info.unowned else None
+
+
+async def test_a_consumer_that_saw_its_lease_lapse_stops_and_a_new_one_picks_up() -> None:
+    """A batch dropped because the lease lapsed (a busy loop) stays pending with its consumer:
+    `holds` must stay false for that consumer, even once the lease is renewed again, so that a
+    new one — which handles its own pending entries first — takes over, after `on_owned`."""
+    from streammachine.connection import RedisConnection
+    from streammachine.consume.partitions import PartitionOwner
+    from tests.util import eventually
+
+    made: list[Any] = []
+    owned: list[int] = []
+
+    class Consumer:
+        def __init__(self, stream: str, index: int, **kw: Any) -> None:
+            self.holds = kw["ownership"].holds
+            made.append(self)
+
+        async def run(self, stop: anyio.Event) -> None:
+            while self.holds() and not stop.is_set():
+                await anyio.sleep(0.01)
+
+    async def on_owned(owner: PartitionOwner, index: int) -> None:
+        owned.append(index)
+
+    redis = RedisConnection(url="memory://")
+    owner = PartitionOwner(redis, "s", "g", Consumer, ttl_s=2.0, on_owned=on_owned)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(owner.run, stop)
+        await eventually(lambda: made and owner.serving(0), 10)
+        first = made[0]
+        owner.valid_until[0] = 0.0  # the loop was blocked past the lease's validity
+        assert not first.holds()
+        owner.valid_until[0] = anyio.current_time() + 60  # renewed again
+        assert not first.holds(), "still false for the consumer that saw it lapse"
+        await eventually(lambda: len(made) == 2 and owner.serving(0), 10, "a new consumer")
+        assert made[1].holds() and owned == [0, 0]
+        stop.set()
+    await redis.close()

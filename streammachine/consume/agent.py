@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ..connection import RedisConnection
     from ..settings import ConsumerConfig, Settings
     from ..tracing import Tracing
+    from .partitions import OnOwned
 
 __all__ = ["Agent", "Host"]
 
@@ -76,6 +77,9 @@ class Agent:
         self.switch = Switch()
         #: The deliveries of this process's consumers (the upkeep tick checks their timeouts).
         self.deliveries: list[Delivery] = []
+        #: Awaited with (owner, partition index) when this process takes over a partition (or
+        #: an exclusive agent's stream), before it consumes it; e.g. to restore a snapshot.
+        self.on_owned: OnOwned | None = None
         self._limiter: RateLimiter | None = None
 
     def __repr__(self) -> str:
@@ -181,13 +185,14 @@ class Agent:
 
     async def run(self, stop: anyio.Event) -> None:
         """Run its consumers until `stop` is set and they have drained. A partitioned agent
-        consumes only the partitions this process owns (`partitions.PartitionOwner`)."""
+        consumes only the partitions this process owns, an exclusive one only while this process
+        owns its stream (`partitions.PartitionOwner`)."""
         self._limiter = self.limiter()
         self.deliveries.clear()
-        if self.config.partitions:
+        if self.config.partitions or self.config.exclusive:
             from .partitions import PartitionOwner
 
-            await PartitionOwner(self).run(stop)
+            await PartitionOwner.of(self).run(stop)
             return
         async with anyio.create_task_group() as tg:
             for consumer in self.consumers():

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 
 import anyio
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
+from ..ohlc.candle import Candle
 from .tools import Bounded, ConfirmedBy, ToolFailure, Tools, fit, jsonable
 
 __all__ = ["OhlcTools"]
@@ -34,15 +35,18 @@ Drop = Annotated[bool, Field(description="Also remove the aggregator itself.")]
 # -- output models ----------------------------------------------------------------------------
 
 
-class Candle(BaseModel):
-    candle_start_ms: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-    trade_count: int
-    timestamp_ms: int
+def _model_of(fields: type[Candle]) -> type[BaseModel]:
+    """A pydantic model (a JSON object in the tools' output schema) with a NamedTuple's fields."""
+    hints = get_type_hints(fields)
+    spec: dict[str, Any] = {name: (hints[name], ...) for name in fields._fields}
+    return create_model(fields.__name__, **spec)
+
+
+if TYPE_CHECKING:
+    CandleModel = BaseModel
+else:
+    # The fields of the one Candle (streammachine.ohlc.candle), not a copy of them.
+    CandleModel = _model_of(Candle)
 
 
 class AggregatorInfo(BaseModel):
@@ -67,7 +71,7 @@ class CandlesResult(Bounded):
     symbol: str
     interval_ms: int
     interval: str
-    candles: list[Candle]
+    candles: list[CandleModel]
     emitted_to: str | None = None
     ids: list[str] = []
 
@@ -177,7 +181,7 @@ class OhlcTools:
         from ..ohlc import interval_name, parse_interval
 
         ms = parse_interval(interval)
-        candles = [Candle(**c._asdict()) for c in rows]
+        candles = [CandleModel(**c._asdict()) for c in rows]
         shown, over = fit(candles[-1000:][::-1])  # the newest fit, shown oldest first
         shown.reverse()
         over = over or len(candles) > 1000

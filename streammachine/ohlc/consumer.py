@@ -1,48 +1,48 @@
 """FastOHLCConsumer: candles from a tick stream, emitted to candle streams, crash-safe.
 
-It consumes the tick stream as a batch agent (the raw entries parsed column by column) and, in
-one atomic commit per batch (DESIGN.md "handler output"), acks the ticks, writes the candles they
-completed to `<prefix>_<interval name>` (`candles_1m`, `candles_90s`, …) and writes a snapshot of
-the aggregator (open candles, flushed-up-to marks) to `<prefix>:state:<group>`. After a crash the
-next consumer restores that snapshot and redelivers only the ticks it does not contain: no candle
-is lost, none is emitted twice.
+It is an exclusive batch agent on the tick stream (`exclusive=True`: one consumer at a time
+across every process and host, `consume/partitions.PartitionOwner`), registered on the user's
+App, plus, with `clock="wall"`, an instance timer that completes candles by the wall clock in
+the process that owns the stream. Started on its own (`start()` without `app=`), it runs the
+same agent on an `AgentHost` (a connection and `send`, no App).
 
-The aggregator lives in one process at a time: a lease (`<prefix>:lease:<group>`, SET NX PX,
-renewed while it runs) lets one consumer work while others wait as hot standbys; when the holder
-dies, a standby takes over once the lease expires.
+Each batch is one atomic commit (DESIGN.md "handler output"): the ticks' acks, the candles they
+completed (to `<prefix>_<interval name>`: `candles_1m`, `candles_90s`, …) and a snapshot of the
+aggregator (open candles, flushed-up-to marks) to `keys.ohlc(stream, group, "state")`. When a
+process takes the stream over, it restores that snapshot first (once falling back to where
+earlier versions kept it, `<prefix>:state:<group>`), then the dead owner's pending ticks in
+order, then new ones: no candle is lost, none is emitted twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 import zlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import anyio
 
+from .. import keys
+from ..consume.agent import Agent
 from ..exceptions import ConfigError
-from .aggregator import FastOHLC, format_candle_for_redis, interval_name, parse_interval
+from ..schedule.timer import Timer
+from ..settings import MAX_LEASE_MS, ConsumerConfig, Settings, TimerConfig
+from .aggregator import FastOHLC
+from .candle import format_candle_for_redis, interval_name, parse_interval
+from .standalone import AgentHost
 from .ticks import TickFields
 
 if TYPE_CHECKING:
-    from anyio.abc import TaskGroup
-
     from ..app import App
+    from ..consume.partitions import PartitionOwner
     from ..message import Message
 
 __all__ = ["FastOHLCConsumer"]
 
 log = logging.getLogger("streammachine.ohlc")
-
-# Renew or release the lease only while we still hold it.
-_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
-_RELEASE = (
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-)
 
 
 def _compress(snapshot: bytes) -> bytes:
@@ -66,9 +66,11 @@ class FastOHLCConsumer:
         clock: "event" completes candles by the newest tick time seen (replays give the same
             candles); "wall" also completes them by the wall clock (live feeds that go quiet).
         grace_ms: how long after its end a candle waits for late ticks.
-        app: the App whose Redis it uses; with `app=` it starts and stops with that app.
+        app: the App it registers on (an agent, and a timer for `clock="wall"`), so it runs and
+            stops with that app; without one, `start()` and `stop()` run it.
         count: ticks per read.
-        lease_ms: how long the lease lasts without renewal (a standby waits this long).
+        lease_ms: how long the ownership lease lasts without renewal (a standby waits this long
+            for a holder that died).
 
     Example:
         >>> consumer = FastOHLCConsumer("ticks", intervals=[60000, 300000])
@@ -97,8 +99,10 @@ class FastOHLCConsumer:
     ) -> None:
         if clock not in ("event", "wall"):
             raise ConfigError(f"clock must be 'event' or 'wall', not {clock!r}")
-        if emit_interval_s <= 0 or lease_ms < 100:
-            raise ConfigError("emit_interval_s must be > 0 and lease_ms >= 100")
+        if emit_interval_s <= 0 or not 100 <= lease_ms <= MAX_LEASE_MS:
+            raise ConfigError(
+                f"emit_interval_s must be > 0 and lease_ms between 100 and {MAX_LEASE_MS}"
+            )
         self.input_stream = input_stream
         self.group = group
         self.fields = (price_field, volume_field, symbol_field, timestamp_field)
@@ -107,153 +111,147 @@ class FastOHLCConsumer:
         self.emit_interval_s = emit_interval_s
         self.count = count
         self.lease_ms = lease_ms
-        self.aggregator = FastOHLC([parse_interval(i) for i in intervals], grace_ms)
+        settings = app.settings if app is not None else None
+        ms = [parse_interval(i) for i in intervals]
+        self.aggregator = FastOHLC(ms, grace_ms, settings=settings)
         self.outputs = {
             iv: f"{output_stream_prefix}_{interval_name(iv)}" for iv in self.aggregator.intervals
         }
-        self.state_stream = f"{output_stream_prefix}:state:{group}"
-        self.lease_key = f"{output_stream_prefix}:lease:{group}"
+        self.state_stream = keys.ohlc(input_stream, group, "state")
+        #: Where earlier versions kept the snapshot: read when `state_stream` has none.
+        self.legacy_state_stream = keys.ohlc_legacy_state(output_stream_prefix, group)
         self.emitted = 0
-        self._outer = app
-        self._token = secrets.token_hex(8)
+        self.name = f"ohlc:{input_stream}:{group}"
         self._lock = anyio.Lock()
         self._saved = b""
-        self._stop: anyio.Event | None = None
-        self._inner: App | None = None
+        #: What it sends through and reads with: the App, or its own AgentHost once started.
+        self._host: App | AgentHost | None = app
+        self._owner: PartitionOwner | None = None
+        self._standalone = app is None
         self._done: anyio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         if app is not None:
-            app.on_startup(self.start)
-            app.on_shutdown(self.stop)
+            app.agent(input_stream, **self._agent_options())(self._handle)
+            agent = next(a for a in app.agents if a.fn == self._handle)
+            agent.on_owned = self._on_owned
+            if clock == "wall":
+                timer = app.timer(emit_interval_s, scope="instance", name=f"{self.name}:wall")
+                timer(self._emit_by_wall_clock)
 
     def __repr__(self) -> str:
         return f"FastOHLCConsumer({self.input_stream!r} -> {sorted(self.outputs.values())})"
 
+    def _agent_options(self) -> dict[str, Any]:
+        # Owned by one process at a time, so another consumer's pending ticks are a dead
+        # owner's: taken first, in order (no tick handled after newer ones completed its candle).
+        return {
+            "group": self.group,
+            "batch": True,
+            "count": self.count,
+            "takeover": True,
+            "claim_idle_ms": self.lease_ms,
+            "name": self.name,
+            "exclusive": True,
+            "lease_ms": self.lease_ms,
+        }
+
     @property
     def running(self) -> bool:
-        """True while this consumer holds the lease and consumes."""
-        started = self._inner.started if self._inner is not None else None
-        return started is not None and started.is_set()
+        """True while this process owns the tick stream (its snapshot restored) and consumes."""
+        return self._owner is not None and self._owner.serving(0)
 
-    # --- lifecycle ------------------------------------------------------------------------
+    # --- on its own -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start in the background: wait for the lease, restore the snapshot, consume.
-        Returns at once; calling it twice does nothing."""
-        if self._done is not None:
+        """Start in the background, when made without `app=`: wait to own the stream, restore
+        the snapshot, consume. Returns at once; calling it twice (or with `app=`) does nothing."""
+        if not self._standalone or self._done is not None:
             return
-        from ..app import App
-
-        url = self._outer.redis.url if self._outer is not None else None
-        inner = App(name=f"ohlc:{self.input_stream}", redis_url=url)
-        inner.agent(
-            self.input_stream,
-            group=self.group,
-            batch=True,
-            count=self.count,
-            # Only the lease holder consumes, so another consumer's entries are a dead one's:
-            # take them first, in order, so no tick is handled after newer ones completed its
-            # candle (it would count as late).
-            takeover=True,
-            claim_idle_ms=self.lease_ms,
-            name=f"ohlc_{self.group}",
-        )(self._handle)
-        if self.clock == "wall":
-            inner.timer(self.emit_interval_s, name="ohlc_wall_clock")(self._emit_by_wall_clock)
-        self._inner, self._stop, self._done = inner, anyio.Event(), anyio.Event()
+        settings = Settings.current()  # as of now: the caller may set REDIS_URL after __init__
+        stop = anyio.Event()
+        host = AgentHost(self.name, settings, stop)
+        cfg = self._agent_options()
+        cfg.pop("batch")
+        s = settings
+        config = ConsumerConfig(
+            stream=self.input_stream, block_ms=s.block_ms,
+            claim_interval_ms=min(5000, max(100, self.lease_ms // 2)), **cfg,
+        )  # fmt: skip
+        # `Agent` is typed for an App; it uses only what an AgentHost has.
+        agent = Agent(cast("App", host), self._handle, config, batch=True)
+        agent.on_owned = self._on_owned
+        self._host, self._done = host, anyio.Event()
         # The lifetime is the caller's app, not this call: a task of our own, ended by stop().
-        self._task = asyncio.get_running_loop().create_task(self._lifetime())
+        self._task = asyncio.get_running_loop().create_task(self._lifetime(host, agent))
 
     async def stop(self) -> None:
-        """Stop consuming (the last batch is committed), release the lease, wait until done."""
-        if self._stop is None or self._done is None:
+        """Stop consuming (the last batch is committed), give up the stream, wait until done.
+        With `app=` the app stops it; this does nothing."""
+        if not isinstance(self._host, AgentHost) or self._done is None:
             return
-        self._stop.set()
-        if self._inner is not None:
-            self._inner.request_stop()
+        self._host.stop.set()
         await self._done.wait()
 
-    async def _lifetime(self) -> None:
-        assert self._inner is not None and self._stop is not None and self._done is not None
-        inner, stop = self._inner, self._stop
+    async def _lifetime(self, host: AgentHost, agent: Agent) -> None:
+        assert self._done is not None
         try:
-            await inner.redis.connect()
-            if not await self._acquire(stop):
-                return
-            await self._restore()
+            await host.redis.connect()
+            await agent.prepare()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._renew, tg)
-                await inner.run()
-                tg.cancel_scope.cancel()
+                tg.start_soon(agent.run, host.stop)
+                if self.clock == "wall":
+                    timer = TimerConfig(self.emit_interval_s, f"{self.name}:wall", "instance")
+                    tg.start_soon(Timer(self._emit_by_wall_clock, timer).run, host.stop)
         except Exception:
             log.exception("the OHLC consumer of %s stopped", self.input_stream)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._release()
-                await inner.aclose()
+                await host.redis.close()
             self._done.set()
-
-    # --- the lease ------------------------------------------------------------------------
-
-    async def _acquire(self, stop: anyio.Event) -> bool:
-        client = self._client()
-        waiting = False
-        while not stop.is_set():
-            if await client.set(self.lease_key, self._token, nx=True, px=self.lease_ms):
-                log.info("OHLC consumer of %s holds the lease", self.input_stream)
-                return True
-            if not waiting:
-                waiting = True
-                log.info("OHLC consumer of %s waits as a standby for the lease", self.input_stream)
-            with anyio.move_on_after(self.lease_ms / 3000.0):
-                await stop.wait()
-        return False
-
-    async def _renew(self, tg: TaskGroup) -> None:
-        client = self._client()
-        last = time.monotonic()
-        while True:
-            await anyio.sleep(self.lease_ms / 3000.0)
-            try:
-                held = await client.eval(_RENEW, 1, self.lease_key, self._token, self.lease_ms)  # type: ignore[misc]
-                if held:
-                    last = time.monotonic()
-            except Exception:
-                held = time.monotonic() - last < self.lease_ms / 2000.0
-            if not held:
-                # Another consumer may take over now: stop before it can start.
-                log.error("lost the OHLC lease of %s: stopping this consumer", self.input_stream)
-                assert self._inner is not None
-                self._inner.request_stop(force=True)
-                return
-
-    async def _release(self) -> None:
-        try:
-            await self._client().eval(_RELEASE, 1, self.lease_key, self._token)  # type: ignore[misc]
-        except Exception:
-            log.debug("releasing the lease failed", exc_info=True)
-
-    def _client(self) -> Any:
-        assert self._inner is not None
-        return self._inner.redis.client
 
     # --- candles --------------------------------------------------------------------------
 
+    def _client(self) -> Any:
+        assert self._host is not None
+        return self._host.redis.client
+
+    async def _on_owned(self, owner: PartitionOwner, index: int) -> None:
+        """This process owns the stream now: restore the newest snapshot before any tick."""
+        async with self._lock:
+            self._owner = owner
+            await self._restore()
+
     async def _restore(self) -> None:
-        entries = await self._client().xrevrange(self.state_stream, count=1)
+        client = self._client()
+        source = self.state_stream
+        entries = await client.xrevrange(source, count=1)
+        if not entries:
+            # Once, on upgrade: the first commit writes the new key, which wins from then on.
+            source = self.legacy_state_stream
+            entries = await client.xrevrange(source, count=1)
+        self.aggregator.clear()
         if entries:
             fields = entries[0][1]
             # "zdata": compressed (this version); "data": as written by earlier versions.
-            packed = fields.get(b"zdata")
-            self.aggregator.restore(fields[b"data"] if packed is None else zlib.decompress(packed))
+            packed, plain = fields.get(b"zdata"), fields.get(b"data")
+            try:
+                self.aggregator.restore(zlib.decompress(packed) if packed is not None else plain)
+            except (zlib.error, TypeError, ConfigError) as exc:
+                raise ConfigError(
+                    f"the OHLC snapshot in {source!r} cannot be restored ({exc}); nothing is "
+                    "consumed until it can (delete that stream to start over, which emits again "
+                    "the candles of its open ticks)"
+                ) from None
             log.info(
                 "restored %d symbols of %s from %s",
-                len(self.aggregator.symbols()), self.input_stream, self.state_stream,
+                len(self.aggregator.symbols()), self.input_stream, source,
             )  # fmt: skip
         self._saved = self.aggregator.snapshot()
 
     async def _handle(self, batch: list[Message]) -> None:
         """A batch of ticks: update, and hand completed candles and the new state to the commit."""
+        host = self._host
+        assert host is not None
         async with self._lock:
             try:
                 # The raw replies' ids and fields, parsed column by column (ohlc/ticks.py).
@@ -261,32 +259,31 @@ class FastOHLCConsumer:
                     [m.key for m in batch], [m._fields for m in batch], self._names
                 )
                 completed = self.aggregator.flush_completed()
-                await self._send(completed)
+                for sym, iv, candle in completed:
+                    await host.send(self.outputs[iv], format_candle_for_redis(candle, sym, iv))
+                self._saved = self.aggregator.snapshot()
+                state = {"zdata": _compress(self._saved)}
+                await host.send(self.state_stream, state, maxlen=-1)  # exactly the newest
+                self.emitted += len(completed)
             except BaseException:
                 # Not committed: these ticks come again, so forget what they did.
                 self.aggregator.restore(self._saved)
                 raise
 
-    async def _send(self, completed: list[tuple[str, int, Any]]) -> None:
-        inner = self._inner
-        assert inner is not None
-        for sym, iv, candle in completed:
-            await inner.send(self.outputs[iv], format_candle_for_redis(candle, sym, iv))
-        self._saved = self.aggregator.snapshot()
-        await inner.send(self.state_stream, {"zdata": _compress(self._saved)}, maxlen=-1)
-        self.emitted += len(completed)
-
     async def _emit_by_wall_clock(self) -> None:
-        """clock="wall": complete candles by the wall clock; candles and state in one MULTI/EXEC."""
+        """clock="wall": complete candles by the wall clock; candles and state in one MULTI/EXEC,
+        only in the process that owns the stream."""
         async with self._lock:
+            if not self.running:
+                return
             completed = self.aggregator.flush_completed(now_ms=int(time.time() * 1000))
             if not completed:
                 return
-            inner = self._inner
-            assert inner is not None
-            same_slot = inner.redis.same_slot([self.state_stream, *self.outputs.values()])
+            host = self._host
+            assert host is not None
+            same_slot = host.redis.same_slot([self.state_stream, *self.outputs.values()])
             try:
-                async with inner.redis.client.pipeline(transaction=same_slot) as pipe:
+                async with host.redis.client.pipeline(transaction=same_slot) as pipe:
                     for sym, iv, candle in completed:
                         pipe.xadd(self.outputs[iv], format_candle_for_redis(candle, sym, iv))  # type: ignore[arg-type]
                     snapshot = self.aggregator.snapshot()
