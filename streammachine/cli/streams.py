@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..codec import as_text
+from .. import keys
 from .common import (
     JsonOut,
     TooDeep,
@@ -44,7 +44,9 @@ def _as_record(obj: Any, where: str) -> dict[Any, Any]:
         fail(f"{where}: {exc}", 2)
 
 
-def _records_from_file(path: str) -> list[dict[Any, Any]]:
+def _records_from_file(path: str) -> tuple[list[dict[Any, Any]], str]:
+    """The file's records, and a digest of its bytes (names the file's progress marker)."""
+    import hashlib
     import json
 
     if not path:
@@ -75,7 +77,7 @@ def _records_from_file(path: str) -> list[dict[Any, Any]]:
             )
             fail(f"line {n} of {name} is not valid JSON: {reason}", 2)
         records.append(_as_record(obj, f"line {n} of {name}"))
-    return records
+    return records, hashlib.sha256(data).hexdigest()[:32]
 
 
 def _records_from_args(pairs: list[str], json_obj: str | None) -> dict[Any, Any]:
@@ -99,12 +101,24 @@ def _records_from_args(pairs: list[str], json_obj: str | None) -> dict[Any, Any]
 
 
 async def _send_all(
-    conn: RedisConnection, stream: str, records: list[dict[Any, Any]], count: int
+    conn: RedisConnection,
+    stream: str,
+    records: list[dict[Any, Any]],
+    count: int,
+    source: str | None = None,
 ) -> None:
+    """Append `count` rounds of `records`, printing each new id. Every write is idempotent: a
+    pipeline whose reply was lost is sent again and writes nothing twice (`produce.Producer`).
+    With `source` (a file's digest) the lines are numbered and a progress marker per file and
+    stream remembers how far a run got, so re-running an interrupted `send --file` skips what it
+    wrote; a run that finishes removes its marker (sending the file again sends it again)."""
     from ..admin.queries import check_stream
+    from ..produce import Producer, send_lines
 
     await check_stream(conn, stream)
     total = len(records) * count
+    producer = Producer(conn, "cli")
+    skipped = 0
     progress = None
     if total >= 10 * SEND_BATCH and sys.stderr.isatty():
         from rich.console import Console
@@ -116,16 +130,32 @@ async def _send_all(
     try:
         for start in range(0, total, SEND_BATCH):
             stop = min(total, start + SEND_BATCH)
-            async with conn.client.pipeline(transaction=False) as pipe:
-                for n in range(start, stop):
-                    pipe.xadd(stream, records[n % len(records)])
-                ids = await pipe.execute()
-            out("\n".join(as_text(i) for i in ids))
+            flat = [_flat(records[n % len(records)]) for n in range(start, stop)]
+            if source is None:
+                ids = await producer.write(stream, flat, maxlen=None)
+            else:
+                numbered = list(zip(range(start + 1, stop + 1), flat, strict=True))
+                ids = await send_lines(conn, stream, numbered, source)
+            skipped += sum(1 for i in ids if not i)
+            written = [i for i in ids if i]
+            if written:
+                out("\n".join(written))
             if progress is not None and task is not None:
                 progress.advance(task, stop - start)
     finally:
         if progress is not None:
             progress.stop()
+    if source is not None:
+        await conn.client.delete(keys.progress(stream, source))
+    if skipped:
+        print(
+            f"skipped {skipped} line(s) an interrupted earlier run of this file had written",
+            file=sys.stderr,
+        )
+
+
+def _flat(record: dict[Any, Any]) -> list[Any]:
+    return [x for pair in record.items() for x in pair]
 
 
 # --- streams ---------------------------------------------------------------------------------
@@ -258,8 +288,10 @@ def register(app: typer.Typer) -> None:
         due = due_from_flags(delay, at)
         if file is not None and (pairs or json_obj is not None):
             fail("give FIELD=VALUE pairs and/or --json, or --file, not both", 2)
+        source = None
         if file is not None:
-            records = _records_from_file(file)
+            records, digest = _records_from_file(file)
+            source = f"{digest}:{count}"
         elif pairs or json_obj is not None:
             records = [_records_from_args(pairs or [], json_obj)]
         else:
@@ -269,7 +301,7 @@ def register(app: typer.Typer) -> None:
                 redis_url, lambda conn: send_later(conn, stream, records, count, due, namespace)
             )
         elif records:
-            with_redis(redis_url, lambda conn: _send_all(conn, stream, records, count))
+            with_redis(redis_url, lambda conn: _send_all(conn, stream, records, count, source))
 
     @command(app, "streams")
     def streams(
