@@ -222,6 +222,8 @@ class App(Registration, Sending, Lifecycle):
                     stream=a.config.stream,
                     group=a.config.group,
                     concurrency=a.config.concurrency,
+                    partitions=a.config.partitions or 0,
+                    exclusive=a.config.exclusive,
                     paused=a.paused,
                     stats=a.stats.copy(),
                 )

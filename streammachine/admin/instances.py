@@ -36,6 +36,7 @@ __all__ = [
     "check_heartbeat",
     "list_instances",
     "read_instances",
+    "unowned_partitions",
 ]
 
 log = logging.getLogger("streammachine.admin")
@@ -221,3 +222,47 @@ async def list_instances(
         ['orders']
     """
     return (await read_instances(client, limit))[0]
+
+
+#: At most this many partitioned (or exclusive) agents are checked for owners, each with at most
+#: `MAX_OWNED_PARTITIONS` partitions (a heartbeat claiming more is reported, not read).
+MAX_OWNED = 50
+MAX_OWNED_PARTITIONS = 1024
+
+
+async def unowned_partitions(
+    client: aioredis.Redis | RedisConnection, instances: list[dict[str, Any]]
+) -> tuple[list[str], list[str]]:
+    """For readiness: the partitioned and exclusive agents the running `instances` report, each
+    with partitions no live process owns (`"ticks/prices: 3, 5"`), and what was read back from
+    the ownership keys and ignored (`Ownership.problems`). A paused agent owes no owner.
+
+    Example:
+        >>> await unowned_partitions(conn, await list_instances(conn))  # doctest: +SKIP
+        (['ticks/prices: 3'], [])
+    """
+    from ..consume.ownership import ownership
+
+    wanted: dict[tuple[str, str], int | None] = {}
+    paused: dict[tuple[str, str], bool] = {}
+    for instance in instances:
+        for agent in instance.get("agents") or []:
+            if not (agent.get("partitions") or agent.get("exclusive")):
+                continue
+            where = (str(agent.get("stream")), str(agent.get("group")))
+            wanted.setdefault(where, agent.get("partitions") or None)
+            paused[where] = paused.get(where, True) and bool(agent.get("paused"))
+    unowned: list[str] = []
+    problems: list[str] = []
+    for (stream, group), partitions in list(wanted.items())[:MAX_OWNED]:
+        if paused[(stream, group)]:
+            continue
+        if partitions is not None and not 0 < partitions <= MAX_OWNED_PARTITIONS:
+            problems.append(f"{stream}/{group}: a heartbeat reports {partitions} partitions")
+            continue
+        found = await ownership(client_of(client), stream, group, partitions)
+        problems += found.problems
+        if found.unowned:
+            which = ", ".join(str(i) for i in found.unowned)
+            unowned.append(f"{stream}/{group}: {which}")
+    return unowned, problems

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..admin.instances import list_instances
+from ..admin.instances import list_instances, unowned_partitions
 from ..connection import RedisConnection
 from ..exceptions import REDIS_FAILURES, StreamMachineError
 from ..settings import DASHBOARD_TOKEN_ENV as TOKEN_ENV
@@ -223,7 +223,16 @@ def create_dashboard(
         if late:
             reason = f"instance heartbeat late: {', '.join(late)}"
             return JSON({"ready": False, "reason": reason}, status_code=503)
-        return JSON({"ready": True, "instances": len(instances)})
+        try:
+            with anyio.fail_after(READ_TIMEOUT_S):
+                unowned, problems = await unowned_partitions(backend.client, instances)
+        except _READ_FAILURES as exc:
+            reason = f"redis unreachable at {mask_url(redis_url)}: {exc or 'timeout'}"
+            return JSON({"ready": False, "reason": reason}, status_code=503)
+        if unowned:
+            reason = "partitions without a live owner: " + "; ".join(unowned)
+            return JSON({"ready": False, "reason": reason, "problems": problems}, status_code=503)
+        return JSON({"ready": True, "instances": len(instances), "problems": problems})
 
     async def metrics(request: Request) -> Response:
         # Redis down is a metric (streammachine_redis_up 0), not a failed scrape.

@@ -58,6 +58,10 @@ class AgentBeat(msgspec.Struct):
     stream: str = ""
     group: str = ""
     concurrency: NonNegInt = 1
+    #: Partitions of a partitioned agent (0: not partitioned).
+    partitions: NonNegInt = 0
+    #: One owner process at a time (`@app.agent(exclusive=True)`).
+    exclusive: bool = False
     #: Paused by an operator (`streammachine pause`): it reads nothing until resumed.
     paused: bool = False
     stats: AgentStats = msgspec.field(default_factory=AgentStats)
