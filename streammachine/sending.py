@@ -33,6 +33,8 @@ __all__ = ["Record", "Sending"]
 #: What `send` takes: a field map, or a msgspec Struct.
 Record = Mapping[str, Any] | msgspec.Struct
 
+_chain = itertools.chain.from_iterable
+
 
 class Sending:
     """`App.send`, `App.send_batch`, partition routing and `App.once`."""
@@ -124,7 +126,7 @@ class Sending:
         due = due_ms(delay_s, at) if delay_s is not None or at is not None else None
         if due is not None:
             return (await self._send_later(topic, [fields], due, maxlen, now))[0]
-        flat = [x for kv in fields.items() for x in kv]
+        flat = [*_chain(fields.items())]
         if out is not None and not out.closed and not now:
             out.xadd(topic, maxlen, flat)
             return None
@@ -179,9 +181,9 @@ class Sending:
         out = current_outbox.get()
         if out is not None and not out.closed and not now:
             for fields in encoded:
-                out.xadd(topic, maxlen, [x for kv in fields.items() for x in kv])
+                out.xadd(topic, maxlen, [*_chain(fields.items())])
             return [None] * len(encoded)
-        flat = [[x for kv in fields.items() for x in kv] for fields in encoded]
+        flat = [[*_chain(fields.items())] for fields in encoded]
         user = None if idempotency_keys is None else [_check_key(k) for k in idempotency_keys]
         return list(await self.producer.write(topic, flat, maxlen, user))
 
@@ -197,7 +199,7 @@ class Sending:
         if out is not None and not out.closed and not now:
             # Committed with the batch's acks, like any handler output.
             for fields in encoded:
-                flat = [x for kv in fields.items() for x in kv]
+                flat = [*_chain(fields.items())]
                 ((_, key, score, member),) = schedule_commands(
                     out.namespace, topic, flat, due, maxlen or out.maxlen
                 )

@@ -54,10 +54,12 @@ end
 """
 
 # KEYS: stream, fence hash, then the keys the operations write.
-# ARGV: group, consumer, tag (the fence counter the batch was read under; '' = unknown), whole
-# ('1': the operations belong to the whole batch, written only if every entry is still owned),
-# check ('1': check each entry against the PEL whatever the fence says), margin (other entries
-# the consumer may own, for the PEL read), n, the n done ids; then per operation: owner (1..n, or 0
+# ARGV: group, consumer, tag (the fence counter the batch was read under; '' = unknown), flags
+# ('w': the operations belong to the whole batch, written only if every entry is still owned;
+# 'r': a re-sent commit, check each entry against the PEL whatever the fence says; 'c': the
+# operations include checks, read before anything is written), kinds (of each key from KEYS[3]
+# on, one letter: x stream, z sorted set, h hash), margin (other entries the consumer may own,
+# for the PEL read), n, the n done ids; then per operation: owner (1..n, or 0
 # for the whole batch), code, width w, then w arguments, the first a KEYS index.
 # Codes: x XADD (maxlen: > 0 approximate, < 0 exact, 0 none; fields), z ZADD (score, member),
 # h HSET (field, value), H HDEL (field), s storage set (field, value, ttl ms or ''), k storage
@@ -71,12 +73,14 @@ end
 # operations of entries another consumer took, not written.
 COMMIT_SCRIPT = """
 local stream, fence, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
-local n = tonumber(ARGV[7])
+local flags, n = ARGV[4], tonumber(ARGV[7])
+local whole = string.find(flags, 'w', 1, true) ~= nil
+local checks = string.find(flags, 'c', 1, true) ~= nil
 local argc = #ARGV
 local first = 8 + n
 local epoch = redis.call('HGET', fence, consumer) or '0'
 local owned = nil
-if ARGV[5] == '1' or epoch ~= ARGV[3] then
+if string.find(flags, 'r', 1, true) or epoch ~= ARGV[3] then
   owned = {}
   local pel = redis.call('XPENDING', stream, group, '-', '+', n + tonumber(ARGV[6]), consumer)
   for _, e in ipairs(pel) do owned[e[1]] = true end
@@ -84,7 +88,6 @@ end
 local function mine(o)
   return owned == nil or owned[ARGV[7 + o]] == true
 end
-local whole = ARGV[4] == '1'
 if whole and owned ~= nil then
   local kept = {}
   for o = 1, n do if mine(o) then kept[#kept + 1] = ARGV[7 + o] end end
@@ -97,28 +100,25 @@ if whole and owned ~= nil then
     return {0, epoch, kept, 2, lost}
   end
 end
+-- A key of another type would fail the script halfway: refuse before writing anything.
+local kinds, names = ARGV[5], {x = 'stream', z = 'zset', h = 'hash'}
+for j = 3, #KEYS do
+  local want, has = names[string.sub(kinds, j - 2, j - 2)], redis.call('TYPE', KEYS[j]).ok
+  if has ~= 'none' and has ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[j] .. ' is a ' .. has .. ', not a ' .. want)
+  end
+end
 local function stored(k, f)
   local v = redis.call('HGET', k, f)
   if not v then v = redis.call('GET', k .. ':ttl:' .. f) end
   return v
 end
-local kinds = {x = 'stream', z = 'zset'}
-local typed = {}
 local cut = n + 1
 local i = first
-while i <= argc do
+while checks and i <= argc do
   local o, code, w = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
-  local k = KEYS[tonumber(ARGV[i + 3])]
-  if not typed[k] then
-    -- A key of another type would fail the script halfway: refuse before writing anything.
-    local want, has = kinds[code] or 'hash', redis.call('TYPE', k).ok
-    if has ~= 'none' and has ~= want then
-      return redis.error_reply('WRONGTYPE ' .. k .. ' is a ' .. has .. ', not a ' .. want)
-    end
-    typed[k] = true
-  end
   if (code == 'c' or code == 'i') and (o == 0 or (o < cut and mine(o))) then
-    local v = stored(k, ARGV[i + 4])
+    local v = stored(KEYS[tonumber(ARGV[i + 3])], ARGV[i + 4])
     local same
     if code == 'i' then
       same = (not v) or (string.match(v, '^%-?%d+$') ~= nil)
@@ -299,25 +299,33 @@ class Committer:
         self, done: list[str], out: Outbox, margin: int, tag: int | None, check: bool
     ) -> list[list[Any]]:
         key_index: dict[str, int] = {self.stream: 1, self.fence: 2}
-        index = key_index.setdefault
+        kinds: list[str] = []  # of each key from the third: x stream, z sorted set, h hash
         whole = out.whole
         owner = {entry_id: i for i, entry_id in enumerate(done, 1)}
         args: list[Any] = [
             self.group,
             self.consumer,
             "" if tag is None else str(tag),
-            "1" if whole else "0",
-            "1" if check else "0",
+            "",  # flags: w whole, r re-sent (check the PEL), c state checks
+            "",  # kinds
             margin,
             len(done),
             *done,
         ]
         extend = args.extend
+        checks = False
         for entry_id, code, key, rest in out.ops:
             o = 0 if whole else owner.get(entry_id)
             if o is None:
                 continue  # an entry that failed or was skipped: nothing of it is written
-            extend((o, code, len(rest) + 1, index(key, len(key_index) + 1), *rest))
+            k = key_index.get(key)
+            if k is None:
+                k = key_index[key] = len(key_index) + 1
+                kinds.append(code if code in "xz" else "h")
+            checks = checks or code in "ci"
+            extend((o, code, len(rest) + 1, k, *rest))
+        args[3] = ("w" if whole else "") + ("r" if check else "") + ("c" if checks else "")
+        args[4] = "".join(kinds)
         return [self.script.command(list(key_index), args)]
 
     def judge(self, pending: Pending, reply: Any) -> Verdict:
