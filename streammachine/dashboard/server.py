@@ -232,7 +232,10 @@ def create_dashboard(
         if unowned:
             reason = "partitions without a live owner: " + "; ".join(unowned)
             return JSON({"ready": False, "reason": reason, "problems": problems}, status_code=503)
-        return JSON({"ready": True, "instances": len(instances), "problems": problems})
+        body: dict[str, Any] = {"ready": True, "instances": len(instances)}
+        if problems:
+            body["problems"] = problems
+        return JSON(body)
 
     async def metrics(request: Request) -> Response:
         # Redis down is a metric (streammachine_redis_up 0), not a failed scrape.
