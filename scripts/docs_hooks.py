@@ -185,7 +185,9 @@ def cli_page() -> str:
             if param.param_type_name == "argument":
                 meta = param.make_metavar(ctx) if record is None else record[0]
                 helptext = record[1] if record else ""
-                options.append(f"- `{meta.split()[0]}`" + (f": {escape(helptext)}" if helptext else ""))
+                options.append(
+                    f"- `{meta.split()[0]}`" + (f": {escape(helptext)}" if helptext else "")
+                )
             elif record is not None:
                 opts, helptext = record
                 options.append(f"- `{opts}`" + (f": {escape(helptext)}" if helptext else ""))
