@@ -110,7 +110,15 @@ def examples_page() -> str:
         for p in base.rglob("*")
         if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
     )
-    files.sort(key=lambda p: (p.relative_to(base).parent != Path("."), str(p)))
+    # Top-level files first, then each directory with its README.md leading.
+    files.sort(
+        key=lambda p: (
+            p.relative_to(base).parent != Path("."),
+            p.parent,
+            p.name != "README.md",
+            p.name,
+        )
+    )
     for path in files:
         rel = path.relative_to(base).as_posix()
         text = path.read_text(encoding="utf-8")
