@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-versions check lint format bench chaos clean
+.PHONY: install run test test-versions check lint format bench chaos clean docs docs-build
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,5 +40,12 @@ chaos: $(STAMP)
 bench: $(STAMP)
 	@for script in scripts/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
+# The documentation site (mkdocs.yml): served with live reload, or built strictly into site/.
+docs: $(STAMP)
+	$(BIN)/mkdocs serve
+
+docs-build: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist site *.egg-info

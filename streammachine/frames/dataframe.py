@@ -44,7 +44,9 @@ def streams_to_dataframe(
     Args:
         streams: the reply as redis-py returns it; bytes or str anywhere; fields as a dict or a
             flat [key, value, ...] list. `(None, None)` placeholders of deleted entries are skipped.
-        stream_name_column, id_column, timestamp_column: names of the meta columns.
+        stream_name_column: name of the meta column holding the stream name.
+        id_column: name of the meta column holding the entry id.
+        timestamp_column: name of the meta column holding the entry id's time.
         include_sequence: add the id's sequence number as an int64 `sequence` column.
         dtypes: column → pandas dtype to convert to, e.g. `{"price": "float64"}`.
         schema: a `msgspec.Struct` whose field types give the dtypes (int → int64, float →

@@ -60,7 +60,9 @@ class FastOHLCConsumer:
         output_stream_prefix: candles go to `<prefix>_<interval name>`, e.g. `candles_1m`.
         intervals: candle lengths in ms or names ("1m", "90s").
         group: the consumer group on `input_stream`.
-        price_field, volume_field, symbol_field: field names of a tick.
+        price_field: a tick's price field.
+        volume_field: a tick's volume field.
+        symbol_field: a tick's symbol field.
         timestamp_field: a tick's time field in ms; default: the entry id's time.
         emit_interval_s: how often `clock="wall"` completes candles by the wall clock.
         clock: "event" completes candles by the newest tick time seen (replays give the same
