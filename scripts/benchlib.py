@@ -25,7 +25,7 @@ import json
 import os
 import statistics
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,23 @@ def run_rounds(
     return out
 
 
+async def run_rounds_async(
+    variants: Mapping[str, Callable[[], Awaitable[float]]],
+    rounds: int,
+    on_result: Callable[[int, str, float], None] | None = None,
+) -> dict[str, list[float]]:
+    """`run_rounds` for coroutine variants, all in the caller's event loop."""
+    names = list(variants)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in round_order(names, r):
+            value = float(await variants[name]())
+            out[name].append(value)
+            if on_result is not None:
+                on_result(r, name, value)
+    return out
+
+
 def summarise(
     results: Mapping[str, Sequence[float]], baselines: Sequence[str], unit: str
 ) -> list[Row]:
@@ -197,15 +214,30 @@ class Bench:
         #: Extra figures (name -> value or text) printed under the table and put in the JSON.
         self.notes: dict[str, Any] = {}
 
-    def run(
-        self, variants: Mapping[str, Callable[[], float]], rounds: int, verbose: bool = True
-    ) -> dict[str, list[float]]:
+    def _show(self, rounds: int, verbose: bool) -> Callable[[int, str, float], None]:
         def show(r: int, name: str, value: float) -> None:
             if verbose:
                 print(f"  [{self.title}] round {r + 1}/{rounds} {name}: "
                       f"{format_number(value)} {self.unit}", file=sys.stderr, flush=True)  # fmt: skip
 
-        self.results = run_rounds(variants, rounds, show)
+        return show
+
+    def run(
+        self, variants: Mapping[str, Callable[[], float]], rounds: int, verbose: bool = True
+    ) -> dict[str, list[float]]:
+        """Run the variants in alternating rounds (progress on stderr); their values."""
+        self.results = run_rounds(variants, rounds, self._show(rounds, verbose))
+        self.rounds = rounds
+        return self.results
+
+    async def run_async(
+        self,
+        variants: Mapping[str, Callable[[], Awaitable[float]]],
+        rounds: int,
+        verbose: bool = True,
+    ) -> dict[str, list[float]]:
+        """`run` for coroutine variants, in the caller's event loop."""
+        self.results = await run_rounds_async(variants, rounds, self._show(rounds, verbose))
         self.rounds = rounds
         return self.results
 
