@@ -180,3 +180,22 @@ def test_a_benchmark_runs_with_quick(redis_url: str) -> None:
         assert set(row["ratios"]) == {"naive loop", "pipelined loop"}
     assert bench["rows"][0]["ratios"]["naive loop"]["median"] == 1.0
     assert any(name.startswith("Redis CPU per entry, exactly-once") for name in bench["notes"])
+
+
+def test_run_rounds_async_keeps_the_same_order() -> None:
+    import asyncio
+
+    calls: list[str] = []
+
+    def variant(name: str) -> object:
+        async def go() -> float:
+            calls.append(name)
+            return float(len(calls))
+
+        return go
+
+    results = asyncio.run(
+        benchlib.run_rounds_async({"a": variant("a"), "b": variant("b")}, rounds=2)  # type: ignore[dict-item]
+    )
+    assert calls == ["a", "b", "b", "a"]
+    assert results == {"a": [1.0, 4.0], "b": [2.0, 3.0]}
