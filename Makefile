@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-versions check lint format bench chaos clean docs docs-build
+.PHONY: install run test test-versions check lint format bench bench-quick chaos clean docs docs-build
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,8 +37,14 @@ format: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python scripts/chaos.py
 
+# Every benchmark, its variants in alternating rounds (ROUNDS=5 by default); figures only, never a
+# pass/fail on time. bench-quick: tiny sizes and 2 rounds, to prove they all still run.
+ROUNDS ?= 5
 bench: $(STAMP)
-	@for script in scripts/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in scripts/bench_*.py; do echo "== $$script"; $(BIN)/python $$script --rounds $(ROUNDS) || exit 1; done
+
+bench-quick: $(STAMP)
+	@for script in scripts/bench_*.py; do echo "== $$script"; $(BIN)/python $$script --quick || exit 1; done
 
 # The documentation site (mkdocs.yml): served with live reload, or built strictly into site/.
 docs: $(STAMP)

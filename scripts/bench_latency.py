@@ -1,38 +1,39 @@
-"""Latency, idle cost and memory of a worker (issue targets: p99 produce → handler <= 1 ms at
-20k msg/s; an idle worker <= 1 % of a core; RSS steady within 5 % over 10M messages).
+"""Latency and idle cost of a worker, each beside a hand-written baseline measured in the same run.
 
-Usage: python scripts/bench_latency.py [--rate 20000] [--seconds 5] [--messages 10000000] [--quick]
+    .venv/bin/python scripts/bench_latency.py [--rounds 5] [--rates 5000,10000,20000] [--seconds 3]
+        [--idle-s 20] [--quick] [--json]
 
-- latency: a producer process writes `--rate` msg/s (a batch each millisecond, each entry
-  stamped with its send time); one agent in this process records send → handler time.
-- idle: a `streammachine run` worker with two agents and nothing to do, CPU time over 10 s
-  from /proc (its own utime + stime).
-- memory: a `streammachine run` worker drains `--messages` entries (the producer keeps the
-  stream capped, so Redis memory stays small); its RSS is printed every tenth of the run.
+- latency: a producer process writes each rate steadily (a batch each millisecond, every entry
+  stamped with its send time) for --seconds per round. Two consumers wait on their own streams,
+  each in its own process: a `streammachine run` worker with one exactly-once stage (one output
+  per input, the output carrying send → handler time), and the baseline, a naive redis-py loop
+  (XREADGROUP COUNT 100 BLOCK, then the outputs and the XACK in one pipeline). Rounds alternate
+  which one the producer feeds; p50 and p99 of produce → handler, in ms (lower is better, so a
+  ratio < 1 means faster than the loop). A consumer that falls behind shows as a high p50.
+- idle: a `streammachine run` worker with one agent and nothing to do, against the naive loop
+  blocking on an empty stream: % of one core over --idle-s seconds, from /proc/<pid>/stat (its
+  children included).
+
+--quick: 1,000 msg/s for 1 s, idle 2 s, 2 rounds.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import redis  # noqa: E402
-
-from streammachine import App, Message  # noqa: E402
-from streammachine.testing import RedisServer  # noqa: E402
+import benchlib
+import redis
 
 PRODUCER = """
 import sys, time, redis
-url, rate, seconds, stream, maxlen = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+url, rate, seconds, stream = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 r = redis.Redis.from_url(url)
 per_ms = max(1, rate // 1000)
 start = time.perf_counter()
@@ -46,155 +47,210 @@ while sent < total:
     pipe = r.pipeline(transaction=False)
     stamp = repr(time.time())
     for _ in range(min(per_ms, total - sent)):
-        pipe.xadd(stream, {"t": stamp, "p": "x" * 16}, maxlen=maxlen or None, approximate=True)
+        pipe.xadd(stream, {"t": stamp, "p": "x" * 16})
     pipe.execute()
     sent += per_ms
 """
 
-IDLE_APP = """
-from streammachine import App, Message
-app = App(name="idle")
-
-@app.agent("idle-a", group="g")
-async def a(record: Message) -> None: ...
-
-@app.agent("idle-b", group="g", concurrency=2)
-async def b(record: Message) -> None: ...
+NAIVE = """
+import sys, time, redis
+url, stream, out = sys.argv[1], sys.argv[2], sys.argv[3]
+r = redis.Redis.from_url(url)
+try:
+    r.xgroup_create(stream, "g", id="$", mkstream=True)
+except redis.ResponseError:
+    pass
+while True:
+    reply = r.xreadgroup("g", "c", {stream: ">"}, count=100, block=1000)
+    if not reply:
+        continue
+    pipe = r.pipeline(transaction=False)
+    ids = []
+    for entry_id, fields in reply[0][1]:
+        pipe.xadd(out, {"ms": repr((time.time() - float(fields[b"t"])) * 1000)})
+        ids.append(entry_id)
+    pipe.xack(stream, "g", *ids)
+    pipe.execute()
 """
 
+STAGE_APP = """
+import time
+from streammachine import App, Message
 
-def producer(
-    url: str, rate: int, seconds: float, stream: str, maxlen: int = 0
-) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-c", PRODUCER, url, str(rate), str(seconds), stream, str(maxlen)]
-    return subprocess.Popen(args)
-
-
-async def latency(url: str, rate: int, seconds: float) -> list[float]:
-    app = App(name="latency", redis_url=url)
-    samples: list[float] = []
-
-    @app.agent("lat", group="g", count=100)
-    async def handler(record: Message) -> None:
-        samples.append(time.time() - float(record.message["t"]))
-
-    await app.redis.connect()
-    await app.redis.client.delete("lat")
-    task = asyncio.create_task(app.run())
-    await asyncio.sleep(1.0)  # groups created, consumers blocking
-    proc = producer(url, rate, seconds, "lat")
-    while proc.poll() is None:
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)
-    await app.shutdown()
-    await task
-    return samples
+app = App(name="latency")
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+@app.agent("lat-stage", group="g", count=100)
+async def stage(record: Message) -> None:
+    await app.send("lat-stage-out", {"ms": repr((time.time() - float(record.message["t"])) * 1000)})
+"""
+
+IDLE_APP = """
+from streammachine import App, Message
+
+app = App(name="idle")
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+@app.agent("idle", group="g")
+async def idle(record: Message) -> None: ...
+"""
+
+STREAMS = {"naive loop": ("lat-naive", "lat-naive-out"), "stage": ("lat-stage", "lat-stage-out")}
 
 
-def worker(url: str, module: Path, target: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": str(module.parent)}
-    cmd = [sys.executable, "-m", "streammachine", "run", target, "--log-level", "warning"]
+def worker(url: str, folder: Path, module: str, text: str) -> subprocess.Popen[bytes]:
+    (folder / f"{module}.py").write_text(text)
+    path = os.pathsep.join([str(folder), str(benchlib.ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "streammachine", "run", f"{module}:app", "--log-level", "warning"]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
 
 
-def idle(url: str, tmp: Path, seconds: float = 10.0) -> float:
-    module = tmp / "idle_app.py"
-    module.write_text(IDLE_APP)
-    proc = worker(url, module, "idle_app:app")
-    try:
-        time.sleep(3.0)  # started, groups created
-        c0, t0 = cpu_s(proc.pid), time.monotonic()
-        time.sleep(seconds)
-        return (cpu_s(proc.pid) - c0) / (time.monotonic() - t0)
-    finally:
+def naive(url: str, stream: str, out: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", NAIVE, url, stream, out])
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
-def memory(url: str, tmp: Path, n: int) -> list[tuple[int, float]]:
-    module = tmp / "drain_app.py"
-    module.write_text(
-        "from streammachine import App, Message\napp = App(name='drain')\n\n"
-        "@app.agent('drain', group='g', count=500)\nasync def h(record: Message) -> None: ...\n"
-    )
+def wait_consumer(r: redis.Redis, stream: str, timeout_s: float = 30.0) -> None:
+    """Until group g exists on `stream` and a client is blocked in XREADGROUP (a blocked read
+    creates no consumer on every server, so the client list tells)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if r.exists(stream) and any(g["name"] == b"g" for g in r.xinfo_groups(stream)):
+            blocked = [c for c in r.client_list() if "b" in c.get("flags", "")]
+            if any(c.get("cmd") == "xreadgroup" for c in blocked):
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"no consumer on {stream} after {timeout_s:.0f} s")
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
+
+
+def one_round(url: str, variant: str, rate: int, seconds: float) -> tuple[float, float, float]:
+    """Feed `variant` at `rate` for `seconds`: (p50 ms, p99 ms, share of inputs handled)."""
+    stream, out = STREAMS[variant]
     r = redis.Redis.from_url(url)
-    r.delete("drain")
-    proc = worker(url, module, "drain_app:app")
-    points: list[tuple[int, float]] = []
+    r.delete(out)
+    total = int(rate * seconds)
+    subprocess.run(
+        [sys.executable, "-c", PRODUCER, url, str(rate), str(seconds), stream], check=True
+    )
+    deadline = time.monotonic() + seconds * 2 + 10
+    while r.xlen(out) < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    values = sorted(float(f[b"ms"]) for _, f in r.xrange(out))
+    r.delete(out)
+    r.xtrim(stream, maxlen=0)
+    r.close()
+    if not values:
+        return float("inf"), float("inf"), 0.0
+    return percentile(values, 0.5), percentile(values, 0.99), len(values) / total
+
+
+def latency(url: str, folder: Path, args: object, rates: list[int]) -> list[benchlib.Bench]:
+    r = redis.Redis.from_url(url)
+    stage = worker(url, folder, "lat_stage", STAGE_APP)
+    loop = naive(url, *STREAMS["naive loop"])
+    benches = []
     try:
-        time.sleep(2.0)
-        rate = 150_000
-        feed = producer(url, rate, n / rate, "drain", maxlen=200_000)
-        step, mark = n // 10, n // 10
-        deadline = time.monotonic() + n / 20_000 + 60  # generous: never a test of speed
-        while time.monotonic() < deadline:
-            groups = r.xinfo_groups("drain") if r.exists("drain") else []
-            done = int(groups[0].get("entries-read") or 0) if groups else 0
-            if done >= mark:
-                points.append((done, rss_mb(proc.pid)))
-                mark += step
-            if done >= n * 0.999 or (feed.poll() is not None and done >= n * 0.99):
-                points.append((done, rss_mb(proc.pid)))
-                break
-            time.sleep(0.2)
-        feed.wait()
+        for stream, _out in STREAMS.values():
+            wait_consumer(r, stream)
+        for rate in rates:
+            p50: dict[str, list[float]] = {name: [] for name in STREAMS}
+            handled: dict[str, list[float]] = {name: [] for name in STREAMS}
+
+            def variant(
+                name: str,
+                rate: int = rate,
+                p50: dict[str, list[float]] = p50,
+                handled: dict[str, list[float]] = handled,
+            ) -> Callable[[], float]:
+                def go() -> float:
+                    a, b, share = one_round(url, name, rate, args.seconds)  # type: ignore[attr-defined]
+                    p50[name].append(a)
+                    handled[name].append(share)
+                    return b
+
+                return go
+
+            p99_bench = benchlib.Bench(
+                f"p99 produce→handler at {rate:,} msg/s", "ms", baselines=["naive loop"]
+            )
+            p99_bench.run({name: variant(name) for name in STREAMS}, args.rounds)  # type: ignore[attr-defined]
+            p50_bench = benchlib.Bench(
+                f"p50 produce→handler at {rate:,} msg/s", "ms", baselines=["naive loop"]
+            )
+            p50_bench.results, p50_bench.rounds = p50, p99_bench.rounds
+            for name, shares in handled.items():
+                if min(shares) < 1:
+                    p99_bench.notes[f"{name} fell behind"] = (
+                        f"handled {min(shares):.0%} of the inputs within the wait in its worst round"
+                    )
+            benches += [p50_bench, p99_bench]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop(stage)
+        stop(loop)
         r.close()
-    return points
+    return benches
+
+
+def idle_share(
+    url: str, start: Callable[[], subprocess.Popen[bytes]], stream: str, s: float
+) -> float:
+    r = redis.Redis.from_url(url)
+    proc = start()
+    try:
+        wait_consumer(r, stream)
+        time.sleep(1.0)  # start-up done
+        c0, t0 = benchlib.process_cpu_s(proc.pid), time.monotonic()
+        time.sleep(s)
+        return (benchlib.process_cpu_s(proc.pid) - c0) / (time.monotonic() - t0) * 100
+    finally:
+        stop(proc)
+        r.close()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rate", type=int, default=20_000)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--messages", type=int, default=10_000_000)
-    parser.add_argument("--quick", action="store_true", help="1M messages for the memory run")
-    args = parser.parse_args()
-    n = 1_000_000 if args.quick else args.messages
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    import tempfile
-
-    with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
-        samples = sorted(asyncio.run(latency(server.url, args.rate, args.seconds)))
-        p50, p99 = samples[len(samples) // 2], samples[int(len(samples) * 0.99)]
-        verdict = "met" if p99 <= 0.001 else "NOT met"
-        print(
-            f"latency at {args.rate:,} msg/s ({len(samples):,} messages): p50 {p50 * 1000:.3f} ms, "
-            f"p99 {p99 * 1000:.3f} ms (target p99 <= 1 ms: {verdict})"
+    p = benchlib.parser(__doc__)
+    p.add_argument("--rates", default="5000,10000,20000", help="msg/s, comma-separated")
+    p.add_argument("--seconds", type=float, default=3.0, help="producing time per round")
+    p.add_argument("--idle-s", type=float, default=20.0, help="idle measuring time per round")
+    args = benchlib.parse_args(__doc__, p)
+    rates = [int(x) for x in args.rates.split(",")]
+    if args.quick:
+        rates, args.seconds, args.idle_s = [1000], 1.0, 2.0
+    with benchlib.redis_url() as url, tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        benches = latency(url, folder, args, rates)
+        idle = benchlib.Bench(
+            f"idle, % of one core over {args.idle_s:.0f} s", "% core", baselines=["naive loop"]
         )
-        share = idle(server.url, Path(tmp))
-        print(
-            f"idle worker (3 consumers, no traffic): {share * 100:.2f} % of one core "
-            f"(target <= 1 %: {'met' if share <= 0.01 else 'NOT met'})"
+        idle.run(
+            {
+                "naive loop": lambda: idle_share(
+                    url, lambda: naive(url, "idle-naive", "idle-out"), "idle-naive", args.idle_s
+                ),
+                "worker, one agent": lambda: idle_share(
+                    url, lambda: worker(url, folder, "idle_app", IDLE_APP), "idle", args.idle_s
+                ),
+            },
+            args.rounds,
         )
-        points = memory(server.url, Path(tmp), n)
-        base = points[1][1] if len(points) > 1 else points[0][1]
-        worst = max(abs(mb - base) / base for _, mb in points[1:]) if len(points) > 1 else 0.0
-        trace = ", ".join(f"{done / 1e6:.1f}M: {mb:.1f} MB" for done, mb in points)
-        print(f"worker RSS over {n:,} messages: {trace}")
-        print(
-            f"  drift after the first tenth: {worst:.1%} (target <= 5 %: "
-            f"{'met' if worst <= 0.05 else 'NOT met'})"
+        header = (
+            f"{benchlib.server_version(url)}; lower is better (ratio < 1: faster than the loop)"
         )
+    benchlib.report(args, [*benches, idle], header)
 
 
 if __name__ == "__main__":

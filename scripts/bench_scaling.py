@@ -1,30 +1,34 @@
 """Scaling: one stream drained by 1 and 2 worker processes, and by 2 processes over 2 and 4
 partitions (each partition owned by one process at a time).
 
-Usage: python scripts/bench_scaling.py [--messages N] [--rounds R] [--quick]
+    .venv/bin/python scripts/bench_scaling.py [--rounds 5] [--messages N] [--work W] [--quick]
+        [--json]
 
 Each worker is a `streammachine run` process (the same as another host joining the group); the
-handler burns ~R x 0.5 µs of CPU so that the workers, not Redis, are the limit. Prints msgs/s and
-the ratio to one worker (target >= 1.7x for 2 workers on a 2-core machine).
+handler burns ~W x 0.5 µs of CPU so that the workers, not Redis, are the limit. Variants in
+alternating rounds; msgs/s and the per-round ratios to one worker and to two workers sharing one
+group (targets: 2 workers >= 1.7x one on a 2-core machine; 4 partitions over 2 workers >= 0.9x the
+shared group). Always on a throwaway redis-server (each run empties it). --quick: 2,000 messages.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import benchlib  # noqa: E402
 import redis  # noqa: E402 - after the sys.path line above
 
 from streammachine import keys  # noqa: E402
-from streammachine.testing import RedisServer  # noqa: E402
+from streammachine.testing import find_redis_server  # noqa: E402
 
 
 def fill(r: redis.Redis, stream: str, n: int, partitions: int) -> None:
@@ -105,30 +109,36 @@ def run(url: str, n: int, workers: int, partitions: int, rounds: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--messages", type=int, default=60_000)
-    parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--quick", action="store_true", help="a third of the messages")
-    args = parser.parse_args()
-    n = args.messages // 3 if args.quick else args.messages
-    print(
-        f"scaling: {n:,} messages, handler ~{args.rounds * 0.5:.0f} µs CPU each, {os.cpu_count()} cores"
-    )
-    with RedisServer() as server:
-        one = run(server.url, n, 1, 0, args.rounds)
-        print(f"  1 worker,  1 stream      : {one:>9,.0f} msg/s  (1.00x)")
-        two = run(server.url, n, 2, 0, args.rounds)
-        print(f"  2 workers, 1 stream      : {two:>9,.0f} msg/s  ({two / one:.2f}x)")
-        p1 = run(server.url, n, 1, 1, args.rounds)
-        print(f"  1 worker,  1 partition   : {p1:>9,.0f} msg/s  ({p1 / one:.2f}x)")
-        p2 = run(server.url, n, 2, 2, args.rounds)
-        print(f"  2 workers, 2 partitions  : {p2:>9,.0f} msg/s  ({p2 / p1:.2f}x vs 1 partition)")
-        p4 = run(server.url, n, 2, 4, args.rounds)
-        verdict = "met" if p4 / two >= 0.9 else "NOT met"
-        print(
-            f"  2 workers, 4 partitions  : {p4:>9,.0f} msg/s  ({p4 / two:.2f}x the shared group "
-            f"of 2 workers; target >= 0.90x: {verdict})"
+    p = benchlib.parser(__doc__)
+    p.add_argument("--messages", type=int, default=60_000)
+    p.add_argument("--work", type=int, default=200, help="handler CPU: ~0.5 µs per unit")
+    args = benchlib.parse_args(__doc__, p)
+    n = 2_000 if args.quick else args.messages
+    # Always a throwaway server: each run starts from an empty one (FLUSHALL).
+    with benchlib.redis_url(find_redis_server()) as url:
+        cases = {
+            "1 worker": (1, 0),
+            "2 workers": (2, 0),
+            "1 worker, 1 partition": (1, 1),
+            "2 workers, 2 partitions": (2, 2),
+            "2 workers, 4 partitions": (2, 4),
+        }
+
+        def variant(workers: int, partitions: int) -> Callable[[], float]:
+            return lambda: run(url, n, workers, partitions, args.work)
+
+        bench = benchlib.Bench(
+            f"scaling, {n:,} messages, handler ~{args.work * 0.5:.0f} µs CPU, "
+            f"{os.cpu_count()} cores",
+            "msg/s",
+            baselines=["1 worker", "2 workers"],
         )
+        bench.run({name: variant(*case) for name, case in cases.items()}, args.rounds)
+        bench.notes["targets"] = (
+            "2 workers >= 1.7x 1 worker; 2 workers, 4 partitions >= 0.9x 2 workers"
+        )
+        header = benchlib.server_version(url)
+    benchlib.report(args, [bench], header)
 
 
 if __name__ == "__main__":

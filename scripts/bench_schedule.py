@@ -1,28 +1,26 @@
 """Scheduling figures: delayed entries moved per second, the mover's CPU when nothing is due, and
 rate-limiter calls per second, on a throwaway redis-server (or REDIS_URL when set).
 
-Usage: python scripts/bench_schedule.py [--entries N] [--idle-s S]
+    .venv/bin/python scripts/bench_schedule.py [--rounds 5] [--entries N] [--idle-s S] [--quick]
+        [--json]
 
 Prints:
   * delayed entries moved to their streams per second by one mover (the Lua script, 1000 a call),
     against the 50 k/s target, beside plain pipelined XADDs of the same entries on the same
-    server (the baseline of this machine);
+    server (the baseline), in alternating rounds;
   * the mover's CPU (time.process_time) while nothing is due, over `--idle-s` seconds, against
     the 1 % target — this process's side only (Redis answers one cheap script call per 0.2 s);
   * `RateLimiter.acquire` calls per second at a limit it never reaches (one script call each).
-Figures only: it never fails on time.
+Figures only: it never fails on time. --quick: 2,000 entries, 0.5 s idle, 2 rounds.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import anyio
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import benchlib
 
 from streammachine import RedisConnection, keys
 from streammachine.schedule import RateLimiter, Scheduler, encode_entry
@@ -104,24 +102,31 @@ async def acquires_per_s(conn: RedisConnection, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def main(url: str, entries: int, idle_s: float) -> None:
+async def run(url: str, args: argparse.Namespace) -> list[benchlib.Bench]:
     conn = RedisConnection(url=url)
     try:
-        base = await xadd_per_s(conn, entries)
-        rate = await moved_per_s(conn, entries)
-        print(
-            f"delayed entries moved: {rate:,.0f}/s ({entries:,} entries, 1000 per script call); "
-            f"target {MOVE_TARGET_PER_S:,}/s: x{rate / MOVE_TARGET_PER_S:.2f}; "
-            f"pipelined XADD baseline {base:,.0f}/s (moved/baseline x{rate / base:.2f})"
+        n = args.entries
+        moves = benchlib.Bench(
+            f"delayed entries moved, {n:,} entries, 1000 per script call",
+            "entries/s",
+            baselines=["pipelined XADD"],
         )
-        share, calls = await idle_cpu(conn, idle_s)
-        print(
-            f"mover CPU with nothing due: {share * 100:.3f} % of one core over {idle_s:g} s "
-            f"({calls} calls, {calls / idle_s:.1f}/s); target <= {IDLE_CPU_TARGET * 100:g} %: "
-            f"x{share / IDLE_CPU_TARGET:.2f} of the budget"
+        await moves.run_async(
+            {
+                "pipelined XADD": lambda: xadd_per_s(conn, n),
+                "Scheduler.move_due": lambda: moved_per_s(conn, n),
+            },
+            args.rounds,
         )
-        acq = await acquires_per_s(conn, 2.0)
-        print(f"rate limiter: {acq:,.0f} acquire() calls/s (one script call each, limit unreached)")
+        moves.notes["target for Scheduler.move_due"] = f"{MOVE_TARGET_PER_S:,}/s"
+        share, calls = await idle_cpu(conn, args.idle_s)
+        moves.notes[f"mover CPU with nothing due, over {args.idle_s:g} s"] = (
+            f"{share * 100:.3f} % of one core ({calls / args.idle_s:.1f} calls/s; target <= "
+            f"{IDLE_CPU_TARGET * 100:g} %; this process only)"
+        )
+        acq = await acquires_per_s(conn, 0.3 if args.quick else 2.0)
+        moves.notes["RateLimiter.acquire calls/s (one script call each, limit unreached)"] = acq
+        return [moves]
     finally:
         await conn.client.delete(
             keys.scheduled("bench"),
@@ -131,16 +136,18 @@ async def main(url: str, entries: int, idle_s: float) -> None:
         await conn.close()
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--entries", type=int, default=100_000)
-    parser.add_argument("--idle-s", type=float, default=3.0)
-    args = parser.parse_args()
-    external = os.environ.get("REDIS_URL", "")
-    if external.startswith(("redis://", "unix://")):
-        anyio.run(main, external, args.entries, args.idle_s)
-    else:
-        from streammachine.testing import RedisServer
+def main() -> None:
+    p = benchlib.parser(__doc__)
+    p.add_argument("--entries", type=int, default=100_000)
+    p.add_argument("--idle-s", type=float, default=3.0)
+    args = benchlib.parse_args(__doc__, p)
+    if args.quick:
+        args.entries, args.idle_s = 2_000, 0.5
+    with benchlib.redis_url() as url:
+        benches = anyio.run(run, url, args)
+        header = benchlib.server_version(url)
+    benchlib.report(args, benches, header)
 
-        with RedisServer() as server:
-            anyio.run(main, server.url, args.entries, args.idle_s)
+
+if __name__ == "__main__":
+    main()

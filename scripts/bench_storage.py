@@ -2,25 +2,25 @@
 
 Each operation runs N times one after another (latency-bound: one round trip each), then as N
 operations spread over 32 concurrent tasks (throughput with the connection pool). The baseline is
-the same redis-py client doing HGET/HSET/HINCRBY on a hash. Best of 3 rounds (1 with --quick).
+the same redis-py client doing HGET/HSET/HINCRBY on a hash. Alternating rounds, medians and the
+per-round ratio to redis-py (--quick: 2,000 ops, 2 rounds).
 
-    .venv/bin/python scripts/bench_storage.py [--quick]
+    .venv/bin/python scripts/bench_storage.py [--rounds 5] [--quick] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import platform
 import time
 from collections.abc import Awaitable, Callable
 
+import benchlib
 import msgspec
 import redis
 
 from streammachine.connection import RedisConnection
 from streammachine.state.storage import Storage
-from streammachine.testing import RedisServer
 from streammachine.urls import create_client
 
 TASKS = 32
@@ -39,22 +39,7 @@ async def rate(op: Callable[[int], Awaitable[object]], n: int, tasks: int) -> fl
     return per_task * tasks / (time.perf_counter() - t0)
 
 
-async def best_pair(
-    base: Callable[[int], Awaitable[object]],
-    ours: Callable[[int], Awaitable[object]],
-    n: int,
-    tasks: int,
-    rounds: int,
-) -> tuple[float, float]:
-    """Best ops/s of each, alternating rounds so drifts in machine load hit both alike."""
-    best_base = best_ours = 0.0
-    for _ in range(rounds):
-        best_base = max(best_base, await rate(base, n, tasks))
-        best_ours = max(best_ours, await rate(ours, n, tasks))
-    return best_base, best_ours
-
-
-async def bench(url: str, n: int, rounds: int) -> None:
+async def bench(url: str, n: int, rounds: int) -> list[benchlib.Bench]:
     plain = create_client(url, max_connections=TASKS)
     conn = RedisConnection(url=url, max_connections=TASKS)  # the same pool size as the baseline
     storage = Storage("bench", redis=conn)
@@ -65,9 +50,8 @@ async def bench(url: str, n: int, rounds: int) -> None:
     await plain.hset(h, mapping={k: encoded for k in set(keys)})
     await storage.write_many({k: value for k in set(keys)})
 
-    cases: list[
-        tuple[str, Callable[[int], Awaitable[object]], Callable[[int], Awaitable[object]]]
-    ] = [
+    Op = Callable[[int], Awaitable[object]]
+    cases: list[tuple[str, Op, Op]] = [
         (
             "write",
             lambda i: plain.hset(h, keys[i], encoded),
@@ -76,41 +60,40 @@ async def bench(url: str, n: int, rounds: int) -> None:
         ("read", lambda i: plain.hget(h, keys[i]), lambda i: storage.read(keys[i])),
         ("incr", lambda i: plain.hincrby(h, "counter", 1), lambda i: storage.incr("counter")),
     ]
-    print(f"{'op':<6} {'mode':<16} {'redis-py op/s':>14} {'Storage op/s':>13} {'ratio':>6}")
+    benches = []
     for name, base_op, sm_op in cases:
         for mode, tasks in (("sequential", 1), (f"{TASKS} tasks", TASKS)):
-            base, ours = await best_pair(base_op, sm_op, n, tasks, rounds)
-            print(f"{name:<6} {mode:<16} {base:>14,.0f} {ours:>13,.0f} {ours / base:>6.2f}")
-    upd = max(
-        [
-            await rate(lambda i: storage.update("u", lambda v: v + 1, default=0), n // 4, 1)
-            for _ in range(rounds)
-        ]
+            bench = benchlib.Bench(f"{name}, {mode}, {n:,} ops", "op/s", baselines=["redis-py"])
+
+            def variant(op: Op, tasks: int = tasks) -> Callable[[], Awaitable[float]]:
+                return lambda: rate(op, n, tasks)
+
+            await bench.run_async({"redis-py": variant(base_op), "Storage": variant(sm_op)}, rounds)
+            benches.append(bench)
+    upd = [
+        await rate(lambda i: storage.update("u", lambda v: v + 1, default=0), n // 4, 1)
+        for _ in range(rounds)
+    ]
+    benches[-1].notes["Storage.update (WATCH/MULTI, sequential, no contention), op/s"] = (
+        benchlib.median(upd)
     )
-    print(f"update (WATCH/MULTI loop, sequential, no contention): {upd:,.0f} op/s")
     await plain.aclose()
     await conn.close()
+    return benches
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller run (a few seconds)")
-    args = parser.parse_args()
-    n, rounds = (2_000, 1) if args.quick else (20_000, 3)
-    try:
-        import uvloop
-
-        loop = "uvloop"
-        runner: Callable[[Awaitable[None]], None] = uvloop.run  # type: ignore[assignment]
-    except ImportError:
-        loop, runner = "asyncio", asyncio.run  # type: ignore[assignment]
-    with RedisServer() as server:
-        info = redis.Redis.from_url(server.url).info("server")
-        print(
-            f"redis-server {info['redis_version']} on loopback, Python {platform.python_version()}, "
-            f"redis-py {redis.__version__}, {loop}, n={n:,} per case, best of {rounds}"
+    p = benchlib.parser(__doc__)
+    args = benchlib.parse_args(__doc__, p)
+    n = 2_000 if args.quick else 20_000
+    benchlib.use_uvloop()
+    with benchlib.redis_url() as url:
+        header = (
+            f"{benchlib.server_version(url)} on loopback, Python {platform.python_version()}, "
+            f"redis-py {redis.__version__}"
         )
-        runner(bench(server.url, n, rounds))
+        benches = asyncio.run(bench(url, n, args.rounds))
+    benchlib.report(args, benches, header)
 
 
 if __name__ == "__main__":

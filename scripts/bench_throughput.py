@@ -1,88 +1,161 @@
-"""Throughput of one agent vs a hand-written redis-py XREADGROUP+XACK loop, on one server.
+"""Throughput: StreamMachine consumers against hand-written redis-py loops, on one server.
 
-Usage: python scripts/bench_throughput.py [--messages N] [--count C] [--quick]
+    .venv/bin/python scripts/bench_throughput.py [--rounds 5] [--messages 200000] [--quick] [--json]
 
-Prints msgs/s for: the hand-written loop (the baseline), one StreamMachine agent with a no-op
-handler, and a read→send→ack pipeline stage (outputs committed atomically with the acks).
+A stream is prefilled with --messages entries of 3 fields (symbol, price, volume); every variant
+drains all of them through its own consumer group (a new one each round), COUNT 500, redis-py with
+hiredis on uvloop, in alternating rounds:
+
+- naive loop: XREADGROUP, then XACK the batch (the baseline a user writes first);
+- pipelined loop: [XACK previous batch, XREADGROUP next] in one pipeline (what a careful engineer
+  writes; the second baseline);
+- no-op agent: one `@app.agent` whose handler does nothing;
+- exactly-once stage: one `app.send` per input, committed atomically with the acks;
+- FastOHLCConsumer: 1m and 5m candles, committed with the acks.
+
+Then Redis' CPU per entry for the naive loop and the stage (process CPU from `INFO cpu`; command
+time from `INFO commandstats`), one more run of each. --quick: 5,000 entries, 2 rounds.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import sys
 import time
+from collections.abc import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+import benchlib
 import redis
 import redis.asyncio as aioredis
 
 from streammachine import App, Message
-from streammachine.testing import RedisServer
+
+STREAM = "bench"
+COUNT = 500
+SYMBOLS = 50
 
 
-def prefill(url: str, stream: str, n: int) -> None:
+def prefill(url: str, n: int) -> None:
     r = redis.Redis.from_url(url)
-    r.delete(stream)
+    r.delete(STREAM)
     for start in range(0, n, 10_000):
         pipe = r.pipeline(transaction=False)
         for i in range(start, min(n, start + 10_000)):
-            pipe.xadd(stream, {"n": str(i), "payload": "x" * 16})
+            pipe.xadd(STREAM, {"symbol": f"S{i % SYMBOLS:02d}", "price": f"{100 + i % 97 / 100:.2f}",
+                               "volume": str(1 + i % 9)})  # fmt: skip
         pipe.execute()
     r.close()
 
 
-async def baseline(url: str, stream: str, n: int, count: int) -> float:
-    """The naive loop a user would write: XREADGROUP COUNT c, then XACK the batch."""
+def drop_group(url: str, group: str, *streams: str) -> None:
+    """Free the server's memory between runs: the group and any output stream."""
+    r = redis.Redis.from_url(url)
+    r.xgroup_destroy(STREAM, group)
+    if streams:
+        r.delete(*streams)
+    r.close()
+
+
+async def naive(url: str, n: int, group: str) -> float:
     r = aioredis.Redis.from_url(url)
-    await r.xgroup_create(stream, "baseline", id="0")
+    await r.xgroup_create(STREAM, group, id="0")
     done = 0
     t0 = time.perf_counter()
     while done < n:
-        reply = await r.xreadgroup("baseline", "c", {stream: ">"}, count=count, block=1000)
+        reply = await r.xreadgroup(group, "c", {STREAM: ">"}, count=COUNT, block=1000)
         if not reply:
             continue
-        ids = [entry_id for entry_id, _ in reply[0][1]]
-        for _entry_id, fields in reply[0][1]:
+        entries = reply[0][1]
+        for _entry_id, fields in entries:
             _ = fields
-        await r.xack(stream, "baseline", *ids)
-        done += len(ids)
+        await r.xack(STREAM, group, *[entry_id for entry_id, _ in entries])
+        done += len(entries)
     elapsed = time.perf_counter() - t0
     await r.aclose()
     return n / elapsed
 
 
-async def agent_run(
-    url: str, stream: str, n: int, count: int, stage: bool, rate_limit: str | None = None
-) -> float:
+async def pipelined(url: str, n: int, group: str) -> float:
+    r = aioredis.Redis.from_url(url)
+    await r.xgroup_create(STREAM, group, id="0")
+    done = 0
+    previous: list[bytes] = []
+    t0 = time.perf_counter()
+    while done < n:
+        pipe = r.pipeline(transaction=False)
+        if previous:
+            pipe.xack(STREAM, group, *previous)
+        pipe.xreadgroup(group, "c", {STREAM: ">"}, count=COUNT, block=1000)
+        reply = (await pipe.execute())[-1]
+        previous = []
+        if not reply:
+            continue
+        entries = reply[0][1]
+        for _entry_id, fields in entries:
+            _ = fields
+        previous = [entry_id for entry_id, _ in entries]
+        done += len(entries)
+    if previous:
+        await r.xack(STREAM, group, *previous)
+    elapsed = time.perf_counter() - t0
+    await r.aclose()
+    return n / elapsed
+
+
+async def until_acked(app: App, group: str) -> None:
+    while (await app.redis.client.xpending(STREAM, group))["pending"]:
+        await asyncio.sleep(0.002)
+
+
+async def agent(url: str, n: int, group: str) -> float:
     app = App(name="bench", redis_url=url)
-    group = ("stage" if stage else "agent") + ("-limited" if rate_limit else "")
 
-    if stage:
+    @app.agent(STREAM, group=group, count=COUNT)
+    async def handler(record: Message) -> None:
+        pass
 
-        @app.agent(stream, group=group, count=count)
-        async def handler(record: Message) -> None:
-            await app.send("bench-out", {"n": record.message["n"]})
-    else:
-
-        @app.agent(stream, group=group, count=count, rate_limit=rate_limit)
-        async def handler(record: Message) -> None:
-            pass
-
-    agent = app.agents[0]
     task = asyncio.create_task(app.run())
     await app.redis.connect()
     t0 = time.perf_counter()
-    while agent.stats.processed < n:
-        await asyncio.sleep(0.001)
-    if stage:
-        while await app.redis.client.xlen("bench-out") < n:
-            await asyncio.sleep(0.001)
-    else:
-        while (await app.redis.client.xpending(stream, group))["pending"]:
-            await asyncio.sleep(0.001)
+    while app.agents[0].stats.processed < n:
+        await asyncio.sleep(0.002)
+    await until_acked(app, group)
+    elapsed = time.perf_counter() - t0
+    await app.shutdown()
+    await task
+    return n / elapsed
+
+
+async def stage(url: str, n: int, group: str) -> float:
+    app = App(name="bench", redis_url=url)
+    out = f"{group}-out"
+
+    @app.agent(STREAM, group=group, count=COUNT)
+    async def handler(record: Message) -> None:
+        await app.send(out, {"symbol": record.message["symbol"]})
+
+    task = asyncio.create_task(app.run())
+    await app.redis.connect()
+    t0 = time.perf_counter()
+    while app.agents[0].stats.processed < n:
+        await asyncio.sleep(0.002)
+    while await app.redis.client.xlen(out) < n:
+        await asyncio.sleep(0.002)
+    await until_acked(app, group)
+    elapsed = time.perf_counter() - t0
+    await app.shutdown()
+    await task
+    return n / elapsed
+
+
+async def ohlc(url: str, n: int, group: str) -> float:
+    app = App(name="bench", redis_url=url)
+    consumer = app.ohlc(STREAM, intervals=[60_000, 300_000], count=COUNT, group=group)
+    task = asyncio.create_task(app.run())
+    await app.redis.connect()
+    t0 = time.perf_counter()
+    while consumer.aggregator.tick_count < n:
+        await asyncio.sleep(0.002)
+    await until_acked(app, group)
     elapsed = time.perf_counter() - t0
     await app.shutdown()
     await task
@@ -90,48 +163,54 @@ async def agent_run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--count", type=int, default=500)
-    parser.add_argument("--quick", action="store_true", help="50k messages")
-    args = parser.parse_args()
-    n = 50_000 if args.quick else args.messages
-    try:
-        import uvloop
+    p = benchlib.parser(__doc__)
+    p.add_argument("--messages", type=int, default=200_000)
+    args = benchlib.parse_args(__doc__, p)
+    n = 5_000 if args.quick else args.messages
+    benchlib.use_uvloop()
+    from streammachine.ohlc import FastOHLC
 
-        uvloop.install()
-    except ImportError:
-        pass
-    with RedisServer() as server:
-        url = server.url
-        version = redis.Redis.from_url(url).info("server")["redis_version"]
-        print(f"redis-server {version}, {n:,} small messages, COUNT {args.count}")
-        prefill(url, "bench", n)
-        base = asyncio.run(baseline(url, "bench", n, args.count))
-        agent = asyncio.run(agent_run(url, "bench", n, args.count, stage=False))
-        stage = asyncio.run(agent_run(url, "bench", n, args.count, stage=True))
-        limited = asyncio.run(
-            agent_run(url, "bench", n, args.count, stage=False, rate_limit="100000000/s")
+    # Numba's kernel loaded (or compiled) before any round is timed.
+    FastOHLC(intervals=[60_000, 300_000]).update_arrays(["A"], [1.0], [1.0], [1])
+    with benchlib.redis_url() as url:
+        prefill(url, n)
+        runs = {
+            "naive loop": naive,
+            "pipelined loop": pipelined,
+            "no-op agent": agent,
+            "exactly-once stage": stage,
+            "FastOHLCConsumer 1m+5m": ohlc,
+        }
+        counter = iter(range(1_000_000))
+
+        def variant(name: str, fn: Callable[[str, int, str], object]) -> Callable[[], float]:
+            def go() -> float:
+                group = f"{name.split()[0].lower()}-{next(counter)}"
+                rate = float(asyncio.run(fn(url, n, group)))  # type: ignore[arg-type]
+                drop_group(url, group, f"{group}-out")
+                return rate
+
+            return go
+
+        bench = benchlib.Bench(
+            f"throughput, {n:,} entries of 3 fields, COUNT {COUNT}",
+            unit="msg/s",
+            baselines=["naive loop", "pipelined loop"],
         )
-        rows = [
-            ("hand-written redis-py XREADGROUP+XACK loop", base, "baseline", None),
-            ("StreamMachine agent, no-op handler", agent, f"{agent / base:.2f}x", 1.5),
-            ("pipeline stage read->send->ack (atomic)", stage, f"{stage / base:.2f}x", 0.6),
-        ]
-        for label, rate, ratio, target in rows:
-            goal = (
-                ""
-                if target is None
-                else f"  target >= {target}x: " + ("met" if rate / base >= target else "NOT met")
+        bench.run({name: variant(name, fn) for name, fn in runs.items()}, args.rounds)
+        for name in ("naive loop", "exactly-once stage"):
+            group = f"cpu-{name.split()[0]}"
+            with benchlib.RedisCpu(url) as cpu:
+                asyncio.run(runs[name](url, n, group))  # type: ignore[operator]
+            use = cpu.result(n)
+            cpu.close()
+            drop_group(url, group, f"{group}-out")
+            bench.notes[f"Redis CPU per entry, {name}"] = (
+                f"{use.process_us_per_entry:.2f} µs process, {use.command_us_per_entry:.2f} µs "
+                f"in commands ({use.breakdown()})"
             )
-            print(f"  {label:<44}: {rate:>10,.0f} msg/s  ({ratio}){goal}")
-        over = 1 - limited / agent
-        print(
-            f"  {'no-op agent, rate_limit far above its pace':<44}: {limited:>10,.0f} msg/s  "
-            f"({limited / agent:.2f}x the unlimited agent; overhead {over:.1%}, target <= 5%: "
-            + ("met" if over <= 0.05 else "NOT met")
-            + ")"
-        )
+        header = f"{benchlib.server_version(url)}"
+    benchlib.report(args, [bench], header)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,32 @@
-"""Typed messages: decoding a msgspec Struct from a field map vs a packed payload.
+"""Typed messages: decoding a msgspec Struct from a field map vs a packed payload, each beside its
+untyped baseline in the same run.
 
-Usage: python scripts/bench_typed.py [--messages N] [--quick]
+    .venv/bin/python scripts/bench_typed.py [--rounds 5] [--messages 200000] [--quick] [--json]
 
-Prints, for the same ticks: the decode cost alone (µs/msg) and end-to-end msgs/s from Redis
-through one agent with `schema=Tick` (per-message and batch handlers), field map vs msgpack.
+- decode only (µs/msg, lower is better), alternating rounds of 200,000 decodes (20,000 with
+  --quick): the hand-written baseline (field list → str dict → `msgspec.convert(strict=False)`)
+  against `StructCodec` with "fields" and with "msgpack";
+- end to end (msg/s): a prefilled stream (--messages ticks of 4 fields, or one packed field)
+  drained through one agent, each variant through its own group: an untyped agent (the baseline)
+  against `schema=Tick` with payload "fields" and "msgpack"; per-message handlers (COUNT 500)
+  and batch handlers (COUNT 1000), each against its own untyped baseline.
+
+--quick: 3,000 ticks, 2 rounds.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+import benchlib
 import msgspec
 import redis
 
 from streammachine import App, Message
 from streammachine.codec import StructCodec
-from streammachine.testing import RedisServer
 
 
 class Tick(msgspec.Struct):
@@ -34,27 +39,53 @@ class Tick(msgspec.Struct):
 TICK = Tick("AAPL", 150.25, 100.0, 1_700_000_000_000)
 
 
-def decode_cost(n: int) -> None:
-    for payload in ("fields", "msgpack"):
-        codec = StructCodec(Tick, payload)  # type: ignore[arg-type]
-        encoded = codec.encode(TICK)
-        flat: list[bytes] = []
-        for k, v in encoded.items():
-            flat += [
-                k.encode() if isinstance(k, str) else k,
-                v.encode() if isinstance(v, str) else v,
-            ]
-        t0 = time.perf_counter()
-        for _ in range(n):
-            codec.decode(flat)
-        us = (time.perf_counter() - t0) / n * 1e6
-        print(f"  decode only, {payload:8s}: {us:6.2f} µs/msg")
+def flat(payload: str) -> list[bytes]:
+    out: list[bytes] = []
+    for k, v in StructCodec(Tick, payload).encode(TICK).items():  # type: ignore[arg-type]
+        out += [k.encode() if isinstance(k, str) else k, v.encode() if isinstance(v, str) else v]
+    return out
+
+
+def decode_bench(n: int, rounds: int) -> benchlib.Bench:
+    fields, packed = flat("fields"), flat("msgpack")
+    codecs = {p: StructCodec(Tick, p) for p in ("fields", "msgpack")}  # type: ignore[arg-type]
+
+    def hand_written(entry: list[bytes]) -> Tick:
+        it = iter(entry)
+        return msgspec.convert(
+            {k.decode(): v.decode() for k, v in zip(it, it, strict=False)}, Tick, strict=False
+        )
+
+    def timed(fn: Callable[[list[bytes]], Any], entry: list[bytes]) -> Callable[[], float]:
+        def go() -> float:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn(entry)
+            return (time.perf_counter() - t0) / n * 1e6
+
+        return go
+
+    assert (
+        hand_written(fields) == codecs["fields"].decode(fields) == codecs["msgpack"].decode(packed)
+    )
+    bench = benchlib.Bench(
+        f"decode only, {n:,} ticks", "µs/msg", baselines=["hand-written convert (fields)"]
+    )
+    bench.run(
+        {
+            "hand-written convert (fields)": timed(hand_written, fields),
+            "StructCodec fields": timed(codecs["fields"].decode, fields),
+            "StructCodec msgpack": timed(codecs["msgpack"].decode, packed),
+        },
+        rounds,
+    )
+    return bench
 
 
 def prefill(url: str, stream: str, n: int, payload: str) -> None:
-    codec = StructCodec(Tick, payload)  # type: ignore[arg-type]
-    fields = codec.encode(TICK)
+    fields = StructCodec(Tick, payload).encode(TICK)  # type: ignore[arg-type]
     r = redis.Redis.from_url(url)
+    r.delete(stream)
     for start in range(0, n, 10_000):
         pipe = r.pipeline(transaction=False)
         for _ in range(start, min(n, start + 10_000)):
@@ -63,16 +94,18 @@ def prefill(url: str, stream: str, n: int, payload: str) -> None:
     r.close()
 
 
-async def run_agent(url: str, stream: str, n: int, payload: str, batch: bool) -> float:
+async def run_agent(url: str, n: int, payload: str | None, batch: bool, group: str) -> float:
     app = App(name="bench", redis_url=url)
+    stream = f"t-{payload or 'fields'}"
+    typed: dict[str, Any] = {} if payload is None else {"schema": Tick, "payload": payload}
     if batch:
 
-        @app.agent(stream, group=f"g{batch}", count=1000, schema=Tick, payload=payload, batch=True)  # type: ignore[arg-type]
+        @app.agent(stream, group=group, count=1000, batch=True, **typed)
         async def handle_batch(records: list[Message]) -> None:
             pass
     else:
 
-        @app.agent(stream, group=f"g{batch}", count=500, schema=Tick, payload=payload)  # type: ignore[arg-type]
+        @app.agent(stream, group=group, count=500, **typed)
         async def handle(record: Message) -> None:
             pass
 
@@ -84,35 +117,44 @@ async def run_agent(url: str, stream: str, n: int, payload: str, batch: bool) ->
     elapsed = time.perf_counter() - t0
     await app.shutdown()
     await task
+    r = redis.Redis.from_url(url)
+    r.xgroup_destroy(stream, group)
+    r.close()
     return n / elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    n = 50_000 if args.quick else args.messages
-    try:
-        import uvloop
+def end_to_end(url: str, n: int, rounds: int, batch: bool) -> benchlib.Bench:
+    counter = iter(range(1_000_000))
+    kind = "batch handler, COUNT 1000" if batch else "per-message handler, COUNT 500"
 
-        uvloop.install()
-    except ImportError:
-        pass
-    print(f"typed messages: {n:,} ticks of 4 fields")
-    decode_cost(200_000)
-    with RedisServer() as server:
-        results = {}
+    def variant(payload: str | None) -> Callable[[], float]:
+        return lambda: asyncio.run(run_agent(url, n, payload, batch, f"g{next(counter)}"))
+
+    bench = benchlib.Bench(f"end to end, {kind}", "msg/s", baselines=["untyped agent"])
+    bench.run(
+        {
+            "untyped agent": variant(None),
+            "schema=Tick, fields": variant("fields"),
+            "schema=Tick, msgpack": variant("msgpack"),
+        },
+        rounds,
+    )
+    return bench
+
+
+def main() -> None:
+    p = benchlib.parser(__doc__)
+    p.add_argument("--messages", type=int, default=200_000)
+    args = benchlib.parse_args(__doc__, p)
+    n = 3_000 if args.quick else args.messages
+    benchlib.use_uvloop()
+    benches = [decode_bench(20_000 if args.quick else 200_000, args.rounds)]
+    with benchlib.redis_url() as url:
         for payload in ("fields", "msgpack"):
-            prefill(server.url, f"t-{payload}", n, payload)
-            for batch in (False, True):
-                rate = asyncio.run(run_agent(server.url, f"t-{payload}", n, payload, batch))
-                results[(payload, batch)] = rate
-                kind = "batch handler" if batch else "per-message handler"
-                print(f"  end to end, {payload:8s}, {kind:20s}: {rate:>10,.0f} msg/s")
-        for batch in (False, True):
-            ratio = results[("msgpack", batch)] / results[("fields", batch)]
-            print(f"  packed vs field map ({'batch' if batch else 'per-message'}): {ratio:.2f}x")
+            prefill(url, f"t-{payload}", n, payload)
+        benches += [end_to_end(url, n, args.rounds, batch) for batch in (False, True)]
+        header = f"{benchlib.server_version(url)}; typed messages: {n:,} ticks of 4 fields"
+    benchlib.report(args, benches, header)
 
 
 if __name__ == "__main__":
