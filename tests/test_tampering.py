@@ -6,17 +6,22 @@ working and loses nothing.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as syncredis
 
-from streammachine import App
+from streammachine import App, Message, keys
 from streammachine.exceptions import ConfigError
+from streammachine.presence.liveness import MAX_ALIVE_MS
 from streammachine.settings import MAX_PARTITIONS
+from streammachine.testing import TestApp
 from tests.test_cli import cli, one_error_line
+from tests.util import eventually
 
 
 async def _job() -> None:
@@ -74,5 +79,37 @@ def test_run_refuses_an_impossible_cron_in_one_line(tmp_path: Path, redis_url: s
     one_error_line(r, 1, "never fires")
 
 
-def _unused(r: syncredis.Redis) -> None:  # keeps the import for the tampering section below
-    del r
+# --- tampering: the process registry ---------------------------------------------------------
+
+
+async def test_garbage_in_the_process_registry_makes_no_dead_consumer_look_alive(
+    redis_url: str, redis_sync: syncredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`ZADD streammachine:processes 9e15 ""` made every consumer look alive (an empty prefix
+    matches all), so nothing was ever claimed from a dead process."""
+    far = 9e15
+    redis_sync.zadd(keys.PROCESSES, {"": far, "0000-fake": far, b"\xff\xfe": far, "gone": far})
+    redis_sync.zadd(keys.PROCESSES, {"gonehost-": far, "gonehost-7-": far})  # a real-looking one
+    redis_sync.xgroup_create("s", "g", id="0", mkstream=True)
+    for i in range(5):
+        redis_sync.xadd("s", {"n": str(i)})
+    redis_sync.xreadgroup("g", "gonehost-2-h-0", {"s": ">"}, count=5)
+    app = App(name="registry")
+    got: list[str] = []
+
+    @app.agent("s", group="g", claim_idle_ms=300, claim_interval_ms=100, block_ms=100)
+    async def h(record: Message) -> None:
+        got.append(record.message["n"])
+
+    with caplog.at_level(logging.WARNING, logger="streammachine.liveness"):
+        async with TestApp(app, url=redis_url):
+            await eventually(lambda: len(got) == 5, what="the dead consumer's entries claimed")
+    assert sorted(got) == [str(i) for i in range(5)]
+    assert redis_sync.xpending("s", "g")["pending"] == 0
+    skipped = [r.getMessage() for r in caplog.records if "is not a process" in r.getMessage()]
+    assert any("''" in m for m in skipped) and any("0000-fake" in m for m in skipped)
+    # No member is taken for alive further ahead than StreamMachine ever marks one.
+    now_ms = time.time() * 1000
+    scores = dict(redis_sync.zrange(keys.PROCESSES, 0, -1, withscores=True))
+    assert scores[b"gonehost-7-"] <= now_ms + MAX_ALIVE_MS + 5000
+    assert max(scores.values()) <= now_ms + MAX_ALIVE_MS + 5000
