@@ -6,8 +6,14 @@ working and loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +26,8 @@ from streammachine.exceptions import ConfigError
 from streammachine.presence.liveness import MAX_ALIVE_MS
 from streammachine.settings import MAX_PARTITIONS
 from streammachine.testing import TestApp
-from tests.test_cli import cli, one_error_line
-from tests.util import eventually
+from tests.test_cli import cli, env_for, one_error_line
+from tests.util import Lines, eventually, wait_sync
 
 
 async def _job() -> None:
@@ -113,3 +119,149 @@ async def test_garbage_in_the_process_registry_makes_no_dead_consumer_look_alive
     scores = dict(redis_sync.zrange(keys.PROCESSES, 0, -1, withscores=True))
     assert scores[b"gonehost-7-"] <= now_ms + MAX_ALIVE_MS + 5000
     assert max(scores.values()) <= now_ms + MAX_ALIVE_MS + 5000
+
+
+# --- a Redis that is loading its dataset ------------------------------------------------------
+
+
+class LoadingRedis:
+    """A loopback TCP server that answers `-LOADING ...` to every command until `loading` is
+    cleared, then forwards each new connection to the real Redis (as a server does when it has
+    finished loading its AOF)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.loading = threading.Event()
+        self.loading.set()
+        self.answered = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while self.loading.is_set():
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+                n, buf = _whole_commands(buf)
+                self.answered += n
+                conn.sendall(b"-LOADING Redis is loading the dataset in memory\r\n" * n)
+            up = socket.create_connection(("127.0.0.1", self.upstream_port))
+            up.sendall(buf)
+            threading.Thread(target=_pipe, args=(up, conn), daemon=True).start()
+            _pipe(conn, up)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+def _whole_commands(buf: bytes) -> tuple[int, bytes]:
+    """How many whole RESP commands (arrays of bulk strings) `buf` starts with, and the rest."""
+    n = 0
+    while True:
+        pos = 0
+        head = buf.find(b"\r\n", pos)
+        if not buf.startswith(b"*") or head < 0:
+            return n, buf
+        pos = head + 2
+        for _ in range(int(buf[1:head])):
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                return n, buf
+            size = int(buf[pos + 1 : end])
+            pos = end + 2 + size + 2
+            if pos > len(buf):
+                return n, buf
+        n, buf = n + 1, buf[pos:]
+
+
+LOADING_APP = """
+from streammachine import App, Message
+app = App(name="loading")
+
+@app.agent("ld", group="g", block_ms=100)
+async def copy(record: Message) -> None:
+    await app.send("ld:out", {"n": record.message["n"]})
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "workers"])
+def test_run_waits_for_a_redis_that_is_loading(
+    tmp_path: Path, redis_url: str, redis_sync: syncredis.Redis, workers: list[str]
+) -> None:
+    """A worker started while Redis loads its dataset waits (said once), then runs; it is not a
+    failed start."""
+    (tmp_path / "ldapp.py").write_text(LOADING_APP)
+    for i in range(3):
+        redis_sync.xadd("ld", {"n": str(i)})
+    fake = LoadingRedis(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    url = f"redis://127.0.0.1:{fake.port}/{redis_url.rsplit('/', 1)[1]}"
+    env = {**env_for(url), "STREAMMACHINE_REDIS_WAIT_S": "60"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streammachine", "run", f"{tmp_path / 'ldapp.py'}:app", *workers],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    err = Lines(proc.stderr)
+    try:
+        err.wait_for("is not ready yet", timeout_s=30)
+        wait_sync(lambda: fake.answered >= 3, what="several LOADING answers")
+        assert proc.poll() is None, err.text
+        fake.loading.clear()
+        wait_sync(lambda: redis_sync.xlen("ld:out") == 3, timeout_s=60, what=err.text)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, err.text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        fake.close()
+    assert "Traceback" not in err.text
+    assert "restarting" not in err.text and "failed to start" not in err.text, err.text
+
+
+def test_run_gives_up_on_a_redis_that_stays_loading_with_one_clear_line(
+    tmp_path: Path, redis_url: str
+) -> None:
+    (tmp_path / "ldapp.py").write_text(LOADING_APP)
+    fake = LoadingRedis(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    env = {**env_for(f"redis://127.0.0.1:{fake.port}/0"), "STREAMMACHINE_REDIS_WAIT_S": "1"}
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "streammachine", "run", f"{tmp_path / 'ldapp.py'}:app"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        fake.close()
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.count("is not ready yet") == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert (
+        "not ready within 1 s (Redis is loading" in last and "STREAMMACHINE_REDIS_WAIT_S" in last
+    ), last
