@@ -265,3 +265,25 @@ def test_run_gives_up_on_a_redis_that_stays_loading_with_one_clear_line(
     assert (
         "not ready within 1 s (Redis is loading" in last and "STREAMMACHINE_REDIS_WAIT_S" in last
     ), last
+
+
+# --- URL parameters ------------------------------------------------------------------------------
+
+BAD_URL_PARAMS = [
+    ("?ssl_password=x", "is a TLS parameter: use a rediss:// URL"),
+    ("?PASSWORD=x", "parameter names are lower case: 'password'"),
+    ("?decode_responses=1", "unknown parameter 'decode_responses'"),
+    ("?socket_timeout=abc", "bad value for 'socket_timeout'"),
+]
+
+
+@pytest.mark.parametrize(("query", "text"), BAD_URL_PARAMS)
+def test_bad_url_parameters_are_one_line_before_redis(
+    redis_url: str, query: str, text: str
+) -> None:
+    """`?ssl_password=x` on redis:// gave `streams` a traceback (redis-py's TypeError at the first
+    connect) and `?PASSWORD=` passed validation: each is one line, the secret masked."""
+    for command in (["streams"], ["health"], ["send", "s", "a=1"]):
+        r = cli(redis_url, *command, "--redis-url", redis_url + query)
+        one_error_line(r, 1, text)
+        assert "=x'" not in r.stderr and "=x " not in r.stderr
