@@ -98,6 +98,8 @@ class Settings:
     #: How long start-up waits for a Redis that is not ready yet (loading its dataset, a
     #: replica without its master, a refused connection while it restarts); 0: fail at once.
     redis_wait_s: float = 30.0
+    #: How long `streammachine asyncapi` lets the app's module import (0: no limit).
+    import_timeout_s: float = 30.0
     disable_jit: bool = False
     dashboard: bool = False
     dashboard_host: str | None = None
@@ -135,6 +137,7 @@ class Settings:
             cluster=_env_bool(e, "STREAMMACHINE_CLUSTER"),
             redis_down_exit_s=_env_float(e, "STREAMMACHINE_REDIS_DOWN_EXIT_S", None),
             redis_wait_s=_env_float(e, "STREAMMACHINE_REDIS_WAIT_S", 30.0) or 0.0,
+            import_timeout_s=_env_float(e, "STREAMMACHINE_IMPORT_TIMEOUT_S", 30.0) or 0.0,
             disable_jit=_env_bool(e, "STREAMMACHINE_DISABLE_JIT"),
             dashboard=_env_bool(e, "STREAMMACHINE_DASHBOARD"),
             dashboard_host=e.get("STREAMMACHINE_DASHBOARD_HOST") or None,

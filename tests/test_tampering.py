@@ -7,6 +7,7 @@ working and loses nothing.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -287,3 +288,38 @@ def test_bad_url_parameters_are_one_line_before_redis(
         r = cli(redis_url, *command, "--redis-url", redis_url + query)
         one_error_line(r, 1, text)
         assert "=x'" not in r.stderr and "=x " not in r.stderr
+
+
+# --- asyncapi: the document alone on stdout -------------------------------------------------------
+
+ASYNCAPI_APP = """
+from streammachine import App, Message
+print("hello from the import")
+app = App(name="talky")
+
+@app.agent("orders", group="g")
+async def bill(record: Message) -> None: ...
+"""
+
+
+def test_asyncapi_keeps_stdout_for_the_document(tmp_path: Path, redis_url: str) -> None:
+    (tmp_path / "talky.py").write_text(ASYNCAPI_APP)
+    (tmp_path / "quits.py").write_text("import sys\nsys.exit(0)\n")
+    (tmp_path / "spins.py").write_text("while True:\n    pass\n")
+    ok = cli(redis_url, "asyncapi", f"{tmp_path / 'talky.py'}:app")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["info"]["title"]  # nothing before the JSON
+    assert "hello from the import" in ok.stderr
+    quits = cli(redis_url, "asyncapi", f"{tmp_path / 'quits.py'}:app")
+    one_error_line(quits, 1, "called sys.exit(0) while being imported")
+    assert quits.stdout == ""
+    env = {**env_for(redis_url), "STREAMMACHINE_IMPORT_TIMEOUT_S": "1"}
+    spins = subprocess.run(
+        [sys.executable, "-m", "streammachine", "asyncapi", f"{tmp_path / 'spins.py'}:app"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    one_error_line(spins, 1, "took longer than 1 s")
+    assert spins.stdout == ""
