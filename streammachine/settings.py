@@ -93,6 +93,8 @@ class Settings:
     handler_timeout_s: float | None = 300.0
     storage_namespace: str = "default"
     secret_key: str | None = None
+    #: Read pickles signed in the older SM1 form (a signature not bound to its key).
+    allow_unbound_pickles: bool = False
     cluster: bool = False
     redis_down_exit_s: float | None = None
     #: How long start-up waits for a Redis that is not ready yet (loading its dataset, a
@@ -134,6 +136,7 @@ class Settings:
             handler_timeout_s=_env_float(e, "STREAMMACHINE_HANDLER_TIMEOUT_S", 300.0) or None,
             storage_namespace=e.get("STREAMMACHINE_STORAGE_NAMESPACE") or "default",
             secret_key=e.get("STREAMMACHINE_SECRET_KEY") or None,
+            allow_unbound_pickles=_env_bool(e, "STREAMMACHINE_ALLOW_UNBOUND_PICKLES"),
             cluster=_env_bool(e, "STREAMMACHINE_CLUSTER"),
             redis_down_exit_s=_env_float(e, "STREAMMACHINE_REDIS_DOWN_EXIT_S", None),
             redis_wait_s=_env_float(e, "STREAMMACHINE_REDIS_WAIT_S", 30.0) or 0.0,

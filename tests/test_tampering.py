@@ -7,9 +7,12 @@ working and loses nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import math
+import pickle
 import signal
 import socket
 import subprocess
@@ -23,9 +26,10 @@ import pytest
 import redis as syncredis
 
 from streammachine import App, Message, keys
-from streammachine.exceptions import ConfigError
+from streammachine.exceptions import ConfigError, UnsafePickleError
 from streammachine.presence.liveness import MAX_ALIVE_MS
 from streammachine.settings import MAX_PARTITIONS
+from streammachine.state.objstore import RedisObjectStorage
 from streammachine.testing import TestApp
 from tests.test_cli import cli, env_for, one_error_line
 from tests.util import Lines, eventually, wait_sync
@@ -323,3 +327,42 @@ def test_asyncapi_keeps_stdout_for_the_document(tmp_path: Path, redis_url: str) 
     )
     one_error_line(spins, 1, "took longer than 1 s")
     assert spins.stdout == ""
+
+
+# --- signed pickles are bound to their key ---------------------------------------------------------
+
+
+async def test_signed_pickles_do_not_verify_under_another_key(
+    redis_url: str, redis_sync: syncredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signed bytes of nsA:is_admin copied to nsA:price_limit or nsB:anything read back as
+    valid; now the signature covers the namespace and the key."""
+    a = RedisObjectStorage(redis_url, "nsA", secret_key="k1")
+    b = RedisObjectStorage(redis_url, "nsB", secret_key="k1")
+    try:
+        await a.store_with_pickle("is_admin", True)
+        signed = redis_sync.get(keys.objects("nsA") + "is_admin")
+        assert isinstance(signed, bytes) and signed.startswith(b"SM2")
+        assert await a.retrieve_with_pickle("is_admin") is True
+        redis_sync.set(keys.objects("nsA") + "price_limit", signed)
+        redis_sync.set(keys.objects("nsB") + "anything", signed)
+        with pytest.raises(UnsafePickleError, match="copied from another key"):
+            await a.retrieve_with_pickle("price_limit")
+        with pytest.raises(UnsafePickleError, match="copied from another key"):
+            await b.retrieve_with_pickle("anything")
+        # A value of the old, unbound form: refused unless told, then read.
+        payload = pickle.dumps({"old": 1})
+        old = b"SM1" + hmac.new(b"k1", payload, hashlib.sha256).digest() + payload
+        redis_sync.set(keys.objects("nsA") + "legacy", old)
+        with pytest.raises(UnsafePickleError, match="allow_unbound=True"):
+            await a.retrieve_with_pickle("legacy")
+        migrating = RedisObjectStorage(redis_url, "nsA", secret_key="k1", allow_unbound=True)
+        assert await migrating.retrieve_with_pickle("legacy") == {"old": 1}
+        await migrating.close()
+        monkeypatch.setenv("STREAMMACHINE_ALLOW_UNBOUND_PICKLES", "1")
+        from_env = RedisObjectStorage(redis_url, "nsA", secret_key="k1")
+        assert await from_env.retrieve_with_pickle("legacy") == {"old": 1}
+        await from_env.close()
+    finally:
+        await a.close()
+        await b.close()
