@@ -366,3 +366,76 @@ async def test_signed_pickles_do_not_verify_under_another_key(
     finally:
         await a.close()
         await b.close()
+
+
+# --- tampering: garbage in every key family the app reads ------------------------------------------
+
+
+def _garbage(r: syncredis.Redis, app: str) -> None:
+    """Another tenant's writes: wrong types, undecodable members, far-future scores."""
+    far = 9e15
+    r.zadd(keys.PROCESSES, {"": far, b"\xff\xfe": far})
+    r.zadd(keys.partition_members("pt", "g"), {b"\xff\xfe": far, "0000-fake": far})
+    r.rpush(keys.partition_lease("pt", "g", 0), "not", "a", "lease")
+    r.set(keys.partition_lease("pt", "g", 1), b"\xff" * 10, px=10**12)
+    r.zadd(keys.exclusive_members("ex", "g"), {"": far})
+    r.hset(keys.exclusive_lease("ex", "g"), "x", "y")
+    r.set(keys.INSTANCES + "junk", b"\xff\x00not json")
+    r.hset(keys.INSTANCES + "hash", "a", "b")
+    r.set(keys.INSTANCES + "wrongshape", '{"app": 5, "agents": "x"}', px=60_000)
+    r.set(keys.paused(app), b"\xff")
+    r.xadd("plain:dead", {"no": "metadata"})
+    r.xadd("plain:dead", {b"\xff": b"\xfe", "source_stream": b"x\xff"})
+
+
+async def test_the_app_keeps_working_over_garbage_in_its_keys(
+    redis_url: str, redis_sync: syncredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App(name="tampered")
+    _garbage(redis_sync, app.name)
+    got: dict[str, list[str]] = {"pt": [], "ex": [], "plain": []}
+
+    @app.agent("pt", group="g", partitions=2, lease_ms=1000, block_ms=100)
+    async def part(record: Message) -> None:
+        got["pt"].append(record.message["n"])
+
+    @app.agent("ex", group="g", exclusive=True, lease_ms=1000, block_ms=100)
+    async def excl(record: Message) -> None:
+        got["ex"].append(record.message["n"])
+
+    @app.agent("plain", group="g", block_ms=100)
+    async def plain(record: Message) -> None:
+        got["plain"].append(record.message["n"])
+
+    with caplog.at_level(logging.WARNING):
+        async with TestApp(app, url=redis_url) as t:
+            for i in range(20):
+                await app.send("pt", {"n": str(i)}, key=str(i))
+                await t.send("ex", {"n": str(i)})
+                await t.send("plain", {"n": str(i)})
+            await eventually(
+                lambda: all(len(v) == 20 for v in got.values()), 30, f"every entry handled {got}"
+            )
+    assert all(sorted(v, key=int) == [str(i) for i in range(20)] for v in got.values()), got
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "is not a process" in said  # what it skipped, said
+    assert "Traceback" not in said
+
+
+def test_the_cli_reads_over_garbage_and_says_what_it_skipped(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    _garbage(redis_sync, "tampered")
+    health = cli(redis_url, "health", "--json")
+    assert health.returncode == 0 and "Traceback" not in health.stderr, health.stderr
+    report = json.loads(health.stdout)
+    assert report["skipped_records"] >= 3
+    listed = cli(redis_url, "dead", "plain", "--json")
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2, listed.stderr
+    replay = cli(redis_url, "dead", "replay", "plain", "--all")
+    assert "Traceback" not in replay.stderr
+    # Hand-written entries go back as they are: to their named source (bytes kept), else to
+    # the stream the dead-letter stream belongs to.
+    assert replay.returncode == 0 and "replayed 2 dead letters" in replay.stdout, replay.stderr
+    assert redis_sync.xlen(b"x\xff") == 1 and redis_sync.xlen("plain") == 1
+    assert redis_sync.xlen("plain:dead") == 0
