@@ -8,23 +8,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
 
+import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from .codec import as_text, encode_fields
-from .exceptions import REDIS_FAILURES, ConfigError, map_redis_errors
+from .exceptions import (
+    REDIS_FAILURES,
+    ConfigError,
+    RedisUnavailableError,
+    map_redis_errors,
+    not_ready,
+)
 from .features import Features, parse_info
+from .keys import PROCESSES
 from .message import Message
 from .settings import Settings
 from .urls import create_client, mask_url, validate_url
 
 __all__ = ["LoopClient", "RedisConnection", "Script"]
+
+
+def error_text(exc: BaseException | None) -> str:
+    """One short line for `exc`, for logs."""
+    text = " ".join(str(exc).split())[:200] if exc is not None else ""
+    return text.rstrip(".") or type(exc).__name__
+
 
 log = logging.getLogger("streammachine.connection")
 
@@ -159,14 +175,54 @@ class RedisConnection:
 
         return len({key_slot(k.encode()) for k in keys}) <= 1
 
-    async def connect(self) -> None:
-        """Ping the server; raise `RedisUnavailableError` naming the (masked) URL if unreachable."""
+    async def connect(self, wait_s: float = 0.0, stop: anyio.Event | None = None) -> None:
+        """Ping the server; raise `RedisUnavailableError` naming the (masked) URL if unreachable.
+
+        A server that is there but not ready yet (loading its dataset, a replica without its
+        master, a refused connection while it restarts: `exceptions.not_ready`) is waited for,
+        with backoff, for up to `wait_s` seconds (said once in the log), or until `stop` is set
+        (then it returns without a connection; the caller checks `stop`).
+        """
+        where = f"Redis at {mask_url(self.url)}"
         hint = (
             "Start redis-server or set REDIS_URL to a reachable server (memory:// runs in-process)"
         )
-        # Any failure of the first call, an error reply included (e.g. NOPERM), means "not usable".
-        with map_redis_errors(f"Redis at {mask_url(self.url)}", hint, REDIS_FAILURES):
-            await self.client.ping()
+        deadline = time.monotonic() + wait_s
+        delay_s, waiting = 0.1, False
+        while True:
+            try:
+                # Any failure, an error reply included (e.g. NOPERM), means "not usable". PING
+                # passes on a replica serving no stale data, a read of a key does not.
+                with map_redis_errors(where, hint, REDIS_FAILURES):
+                    await self.client.ping()
+                    await self.client.exists(PROCESSES)
+            except RedisUnavailableError as exc:
+                cause = exc.__cause__
+                if not not_ready(cause):
+                    raise
+                if time.monotonic() + delay_s > deadline:
+                    if not waiting:
+                        raise
+                    raise RedisUnavailableError(
+                        f"cannot reach {where}: not ready within {wait_s:g} s "
+                        f"({error_text(cause)}); "
+                        "check the server, or wait longer with STREAMMACHINE_REDIS_WAIT_S"
+                    ) from cause
+                if not waiting:
+                    log.warning(
+                        "%s is not ready yet (%s); waiting up to %g s",
+                        where, error_text(cause), wait_s,
+                    )  # fmt: skip
+                    waiting = True
+                with anyio.move_on_after(delay_s):
+                    await (stop or anyio.Event()).wait()
+                if stop is not None and stop.is_set():
+                    return
+                delay_s = min(2.0, delay_s * 2)
+                continue
+            if waiting:
+                log.info("%s is ready", where)
+            return
 
     async def new_connection(self, key: str | None = None) -> AbstractConnection:
         """A dedicated connection outside the pool's limit, for a consumer's blocking reads;

@@ -22,7 +22,9 @@ type and message are kept in the dead letter).
 
 redis-py's errors meet this tree at one boundary (httpx's `map_exceptions`): `UNREACHABLE` is
 the one list of the errors that mean "Redis cannot be reached", and `map_redis_errors` turns them
-into `RedisUnavailableError`; `REDIS_FAILURES` is any failure of a Redis call.
+into `RedisUnavailableError`; `REDIS_FAILURES` is any failure of a Redis call; `not_ready`
+tells a server that is there but not serving yet (loading its dataset, a replica without its
+master, a cluster slot moving, a refused connection while it restarts) from one that is broken.
 """
 
 from __future__ import annotations
@@ -30,11 +32,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from redis.exceptions import BusyLoadingError as _BusyLoadingError
 from redis.exceptions import ConnectionError as _RedisConnectionError
+from redis.exceptions import MasterDownError as _MasterDownError
 from redis.exceptions import RedisError as _RedisError
 from redis.exceptions import TimeoutError as _RedisTimeoutError
+from redis.exceptions import TryAgainError as _TryAgainError
 
 __all__ = [
+    "NOT_READY_REPLIES",
     "REDIS_FAILURES",
     "UNREACHABLE",
     "AppImportError",
@@ -47,6 +53,7 @@ __all__ = [
     "StreamMachineError",
     "UnsafePickleError",
     "WrongTypeError",
+    "not_ready",
 ]
 
 
@@ -104,6 +111,35 @@ class Skip(Exception):
 UNREACHABLE: tuple[type[BaseException], ...] = (_RedisConnectionError, _RedisTimeoutError, OSError)
 #: Any failure of a Redis call: unreachable, or an error reply (WRONGTYPE, NOGROUP, NOSCRIPT...).
 REDIS_FAILURES: tuple[type[BaseException], ...] = (_RedisError, OSError)
+
+
+#: Error replies of a server that will serve soon: it is loading its dataset (LOADING), a replica
+#: lost its master (MASTERDOWN), a cluster slot is moving (TRYAGAIN).
+NOT_READY_REPLIES = ("LOADING", "MASTERDOWN", "TRYAGAIN")
+
+
+def not_ready(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what it wraps) means "Redis is there but not ready yet": one of
+    `NOT_READY_REPLIES`, or a refused connection (a server restarting).
+
+    Example:
+        >>> not_ready(ConnectionRefusedError(111, "Connection refused"))
+        True
+    """
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, ConnectionRefusedError | _BusyLoadingError | _MasterDownError):
+            return True
+        if isinstance(exc, _TryAgainError):
+            return True
+        text = str(exc)
+        if isinstance(exc, _RedisError) and text.startswith(NOT_READY_REPLIES):
+            return True
+        # redis-py words a refused connect "Error 111 connecting to ... Connection refused."
+        if isinstance(exc, _RedisConnectionError) and "Connection refused" in text:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 @contextlib.contextmanager

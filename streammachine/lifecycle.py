@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .schedule.cron import Cron
     from .schedule.delayed import Scheduler
     from .schedule.timer import Timer
-    from .settings import AppConfig
+    from .settings import AppConfig, Settings
     from .tracing import Tracing
 
 __all__ = ["Lifecycle"]
@@ -45,6 +45,7 @@ class Lifecycle:
 
     name: str
     config: AppConfig
+    settings: Settings
     agents: list[Agent]
     timers: list[Timer]
     crons: list[Cron]
@@ -128,7 +129,11 @@ class Lifecycle:
         if install_signal_handlers:
             self._install_signal_handlers()
         try:
-            await self.redis.connect()
+            # A Redis that is still loading (or restarting) is waited for, not a failed start.
+            await self.redis.connect(wait_s=self.settings.redis_wait_s, stop=self._stop)
+            if self._stop.is_set():
+                log.info("%s stopped before Redis was ready", self.name)
+                return self._exit_code or (1 if self._forced else 0)
             for hook in self.startup_hooks:
                 await hook()
             for agent in chosen:

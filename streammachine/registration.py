@@ -40,6 +40,45 @@ def _check_coroutine(fn: object, decorator: str) -> None:
     )
 
 
+#: No IANA zone name is near this long; a longer `tz` is refused before the file system sees it.
+_MAX_TZ_LEN = 64
+#: How far ahead a cron expression must fire at least once (Feb 29 comes within 8 years).
+_CRON_HORIZON_YEARS = 30
+
+
+def _check_cron(expr: str, tz: object, scope: str) -> None:
+    """Refuse a `tz` that is not a short string, and an expression that never fires (e.g.
+    "0 0 31 2 *", Feb 31), which `Cron.check` lets through and the runner would fail on."""
+    if not isinstance(tz, str) or not tz or len(tz) > _MAX_TZ_LEN:
+        shown = repr(tz) if len(repr(tz)) <= 40 else repr(tz)[:40] + "..."
+        raise ConfigError(
+            f"tz {shown} is not a time zone: use an IANA name such as 'UTC' or 'Europe/Paris'"
+        )
+    try:
+        fields, zone = Cron.check(expr, tz, scope)
+    except OSError:  # a name the zoneinfo loader cannot even open (e.g. "../x")
+        raise ConfigError(
+            f"tz {tz!r} is not a time zone: use an IANA name such as 'UTC' or 'Europe/Paris'"
+        ) from None
+    from datetime import datetime
+
+    from croniter import CroniterBadDateError, croniter
+
+    it = croniter(
+        expr,
+        datetime.now(zone),
+        second_at_beginning=fields == 6,
+        max_years_between_matches=_CRON_HORIZON_YEARS,
+    )
+    try:
+        it.get_next(float)
+    except CroniterBadDateError:
+        raise ConfigError(
+            f"cron {expr!r} never fires (no such date within {_CRON_HORIZON_YEARS} years, e.g. "
+            "February 30): check the day and month fields"
+        ) from None
+
+
 class Registration:
     """`App.agent`, `App.timer`, `App.cron`, `App.produces` and the lifecycle hooks."""
 
@@ -234,7 +273,7 @@ class Registration:
             >>> @app.cron("0 3 * * *", tz="Europe/Paris")  # doctest: +SKIP
             ... async def nightly() -> None: ...
         """
-        Cron.check(expr, tz, scope)  # a bad expression fails here, at import time
+        _check_cron(expr, tz, scope)  # a bad expression fails here, at import time
 
         def register(fn: AsyncFn[P, R]) -> AsyncFn[P, R]:
             _check_coroutine(fn, "@app.cron")

@@ -18,7 +18,17 @@ from .exceptions import ConfigError
 
 log = logging.getLogger("streammachine.settings")
 
-__all__ = ["MAX_LEASE_MS", "AppConfig", "ConsumerConfig", "Settings", "TimerConfig"]
+__all__ = [
+    "MAX_LEASE_MS",
+    "MAX_PARTITIONS",
+    "MAX_TIMER_INTERVAL_S",
+    "MIN_TIMER_INTERVAL_S",
+    "AppConfig",
+    "ConsumerConfig",
+    "Settings",
+    "TimerConfig",
+    "check_partitions",
+]
 
 DEFAULT_GROUP = "eventengine"
 #: The dashboard's environment variables, named once (the CLI's `--token` options read them too).
@@ -83,8 +93,15 @@ class Settings:
     handler_timeout_s: float | None = 300.0
     storage_namespace: str = "default"
     secret_key: str | None = None
+    #: Read pickles signed in the older SM1 form (a signature not bound to its key).
+    allow_unbound_pickles: bool = False
     cluster: bool = False
     redis_down_exit_s: float | None = None
+    #: How long start-up waits for a Redis that is not ready yet (loading its dataset, a
+    #: replica without its master, a refused connection while it restarts); 0: fail at once.
+    redis_wait_s: float = 30.0
+    #: How long `streammachine asyncapi` lets the app's module import (0: no limit).
+    import_timeout_s: float = 30.0
     disable_jit: bool = False
     dashboard: bool = False
     dashboard_host: str | None = None
@@ -119,8 +136,11 @@ class Settings:
             handler_timeout_s=_env_float(e, "STREAMMACHINE_HANDLER_TIMEOUT_S", 300.0) or None,
             storage_namespace=e.get("STREAMMACHINE_STORAGE_NAMESPACE") or "default",
             secret_key=e.get("STREAMMACHINE_SECRET_KEY") or None,
+            allow_unbound_pickles=_env_bool(e, "STREAMMACHINE_ALLOW_UNBOUND_PICKLES"),
             cluster=_env_bool(e, "STREAMMACHINE_CLUSTER"),
             redis_down_exit_s=_env_float(e, "STREAMMACHINE_REDIS_DOWN_EXIT_S", None),
+            redis_wait_s=_env_float(e, "STREAMMACHINE_REDIS_WAIT_S", 30.0) or 0.0,
+            import_timeout_s=_env_float(e, "STREAMMACHINE_IMPORT_TIMEOUT_S", 30.0) or 0.0,
             disable_jit=_env_bool(e, "STREAMMACHINE_DISABLE_JIT"),
             dashboard=_env_bool(e, "STREAMMACHINE_DASHBOARD"),
             dashboard_host=e.get("STREAMMACHINE_DASHBOARD_HOST") or None,
@@ -168,6 +188,28 @@ _installed: Settings | None = None
 #: The longest lease (partition owners, exclusive agents) may live without renewal: a lease with
 #: a longer expiry was not written by StreamMachine, and is cut to this.
 MAX_LEASE_MS = 60_000
+#: The most partitions one stream may have: each is a stream, a lease and a consumer per owner,
+#: and beyond this one process spends its time renewing leases instead of handling entries.
+MAX_PARTITIONS = 256
+#: A timer's shortest and longest interval: a shorter one is a busy loop, not a timer.
+MIN_TIMER_INTERVAL_S = 0.01
+MAX_TIMER_INTERVAL_S = 366 * 86400.0
+
+
+def check_partitions(partitions: object) -> int:
+    """`partitions` as an int from 1 to `MAX_PARTITIONS`, else ConfigError.
+
+    Example:
+        >>> check_partitions(4)
+        4
+    """
+    if isinstance(partitions, bool) or not isinstance(partitions, int):
+        raise ConfigError(
+            f"partitions must be a whole number from 1 to {MAX_PARTITIONS}, not {partitions!r}"
+        )
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ConfigError(f"partitions must be from 1 to {MAX_PARTITIONS}, not {partitions}")
+    return partitions
 
 
 @dataclass(slots=True)
@@ -258,8 +300,8 @@ class ConsumerConfig:
             raise ConfigError("retry_backoff_ms must be >= 0")
         if self.maxlen is not None and self.maxlen < 1:
             raise ConfigError("maxlen must be >= 1 (or None for no trimming)")
-        if self.partitions is not None and self.partitions < 1:
-            raise ConfigError("partitions must be >= 1")
+        if self.partitions is not None:
+            check_partitions(self.partitions)
         if self.exclusive and self.partitions:
             raise ConfigError(
                 "exclusive=True and partitions=K do not go together: each partition already has "
@@ -314,6 +356,10 @@ class TimerConfig:
         if self.scope not in ("app", "instance"):
             raise ConfigError(f"scope must be 'app' or 'instance', not {self.scope!r}")
         if isinstance(self.interval, bool) or not isinstance(self.interval, int | float):
-            raise ConfigError("interval must be a number of seconds")
-        if self.interval <= 0:
-            raise ConfigError("interval must be > 0")
+            raise ConfigError(f"interval must be a number of seconds, not {self.interval!r}")
+        # `not a <= x <= b` is also true for NaN.
+        if not MIN_TIMER_INTERVAL_S <= self.interval <= MAX_TIMER_INTERVAL_S:
+            raise ConfigError(
+                f"timer interval {self.interval!r}: give a number of seconds from "
+                f"{MIN_TIMER_INTERVAL_S} to {MAX_TIMER_INTERVAL_S:.0f} (366 days)"
+            )

@@ -131,13 +131,47 @@ def validate_url(url: str) -> str:
     return url
 
 
+#: URL parameters a connection takes besides redis-py's parsed ones (all strings).
+_TEXT_PARAMS = frozenset({"password", "username", "client_name", "lib_name", "lib_version"})
+
+
+def _known_params(tls: bool) -> frozenset[str]:
+    """The query parameters a `redis://` (or, `tls`, `rediss://`) URL may carry: each one
+    redis-py hands to the connection must be one its class takes, or it fails at the first
+    connect with a TypeError."""
+    import inspect
+
+    from redis.asyncio.connection import SSLConnection
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+
+    names = set(URL_QUERY_ARGUMENT_PARSERS) | _TEXT_PARAMS
+    names |= set(inspect.signature(SSLConnection.__init__).parameters) - {"self", "kwargs"}
+    return frozenset(n for n in names if tls or not n.startswith("ssl_"))
+
+
 def _check_query(url: str) -> None:
-    """Parse the query parameters redis-py converts (db=, socket_timeout=, ...) here, so a bad
-    one is a `ConfigError` at start, not a ValueError from inside the pool."""
+    """Check the query parameters here, once, so a bad one is a one-line `ConfigError` at
+    start, not a TypeError or ValueError from inside the pool at the first command: each must be
+    one the connection takes (TLS ones only on rediss://), and the values redis-py converts
+    (db=, socket_timeout=, ...) must convert."""
     from redis.connection import URL_QUERY_ARGUMENT_PARSERS
 
     parsers: dict[str, Any] = URL_QUERY_ARGUMENT_PARSERS
-    for name, value in parse_qsl(urlsplit(url).query):
+    tls = urlsplit(url).scheme.lower() == "rediss"
+    known = _known_params(tls)
+    docs = "see https://redis.readthedocs.io/en/stable/connections.html for the URL parameters"
+    for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        shown = repr(name) if len(name) <= 40 else repr(name[:40]) + "..."
+        if name not in known:
+            if name.startswith("ssl_") and name in _known_params(True):
+                why = f"{shown} is a TLS parameter: use a rediss:// URL, or drop it"
+            elif name.lower() in known:
+                why = (
+                    f"unknown parameter {shown} (parameter names are lower case: {name.lower()!r})"
+                )
+            else:
+                why = f"unknown parameter {shown}; {docs}"
+            raise ConfigError(f"bad Redis URL {mask_url(url)!r}: {why}")
         parser = parsers.get(name)
         if parser is None or name == "retry_on_error":
             continue
@@ -145,8 +179,7 @@ def _check_query(url: str) -> None:
             parser(value)
         except (TypeError, ValueError):
             raise ConfigError(
-                f"bad value for {name!r} in Redis URL {mask_url(url)!r}: see "
-                "https://redis.readthedocs.io/en/stable/connections.html for the URL parameters"
+                f"bad value for {name!r} in Redis URL {mask_url(url)!r}: {docs}"
             ) from None
 
 

@@ -43,7 +43,7 @@ async def test_signed_pickles_round_trip_numpy_included(
     assert got["t"] == (1, "x") and got["s"] == {1, 2}
     assert got["a"].dtype == np.float32 and np.array_equal(got["a"], arr)
     raw: Any = redis_sync.get(KEY + "arr")
-    assert raw is not None and raw.startswith(b"SM1") and len(raw) > 35
+    assert raw is not None and raw.startswith(b"SM2") and len(raw) > 35
     assert await store.retrieve_with_pickle("missing", default="d") == "d"
 
 

@@ -342,9 +342,12 @@ def test_import_error_in_a_worker_app_exits_nonzero_with_one_line(start: Start) 
 
 def test_worker_that_cannot_reach_redis_stops_the_runner(start: Start) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    proc, err = start(NOTIFY_APP, "--workers", "2", "--redis-url", url)
+    # A refused connection is waited for (Redis may be restarting), then given up on.
+    proc, err = start(
+        NOTIFY_APP, "--workers", "2", "--redis-url", url, STREAMMACHINE_REDIS_WAIT_S="2"
+    )
     assert proc.wait(timeout=60) != 0
-    assert err.has("cannot reach Redis"), err.text
+    assert err.has("cannot reach Redis") and err.has("not ready within 2 s"), err.text
     assert count(err, "could not start; stopping") == 1, err.text
     assert "restarting" not in err.text and "Traceback" not in err.text
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from redis.exceptions import NoScriptError, ResponseError
 
-from ..exceptions import UNREACHABLE
+from ..exceptions import UNREACHABLE, not_ready
 from ..message import Message, messages_from_reply
 
 if TYPE_CHECKING:
@@ -162,6 +162,10 @@ class Wire:
         """Turn an XREADGROUP/XCLAIM reply into a `Read`."""
         if isinstance(reply, ResponseError):
             text = str(reply)
+            if not_ready(reply):
+                # Loading, no master, a slot moving: an outage (reconnect with backoff, logged
+                # once), not an error per read.
+                return Read(fault="moved")
             if text.startswith(("MOVED", "ASK", "READONLY")):
                 log.warning("%s: %s moved (%s); reconnecting", self.name, self.stream, text)
                 return Read(fault="moved")

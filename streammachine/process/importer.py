@@ -10,9 +10,11 @@ from pathlib import Path
 from types import ModuleType
 
 from ..app import App
-from ..exceptions import AppImportError
+from ..exceptions import AppImportError, ConfigError
 
 __all__ = ["AppModuleError", "app_dir", "import_app"]
+
+_PACKAGE = str(Path(__file__).resolve().parent.parent)
 
 
 class AppModuleError(AppImportError):
@@ -29,6 +31,12 @@ def _import(name: str, shown: str) -> ModuleType:
         raise
     except Exception as exc:
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename[:1] != "<"]
+        if isinstance(exc, ConfigError):
+            # A declaration StreamMachine refused (a bad cron, timer, partition count): its
+            # message says what to fix, so name the user's line and leave our frames out.
+            own = [f for f in frames if not f.filename.startswith(_PACKAGE)]
+            where = f" at {own[-1].filename}:{own[-1].lineno}" if own else ""
+            raise AppImportError(f"the app module {shown!r}{where}: {exc}") from None
         where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
         raise AppModuleError(
             f"the app module {shown!r} failed to import: {type(exc).__name__}{where}: {exc}"

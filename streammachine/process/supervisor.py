@@ -43,6 +43,7 @@ from ..settings import Settings
 from .runner import notify_systemd
 from .worker import (
     IMPORT_FAILED,
+    REDIS_NOT_READY,
     ChildConfig,
     Layout,
     Spec,
@@ -237,7 +238,10 @@ class Supervisor:
                 return
             why = f"{w.spec.label} (pid {proc.pid}) {exit_reason(code)}"
             if not w.ready:
-                w.start_failures += 1
+                # A worker that gave up on a Redis that was not ready did not fail to start:
+                # after the app has run once, it is restarted (with backoff) for as long as
+                # Redis takes; the first start stops the runner with the worker's message.
+                w.start_failures += code != REDIS_NOT_READY
                 verdict = None
                 if code == IMPORT_FAILED:
                     verdict = "its app cannot be imported"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
-from ..exceptions import StreamMachineError
+from ..exceptions import RedisUnavailableError, StreamMachineError, not_ready
 from ..settings import Settings
 from .runner import error_line, run_loop, serve
 
@@ -44,6 +44,9 @@ T = TypeVar("T")
 
 #: Exit status of a worker that could not import its app (restarting it will not help).
 IMPORT_FAILED = 3
+#: Exit status of a worker that gave up waiting for a Redis that was not ready (loading its
+#: dataset, restarting): EX_TEMPFAIL. The supervisor never counts it as a failed start.
+REDIS_NOT_READY = 75
 
 
 class AgentInfo(msgspec.Struct, frozen=True):
@@ -223,7 +226,8 @@ def main(argv: list[str]) -> int:
         what = "stopped" if started else "could not start"
         trace = None if isinstance(inner, StreamMachineError) else inner
         log.error("%s %s: %s", args.worker, what, error_line(inner), exc_info=trace)
-        return 1
+        waited = isinstance(inner, RedisUnavailableError) and not_ready(inner.__cause__)
+        return REDIS_NOT_READY if waited and not started else 1
 
 
 if __name__ == "__main__":

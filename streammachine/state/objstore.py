@@ -2,9 +2,12 @@
 
 Unpickling runs code chosen by whoever wrote the bytes, and anyone who can write to Redis can write
 them. So each pickle is signed with HMAC-SHA256 under `STREAMMACHINE_SECRET_KEY` (or `secret_key=`)
-and stored as `b"SM1" + mac(32 bytes) + pickle`; `retrieve_with_pickle` checks the signature before it
-unpickles and refuses an unsigned or wrongly signed value with `UnsafePickleError`, unless the
-storage was created with `allow_unsigned=True`. Keys: `streammachine:obj:<namespace>:<key>`.
+and stored as `b"SM2" + mac(32 bytes) + pickle`, the MAC taken over the namespace and key too, so
+signed bytes copied to another key (or namespace) do not verify; `retrieve_with_pickle` checks the
+signature before it unpickles and refuses an unsigned or wrongly signed value with
+`UnsafePickleError`, unless the storage was created with `allow_unsigned=True`. Values of the older
+`SM1` form (a MAC of the pickle alone) are read only with `allow_unbound=True` (or
+`STREAMMACHINE_ALLOW_UNBOUND_PICKLES=1`), to migrate them. Keys: `streammachine:obj:<namespace>:<key>`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ __all__ = ["RedisObjectStorage"]
 
 log = logging.getLogger("streammachine.state.objstore")
 
-MAGIC = b"SM1"
+MAGIC = b"SM2"
+#: The first signed form: a MAC of the pickle alone, not bound to its key.
+UNBOUND_MAGIC = b"SM1"
 _MAC_LEN = 32
 _warned_unsigned = False
 
@@ -42,6 +47,8 @@ class RedisObjectStorage:
         secret_key: the signing key (default `STREAMMACHINE_SECRET_KEY`).
         allow_unsigned: unpickle unsigned and wrongly signed values too. Only for a Redis that
             nobody else can write to, or to read values stored before a key was set or rotated.
+        allow_unbound: also accept values signed in the older `SM1` form, whose signature does
+            not name its key (default `STREAMMACHINE_ALLOW_UNBOUND_PICKLES`); to migrate them.
         redis: an existing `RedisConnection` whose pool to share.
 
     Example:
@@ -58,6 +65,7 @@ class RedisObjectStorage:
         *,
         secret_key: str | bytes | None = None,
         allow_unsigned: bool = False,
+        allow_unbound: bool | None = None,
         redis: RedisConnection | None = None,
     ) -> None:
         self.namespace = check_namespace(namespace)
@@ -66,6 +74,9 @@ class RedisObjectStorage:
         key = secret_key if secret_key is not None else Settings.current().secret_key
         self._secret = key.encode() if isinstance(key, str) else key
         self.allow_unsigned = allow_unsigned
+        self.allow_unbound = (
+            Settings.current().allow_unbound_pickles if allow_unbound is None else allow_unbound
+        )
         self._prefix = keys.objects(self.namespace)
 
     def __repr__(self) -> str:
@@ -94,7 +105,7 @@ class RedisObjectStorage:
             raise WrongTypeError(
                 f"object key {key!r}: cannot pickle a {type(obj).__name__}: {exc}"
             ) from exc
-        await self._set(key, self._sign(payload), ttl_s)
+        await self._set(key, self._sign(key, payload), ttl_s)
 
     async def retrieve_with_pickle(self, key: str, default: Any = None) -> Any:
         """The object stored under `key` by `store_with_pickle`, or `default` when missing.
@@ -191,10 +202,23 @@ class RedisObjectStorage:
         px = None if ttl_s is None else ttl_ms(ttl_s)
         await self._redis.client.set(self._key(key), data, px=px)
 
-    def _sign(self, payload: bytes) -> bytes:
+    def _mac(self, key: str, payload: bytes, magic: bytes) -> bytes:
+        """The MAC of `payload` stored under `key`: the SM2 form covers the namespace and the key
+        (each length-prefixed, so no two pairs give one message); SM1 covered the pickle only."""
+        assert self._secret
+        if magic == UNBOUND_MAGIC:
+            return hmac.new(self._secret, payload, hashlib.sha256).digest()
+        mac = hmac.new(self._secret, MAGIC, hashlib.sha256)
+        for part in (self.namespace, key):
+            raw = part.encode("utf-8", "surrogatepass")
+            mac.update(b"%d:" % len(raw) + raw)
+        mac.update(payload)
+        return mac.digest()
+
+    def _sign(self, key: str, payload: bytes) -> bytes:
         global _warned_unsigned
         if self._secret:
-            return MAGIC + hmac.new(self._secret, payload, hashlib.sha256).digest() + payload
+            return MAGIC + self._mac(key, payload, MAGIC) + payload
         if not _warned_unsigned:
             _warned_unsigned = True
             log.warning(
@@ -206,7 +230,8 @@ class RedisObjectStorage:
         return payload
 
     def _verify(self, key: str, raw: bytes) -> bytes:
-        signed = raw.startswith(MAGIC) and len(raw) >= len(MAGIC) + _MAC_LEN
+        magic = raw[: len(MAGIC)]
+        signed = magic in (MAGIC, UNBOUND_MAGIC) and len(raw) >= len(MAGIC) + _MAC_LEN
         payload = raw[len(MAGIC) + _MAC_LEN :] if signed else raw
         if self.allow_unsigned:
             return payload
@@ -214,12 +239,20 @@ class RedisObjectStorage:
             problem = "is unsigned"
         elif not self._secret:
             problem = "is signed, but STREAMMACHINE_SECRET_KEY is not set here"
+        elif magic == UNBOUND_MAGIC and not self.allow_unbound:
+            raise UnsafePickleError(
+                f"object key {key!r} is signed in the old SM1 form, whose signature does not "
+                "name its key (signed bytes copied from another key would pass), so it was not "
+                "unpickled: store it again, or read such values while you migrate with "
+                "allow_unbound=True (STREAMMACHINE_ALLOW_UNBOUND_PICKLES=1)"
+            )
         else:
-            mac = hmac.new(self._secret, payload, hashlib.sha256).digest()
+            mac = self._mac(key, payload, magic)
             if hmac.compare_digest(mac, raw[len(MAGIC) : len(MAGIC) + _MAC_LEN]):
                 return payload
             problem = (
-                "has a signature that does not match this secret key (tampered, or another key)"
+                "has a signature that does not match this secret key and key name (tampered, "
+                "copied from another key or namespace, or signed with another secret key)"
             )
         raise UnsafePickleError(
             f"object key {key!r} {problem}, so it was not unpickled: unpickling runs code chosen "
