@@ -3,7 +3,7 @@
 Routes: `/` (the page), `/static/*` (its script and style), `/api/status` (the snapshot as
 JSON), `/api/history` (the last minutes of throughput, lag, pending and dead letters),
 `/asyncapi.json` (the app's AsyncAPI document, when the dashboard runs inside an app),
-`/healthz` (liveness), `/readyz` (Redis reachable and no registered instance late),
+`/healthz` (liveness), `/readyz` (Redis reachable, no instance late, no delayed backlog),
 `/metrics` (Prometheus text), and the operator API (`ops`: `/api/agents`, `/api/dead`, ...,
 `POST /api/actions/<name>`). Who may read and who may act: see `guard`.
 """
@@ -31,6 +31,7 @@ from starlette.routing import Route
 from ..admin.instances import list_instances, unowned_partitions
 from ..connection import RedisConnection
 from ..exceptions import REDIS_FAILURES, StreamMachineError
+from ..schedule.backlog import backlog_problems
 from ..settings import DASHBOARD_TOKEN_ENV as TOKEN_ENV
 from ..settings import Settings
 from ..urls import mask_url
@@ -229,8 +230,12 @@ def create_dashboard(
         except _READ_FAILURES as exc:
             reason = f"redis unreachable at {mask_url(redis_url)}: {exc or 'timeout'}"
             return JSON({"ready": False, "reason": reason}, status_code=503)
+        stuck, failed = backlog_problems((await backend.status()).get("scheduled") or {})
+        problems = [*problems, *failed]
         if unowned:
-            reason = "partitions without a live owner: " + "; ".join(unowned)
+            stuck.insert(0, "partitions without a live owner: " + "; ".join(unowned))
+        if stuck:
+            reason = "; ".join(stuck)
             return JSON({"ready": False, "reason": reason, "problems": problems}, status_code=503)
         return JSON({"ready": True, "instances": len(instances), "problems": problems})
 

@@ -1,0 +1,127 @@
+"""Scheduling under bad input (issue 29): an entry the mover cannot deliver is set aside and the
+rest go on; sends refuse what the mover cannot carry; due times are bounded; rate-limit, timer
+lease and cron keys holding garbage are recovered from; the idle mover backs off. Real Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import redis as syncredis
+
+from streammachine import App, RedisConnection, keys
+from streammachine.exceptions import SerializationError
+from streammachine.schedule import MAX_DELAYED_FIELDS, Scheduler
+from streammachine.schedule.backlog import backlog_problems, scheduled_summary
+from tests.test_schedule import running
+from tests.util import eventually
+
+SCHED = keys.scheduled("default")
+
+
+def member(n_fields: int, stream: str = "big") -> bytes:
+    """An entry as `encode_entry` writes it, without its field cap (as a hand-written one)."""
+    items = [stream.encode(), b"0"] + [b"f%d" % (i // 2) for i in range(2 * n_fields)]
+    return b"0" * 24 + b"|" + b"".join(b"%d:%s" % (len(x), x) for x in items)
+
+
+# --- 1. an undeliverable entry is set aside; sends refuse what the mover cannot carry ----------
+
+
+async def test_mover_sets_aside_garbage_and_oversized_entries_and_moves_the_rest(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    conn = RedisConnection(url=redis_url)
+    sched = Scheduler(conn, "default")
+    redis_sync.zadd(SCHED, {b"garbage": 1, member(4000): 2, b"0" * 24 + b"|9999:x": 3})
+    redis_sync.zadd(SCHED, {b"0" * 24 + b"|1:s1:x1:a1:b": 4, b"0" * 24 + b"|1:s": 5})
+    await sched.schedule("fine", {"a": "1"}, 10)
+    r = await sched.move_due()
+    assert (r.moved, r.failed) == (1, 5)
+    assert redis_sync.xrange("fine")[0][1] == {b"a": b"1"}
+    assert redis_sync.zcard(SCHED) == 0 and redis_sync.zcard(sched.failed_key) == 5
+    summary = await scheduled_summary(conn.client, SCHED)
+    assert summary["failed"] == 5 and summary["backlog"] == 0
+    await conn.close()
+
+
+async def test_the_largest_allowed_entry_is_delivered_by_a_running_app(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    app = App(name="big", redis_url=redis_url)
+    fields = {f"f{i}": str(i) for i in range(MAX_DELAYED_FIELDS)}
+    async with running(app):
+        await app.send("big", fields, delay_s=0.01)
+        await eventually(lambda: redis_sync.xlen("big") == 1, what="the entry appended")
+    assert len(redis_sync.xrange("big")[0][1]) == MAX_DELAYED_FIELDS
+    assert redis_sync.zcard(SCHED) == 0
+
+
+async def test_sends_refuse_more_fields_than_a_delayed_entry_holds(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    from streammachine.mcp.streams import StreamTools
+    from streammachine.mcp.tools import Tools
+    from streammachine.settings import Settings
+
+    app = App(name="refuse", redis_url=redis_url)
+    too_many = {f"f{i}": "v" for i in range(MAX_DELAYED_FIELDS + 1)}
+    with pytest.raises(SerializationError, match=f"at most {MAX_DELAYED_FIELDS} fields"):
+        await app.send("x", too_many, delay_s=1)
+    with pytest.raises(SerializationError, match="send it now"):
+        await app.send_batch("x", [{"a": "1"}, too_many], at=time.time() + 5)
+    tools = Tools(redis_url, Settings(), read_only=False, timeout_s=10)
+    with pytest.raises(SerializationError, match="fields"):
+        await StreamTools(tools).stream_send("x", too_many, delay_s=0)
+    await tools.conn.close()
+    await app.redis.close()
+    assert redis_sync.zcard(SCHED) == 0
+
+
+def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "streammachine", *args, "--redis-url", redis_url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def test_cli_send_delay_refuses_more_fields_than_a_delayed_entry_holds(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    args = [f"f{i}=v" for i in range(MAX_DELAYED_FIELDS + 1)]
+    done = cli(redis_url, "send", "x", *args, "--delay", "1s")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"at most {MAX_DELAYED_FIELDS} fields" in done.stderr
+    assert redis_sync.zcard(SCHED) == 0  # nothing half-scheduled
+    assert redis_sync.xlen("x") == 0
+
+
+async def test_readyz_and_metrics_show_backlogged_and_failed_delayed_entries(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    from streammachine.dashboard.metrics import render_metrics
+    from streammachine.dashboard.status import collect_status
+    from tests.test_readyz import dashboard
+
+    redis_sync.zadd(SCHED, {member(1, "late"): 1000})  # due in 1970: nobody moved it
+    redis_sync.zadd(SCHED + ":failed", {b"garbage": 1})
+    conn = RedisConnection(url=redis_url)
+    status = await collect_status(conn.client)
+    (ns,) = status["scheduled"]["namespaces"]
+    assert (ns["backlog"], ns["failed"]) == (1, 1)
+    text = render_metrics(status)[0].decode()
+    assert 'streammachine_scheduled_backlog_entries{namespace="default"} 1.0' in text
+    assert 'streammachine_scheduled_failed_entries{namespace="default"} 1.0' in text
+    stuck, failed = backlog_problems(status["scheduled"])
+    assert "1 delayed entries overdue" in stuck[0] and ":failed" in failed[0]
+    async with dashboard(redis_url) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and "overdue" in ready.json()["reason"], ready.json()
+        assert any(":failed" in p for p in ready.json()["problems"])
+        redis_sync.delete(SCHED)
+
+        async def ready_again() -> bool:  # once the dashboard's shared snapshot ages out
+            return (await client.get("/readyz")).status_code == 200
+
+        await eventually(ready_again, what="/readyz 200 once the backlog is gone")
+    await conn.close()
