@@ -125,3 +125,56 @@ async def test_readyz_and_metrics_show_backlogged_and_failed_delayed_entries(
 
         await eventually(ready_again, what="/readyz 200 once the backlog is gone")
     await conn.close()
+
+
+# --- 2. due times are bounded; `scheduled` shows garbage as bad rows -------------------------
+
+
+async def test_delay_and_at_out_of_range_are_config_errors(redis_url: str) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from streammachine.exceptions import ConfigError
+    from streammachine.schedule import MAX_DELAY_S, due_ms
+
+    for bad in (float("nan"), float("inf"), 1e300, -1, MAX_DELAY_S + 1):
+        with pytest.raises(ConfigError, match="delay_s must be"):
+            due_ms(delay_s=bad)
+    plus14, minus14 = timezone(timedelta(hours=14)), timezone(timedelta(hours=-14))
+    far = (
+        float("nan"), float("inf"), -1.0, 1e300, datetime(1, 1, 1, tzinfo=plus14),
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=minus14), datetime(1, 1, 1),
+    )  # fmt: skip
+    for when in far:
+        with pytest.raises(ConfigError, match="at must be a time from 1970"):
+            due_ms(at=when)
+    assert due_ms(at=datetime(2000, 1, 1, tzinfo=UTC)) == 946_684_800_000  # past: due at once
+    app = App(name="bounds", redis_url=redis_url)
+    with pytest.raises(ConfigError):
+        await app.send("x", {"a": "1"}, delay_s=float("nan"))
+    with pytest.raises(ConfigError):
+        await app.send_batch("x", [{"a": "1"}], at=float("inf"))
+    await app.redis.close()
+
+
+def test_cli_send_bounds_delay_and_at_and_scheduled_lists_garbage_as_bad_rows(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    for flags in (
+        ["--delay", "9" * 400 + "d"],
+        ["--delay", "99999999999999999d"],
+        ["--at", "0001-01-01T00:00:00"],
+        ["--at", "0001-01-01T00:00:00+14:00"],
+        ["--at", "9999-12-31T23:59:59-14:00"],
+    ):
+        done = cli(redis_url, "send", "x", "a=1", *flags)
+        assert done.returncode == 2, (flags, done.stderr)
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        assert "1970" in done.stderr or "10 years" in done.stderr, done.stderr
+    assert redis_sync.zcard(SCHED) == 0
+    redis_sync.zadd(SCHED, {b"garbage": 1, b"\xff\xfe" * 20: 2, member(1, "far"): 1e300})
+    redis_sync.zadd(SCHED, {b"0" * 24 + b"|9:x": 3, member(2, "ok"): 4_000_000_000_000})
+    listed = cli(redis_url, "scheduled")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    assert listed.stdout.count("BAD") == 4 and " ok " in listed.stdout, listed.stdout
+    as_json = cli(redis_url, "scheduled", "--json")
+    assert as_json.returncode == 0 and len(as_json.stdout.splitlines()) == 5, as_json.stderr

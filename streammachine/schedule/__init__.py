@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .rate import RateLimiter
     from .timer import Timer
     from .timing import (
+        MAX_DELAY_S,
         due_ms,
         parse_duration,
         parse_rate,
@@ -65,6 +66,7 @@ _LAZY = {
     "run_leased_timers": ".lease",
     "RateLimiter": ".rate",
     "Timer": ".timer",
+    "MAX_DELAY_S": ".timing",
     "due_ms": ".timing",
     "parse_duration": ".timing",
     "parse_rate": ".timing",
@@ -76,6 +78,7 @@ __all__ = [
     "CRON_CATCH_UP_S",
     "INFLIGHT_MS",
     "MAX_DELAYED_FIELDS",
+    "MAX_DELAY_S",
     "MOVER_POLL_S",
     "MOVE_LIMIT",
     "Cron",
