@@ -4,10 +4,13 @@ lease and cron keys holding garbage are recovered from; the idle mover backs off
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
 
+import anyio
 import pytest
 import redis as syncredis
 
@@ -16,7 +19,7 @@ from streammachine.exceptions import SerializationError
 from streammachine.schedule import MAX_DELAYED_FIELDS, Scheduler
 from streammachine.schedule.backlog import backlog_problems, scheduled_summary
 from tests.test_schedule import running
-from tests.util import eventually
+from tests.util import eventually, wait_sync
 
 SCHED = keys.scheduled("default")
 
@@ -178,3 +181,105 @@ def test_cli_send_bounds_delay_and_at_and_scheduled_lists_garbage_as_bad_rows(
     assert listed.stdout.count("BAD") == 4 and " ok " in listed.stdout, listed.stdout
     as_json = cli(redis_url, "scheduled", "--json")
     assert as_json.returncode == 0 and len(as_json.stdout.splitlines()) == 5, as_json.stderr
+
+
+# --- 3. rate limits: bad keys are reset, waits are bounded and end on stop, bursts are small --
+
+
+async def test_rate_key_garbage_is_reset_and_said_once(
+    redis_url: str, redis_sync: syncredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streammachine.schedule import RateLimiter
+
+    conn = RedisConnection(url=redis_url)
+    limiter = RateLimiter(conn, "bad", "5/s")
+    far = (time.time() + 10**6) * 1e6  # 11.6 days ahead, in µs
+    for value in (f"{far:.0f}", "abc", "nan", "1e300"):
+        redis_sync.set(limiter.key, value)
+        assert await limiter.reserve(1) == 0.0, value
+    redis_sync.delete(limiter.key)
+    redis_sync.rpush(limiter.key, "x")  # a key of another type
+    assert await limiter.reserve(1) == 0.0
+    assert await limiter.reserve(1) == pytest.approx(0.2, abs=0.05)  # the limit works again
+    warned = [r for r in caplog.records if "not a time this limit can have set" in r.message]
+    assert len(warned) == 1 and "Traceback" not in caplog.text
+    assert limiter.max_wait_s == 60.0 and RateLimiter(conn, "slow", "1/m").max_wait_s == 6000.0
+    await conn.close()
+
+
+async def test_a_rate_wait_ends_when_its_key_is_deleted_or_on_stop(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    from streammachine.schedule import RateLimiter
+
+    conn = RedisConnection(url=redis_url)
+    limiter = RateLimiter(conn, "slow", "1/m")
+    assert await limiter.take(1) is True  # the first token is free; the next waits 60 s
+    started = time.monotonic()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(limiter.take, 1)
+            await eventually(lambda: redis_sync.pttl(limiter.key) > 100_000, what="2nd reserve")
+            redis_sync.delete(limiter.key)
+    assert time.monotonic() - started < 3
+    await limiter.reserve(1)  # the key is back: the next token waits 60 s
+    stop = anyio.Event()
+    got: list[bool] = []
+
+    async def take() -> None:
+        got.append(await limiter.take(1, stop))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take)
+            await eventually(lambda: redis_sync.pttl(limiter.key) > 100_000, what="reserve")
+            stop.set()
+    assert got == [False]
+    await conn.close()
+
+
+def rated(redis_url: str, limit: str) -> subprocess.Popen[bytes]:
+    from pathlib import Path
+
+    apps = Path(__file__).parent / "apps"
+    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": f"{apps}:{os.environ.get('PYTHONPATH', '')}", "RATED_LIMIT": limit}  # fmt: skip
+    cmd = [sys.executable, "-m", "streammachine", "run", "rated_app:app"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_rate_limit_5_per_s_handles_at_most_2_entries_in_any_200_ms(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    for i in range(8):
+        redis_sync.xadd("jobs", {"n": str(i)})
+    proc = rated(redis_url, "5/s")
+    try:
+        wait_sync(lambda: redis_sync.xlen("done") >= 8, 30, "8 handled")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    stamps = sorted(float(f[b"t"]) for _, f in redis_sync.xrange("done"))
+    most = max(sum(1 for s in stamps if t <= s < t + 0.2) for t in stamps)
+    assert most <= 2, stamps
+
+
+def test_sigint_ends_a_long_rate_limit_wait_and_loses_nothing(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    for i in range(3):
+        redis_sync.xadd("jobs", {"n": str(i)})
+    proc = rated(redis_url, "1/m")
+    try:
+        wait_sync(lambda: redis_sync.xlen("done") == 1, 30, "the first handled")
+        # The first is acked; the 2nd waits for the limit, the 3rd is read ahead.
+        wait_sync(lambda: redis_sync.xpending("jobs", "g")["pending"] == 2, 10, "in hand")
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and took < 5, (took, proc.stderr.read() if proc.stderr else "")
+    assert redis_sync.xlen("done") == 1
+    assert redis_sync.xpending("jobs", "g")["pending"] == 2  # left for a restart or a claim
