@@ -283,3 +283,61 @@ def test_sigint_ends_a_long_rate_limit_wait_and_loses_nothing(
     assert proc.returncode == 0 and took < 5, (took, proc.stderr.read() if proc.stderr else "")
     assert redis_sync.xlen("done") == 1
     assert redis_sync.xpending("jobs", "g")["pending"] == 2  # left for a restart or a claim
+
+
+# --- 4. garbage in the timer lease and cron keys is recovered from, said once ----------------
+
+
+@pytest.mark.parametrize("garbage", ["string", "list"])
+async def test_timers_run_again_after_garbage_in_their_lease(
+    redis_url: str,
+    redis_sync: syncredis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    garbage: str,
+) -> None:
+    lease = keys.timer_lease("leasy")
+    if garbage == "string":
+        redis_sync.set(lease, "garbage")  # no expiry: stopped the timers for ever
+    else:
+        redis_sync.rpush(lease, "garbage")
+    app = App(name="leasy", redis_url=redis_url)
+    runs: list[float] = []
+
+    @app.timer(0.2)
+    async def tick() -> None:
+        runs.append(time.monotonic())
+
+    async with running(app):
+        await eventually(lambda: len(runs) >= 2, timeout_s=8, what="the timer runs")
+    warned = [r for r in caplog.records if "was not one StreamMachine writes" in r.message]
+    assert len(warned) == 1, caplog.text
+
+
+@pytest.mark.parametrize("value", ["1e300", "abc", "list"])
+async def test_cron_recovers_from_garbage_in_its_key_and_says_so_once(
+    redis_url: str, redis_sync: syncredis.Redis, caplog: pytest.LogCaptureFixture, value: str
+) -> None:
+    from streammachine.schedule import Cron
+
+    key = keys.cron("cronny", "every_second")
+    if value == "list":
+        redis_sync.rpush(key, "x")
+    else:
+        redis_sync.set(key, value)
+    conn = RedisConnection(url=redis_url)
+    runs: list[float] = []
+
+    async def every_second() -> None:
+        runs.append(time.time())
+
+    cron = Cron(every_second, "* * * * * *")
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cron.run, stop, conn, "cronny")
+        await eventually(lambda: len(runs) >= 2, timeout_s=5, what="two fires")
+        stop.set()
+    last = float(redis_sync.get(key) or 0)
+    assert abs(last / 1000 - time.time()) < 5  # a real fire time again
+    warned = [r for r in caplog.records if "not a fire time" in r.message]
+    assert len(warned) == 1, caplog.text
+    await conn.close()
