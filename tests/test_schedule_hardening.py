@@ -341,3 +341,40 @@ async def test_cron_recovers_from_garbage_in_its_key_and_says_so_once(
     warned = [r for r in caplog.records if "not a fire time" in r.message]
     assert len(warned) == 1, caplog.text
     await conn.close()
+
+
+# --- idle cost: the mover backs off when nothing is due, and is still on time ---------------
+
+
+async def test_idle_mover_looks_once_a_second_and_delivers_on_time(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    conn, other = RedisConnection(url=redis_url), RedisConnection(url=redis_url)
+    sched = Scheduler(conn, "default")
+    calls: list[float] = []
+    move_due = sched.move_due
+
+    async def counted(limit: int = 1000) -> object:
+        calls.append(time.monotonic())
+        return await move_due(limit)
+
+    sched.move_due = counted  # type: ignore[method-assign]
+    stop = anyio.Event()
+
+    async def appended(stream: str) -> float:
+        await eventually(lambda: redis_sync.xlen(stream) == 1, what=f"{stream} appended")
+        return time.time()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sched.run_mover, stop)
+        await anyio.sleep(2.5)  # measuring idle calls over a span: the span is the point
+        assert len(calls) <= 4, calls
+        due = time.time() + 1.5  # scheduled elsewhere: seen at the next look, moved when due
+        await Scheduler(other, "default").schedule("elsewhere", {"a": "1"}, int(due * 1000))
+        assert await appended("elsewhere") - due < 0.2
+        due = time.time() + 0.3  # scheduled by this app: its mover looks at once
+        await sched.schedule("here", {"a": "1"}, int(due * 1000))
+        assert await appended("here") - due < 0.2
+        stop.set()
+    await conn.close()
+    await other.close()

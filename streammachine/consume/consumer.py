@@ -83,7 +83,9 @@ class Consumer(Taking):
         self.faults: set[str] = set()
         self.warned_cross_slot = False
         #: entries read at once: no more than the rate limit takes at once (its burst)
-        self.read_count = cfg.count if ctx.limiter is None else min(cfg.count, ctx.limiter.max_batch)
+        self.read_count = (
+            cfg.count if ctx.limiter is None else min(cfg.count, ctx.limiter.max_batch)
+        )
         self.stopping: anyio.Event | None = None
 
     @property
