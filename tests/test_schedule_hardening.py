@@ -115,8 +115,8 @@ async def test_readyz_and_metrics_show_backlogged_and_failed_delayed_entries(
     text = render_metrics(status)[0].decode()
     assert 'streammachine_scheduled_backlog_entries{namespace="default"} 1.0' in text
     assert 'streammachine_scheduled_failed_entries{namespace="default"} 1.0' in text
-    stuck, failed = backlog_problems(status["scheduled"])
-    assert "1 delayed entries overdue" in stuck[0] and ":failed" in failed[0]
+    stuck, failed = backlog_problems(status["scheduled"], ["earlier"])
+    assert "1 delayed entries overdue" in stuck[0] and ":failed" in failed[1]
     async with dashboard(redis_url) as client:
         ready = await client.get("/readyz")
         assert ready.status_code == 503 and "overdue" in ready.json()["reason"], ready.json()

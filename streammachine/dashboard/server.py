@@ -31,7 +31,7 @@ from starlette.routing import Route
 from ..admin.instances import list_instances, unowned_partitions
 from ..connection import RedisConnection
 from ..exceptions import REDIS_FAILURES, StreamMachineError
-from ..schedule.backlog import backlog_problems
+from ..schedule.backlog import backlog_problems, read_scheduled
 from ..settings import DASHBOARD_TOKEN_ENV as TOKEN_ENV
 from ..settings import Settings
 from ..urls import mask_url
@@ -227,17 +227,18 @@ def create_dashboard(
         try:
             with anyio.fail_after(READ_TIMEOUT_S):
                 unowned, problems = await unowned_partitions(backend.client, instances)
+                stuck, problems = backlog_problems(await read_scheduled(backend.client), problems)
         except _READ_FAILURES as exc:
             reason = f"redis unreachable at {mask_url(redis_url)}: {exc or 'timeout'}"
             return JSON({"ready": False, "reason": reason}, status_code=503)
-        stuck, failed = backlog_problems((await backend.status()).get("scheduled") or {})
-        problems = [*problems, *failed]
         if unowned:
             stuck.insert(0, "partitions without a live owner: " + "; ".join(unowned))
         if stuck:
-            reason = "; ".join(stuck)
-            return JSON({"ready": False, "reason": reason, "problems": problems}, status_code=503)
-        return JSON({"ready": True, "instances": len(instances), "problems": problems})
+            return JSON({"ready": False, "reason": "; ".join(stuck), "problems": problems}, 503)
+        body: dict[str, Any] = {"ready": True, "instances": len(instances)}
+        if problems:
+            body["problems"] = problems
+        return JSON(body)
 
     async def metrics(request: Request) -> Response:
         # Redis down is a metric (streammachine_redis_up 0), not a failed scrape.

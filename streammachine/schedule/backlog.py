@@ -4,11 +4,13 @@ the namespace runs, or its mover is stuck) and how many the mover set aside as u
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .. import keys
+from ..codec import as_text
 
-__all__ = ["BACKLOG_S", "backlog_problems", "scheduled_summary"]
+__all__ = ["BACKLOG_S", "backlog_problems", "read_scheduled", "scheduled_summary"]
 
 #: An entry still waiting this long after its due time counts as backlogged (a running app moves
 #: it within about a second).
@@ -44,10 +46,36 @@ async def scheduled_summary(client: Any, key: str) -> dict[str, Any]:
     }
 
 
-def backlog_problems(scheduled: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """From a dashboard status' `scheduled` part: (backlogged namespaces, a reason each — not
-    ready), (namespaces with entries set aside as undeliverable — worth a look, not unready)."""
-    stuck, failed = [], []
+async def read_scheduled(client: Any) -> dict[str, Any]:
+    """Every namespace's delayed entries (`scheduled_summary` each, at most 1000 namespaces).
+
+    Returns:
+        `{"count", "oldest_due_ms", "namespaces": [summary, ...]}`.
+    """
+    names = sorted(
+        {
+            as_text(k)
+            async for k in client.scan_iter(match=keys.SCHEDULED_MATCH, _type="zset")
+            if as_text(k).endswith("}") and len(k) <= 1100
+        }
+    )[:1000]
+    namespaces = [await scheduled_summary(client, k) for k in names]
+    dues = [n["oldest_due_ms"] for n in namespaces if n["oldest_due_ms"] is not None]
+    return {
+        "count": sum(n["count"] for n in namespaces),
+        "oldest_due_ms": min(dues) if dues else None,
+        "namespaces": namespaces,
+    }
+
+
+def backlog_problems(
+    scheduled: dict[str, Any] | None, problems: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """From a dashboard status' `scheduled` part: the backlogged namespaces, a reason each (not
+    ready), and `problems` plus the namespaces with entries set aside as undeliverable (worth a
+    look, not unready)."""
+    scheduled = scheduled or {}
+    stuck, failed = [], list(problems)
     for ns in scheduled.get("namespaces") or []:
         if ns.get("backlog"):
             stuck.append(
