@@ -13,11 +13,13 @@ import time
 import anyio
 import pytest
 import redis as syncredis
+from redis.cluster import RedisCluster as SyncCluster
 
 from streammachine import App, RedisConnection, keys
 from streammachine.exceptions import SerializationError
 from streammachine.schedule import MAX_DELAYED_FIELDS, Scheduler
 from streammachine.schedule.backlog import backlog_problems, scheduled_summary
+from streammachine.testing import RedisClusterServer
 from tests.test_schedule import running
 from tests.util import eventually, wait_sync
 
@@ -378,3 +380,19 @@ async def test_idle_mover_looks_once_a_second_and_delivers_on_time(
         stop.set()
     await conn.close()
     await other.close()
+
+
+async def test_cluster_mover_sets_aside_what_it_cannot_deliver(
+    cluster: RedisClusterServer, rc: SyncCluster
+) -> None:
+    conn = RedisConnection(url=cluster.url)
+    sched = Scheduler(conn, "default")
+    rc.set("not-a-stream", "x")
+    rc.zadd(SCHED, {b"garbage": 1, member(4000): 2})
+    await sched.schedule("not-a-stream", {"a": "1"}, 3)
+    await sched.schedule("fine", {"a": "1"}, 4)
+    r = await sched.move_due()
+    assert (r.moved, r.failed) == (1, 3)
+    assert rc.xlen("fine") == 1 and rc.zcard(sched.failed_key) == 3
+    assert rc.zcard(SCHED) == 0 and rc.zcard(sched.inflight_key) == 0
+    await conn.close()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .. import keys
+from ..codec import as_text
 from ..exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ class Cron:
                     warned.append(key)
                     log.warning(
                         "cron %s: its key %s held %r, not a fire time; replaced (said once)",
-                        self.name, key, bad,
+                        self.name, key, as_text(bad),
                     )  # fmt: skip
                 return bool(int(ok))
             except Exception as exc:

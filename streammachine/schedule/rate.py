@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .. import keys
+from ..codec import as_text
 from ..exceptions import ConfigError
 from .timing import parse_rate
 
@@ -111,7 +112,7 @@ class RateLimiter:
             self._warned = True
             log.warning(
                 "rate limit %s: its key %s held %r, not a time this limit can have set; reset "
-                "(said once)", self.name, self.key, reply[2],
+                "(said once)", self.name, self.key, as_text(reply[2]),
             )  # fmt: skip
         return min(float(reply[0]) / 1e6, self.max_wait_s + self.tolerance_us / 1e6)
 
