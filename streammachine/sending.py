@@ -103,13 +103,15 @@ class Sending:
 
         With `delay_s` (seconds from now) or `at` (a datetime, or epoch seconds) the entry is
         kept in Redis until it is due, then appended by whichever app of this storage namespace
-        runs (each running app moves due entries, about every 0.2 s); it survives restarts and
-        is appended once, fields exact. The schedule id is returned (None while buffered).
+        runs (see docs/scheduling.md for how soon); it survives restarts and is appended once,
+        fields exact. The schedule id is returned (None while buffered).
 
         Raises:
             SerializationError: (a ValueError) the record is empty, has a field name that is
                 not a str, or a value that cannot be encoded.
-            ConfigError: both `delay_s` and `at`, or a negative delay.
+            ConfigError: both `delay_s` and `at`, or a due time that is NaN, infinite, before
+                1970 or more than 10 years ahead (`schedule.MAX_DELAY_S`).
+            SerializationError: a delayed record with more than `MAX_DELAYED_FIELDS` fields.
 
         Example:
             >>> await app.send("output_stream", {"processed": True})  # doctest: +SKIP

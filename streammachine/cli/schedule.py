@@ -34,21 +34,24 @@ def due_from_flags(delay: str | None, at: str | None) -> int | None:
 
     if delay is not None and at is not None:
         fail("give --delay or --at, not both", 2)
-    try:
-        if delay is not None:
+    if delay is not None:
+        try:
             return due_ms(delay_s=parse_duration(delay))
-        if at is not None:
-            try:
-                when = datetime.fromisoformat(at)
-            except ValueError:
-                fail(
-                    f"--at {at!r} is not an ISO 8601 time: use e.g. 2030-01-01T09:00:00+00:00 "
-                    "(without an offset it is local time)",
-                    2,
-                )
+        except ConfigError as exc:
+            fail(f"--delay {delay[:40]!r}: {str(exc).replace('delay_s', 'the delay')}", 2)
+    if at is not None:
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            fail(
+                f"--at {at[:60]!r} is not an ISO 8601 time: use e.g. 2030-01-01T09:00:00+00:00 "
+                "(without an offset it is local time)",
+                2,
+            )
+        try:
             return due_ms(at=when)
-    except ConfigError as exc:
-        fail(f"--delay: {exc}", 2)
+        except ConfigError:
+            fail(f"--at {at[:60]!r}: give a time from 1970 on and at most 10 years ahead", 2)
     return None
 
 

@@ -82,6 +82,11 @@ class Consumer(Taking):
         self.resync = False
         self.faults: set[str] = set()
         self.warned_cross_slot = False
+        #: entries read at once: no more than the rate limit takes at once (its burst)
+        self.read_count = (
+            cfg.count if ctx.limiter is None else min(cfg.count, ctx.limiter.max_batch)
+        )
+        self.stopping: anyio.Event | None = None
 
     @property
     def epoch(self) -> Tag:
@@ -97,10 +102,11 @@ class Consumer(Taking):
     def _read_cmd(self, block: bool, start_id: str = ">") -> list[Any]:
         cfg = self.cfg
         block_ms = cfg.block_ms if block and not self.memory else None
-        return read_command(cfg.group, self.name, cfg.count, block_ms, self.stream, start_id)
+        return read_command(cfg.group, self.name, self.read_count, block_ms, self.stream, start_id)
 
     async def run(self, stop: anyio.Event) -> None:
         """Consume until `stop` is set, then drain: finish and commit the batch in hand."""
+        self.stopping = stop
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_stop, stop)
             cfg = self.cfg
@@ -305,9 +311,10 @@ class Consumer(Taking):
     async def _handle(self, batch: list[Message], tag: Tag) -> Pending | None:
         """Run the handler over `batch`; return the commit of what succeeded."""
         ctx = self.ctx
-        if ctx.limiter is not None:
-            # Sleeping costs no CPU, and the keepalive keeps the batch from being claimed.
-            await ctx.limiter.take(len(batch))
+        if ctx.limiter is not None and not await ctx.limiter.take(len(batch), self.stopping):
+            # Sleeping costs no CPU, and the keepalive keeps the batch from being claimed; a stop
+            # ends the wait, and the batch stays pending (handled after a restart or a claim).
+            return None
         if not self._holds():
             return None  # lost the partition (e.g. frozen past its lease): the batch is not ours
         out = self.committer.outbox(self.cfg.maxlen, ctx.namespace)

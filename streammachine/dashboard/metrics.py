@@ -100,12 +100,24 @@ class StatusCollector(Collector):
             "Due time of the soonest delayed entry (epoch seconds; absent when none waits).",
             labels=["namespace"],
         )
+        backlog = GaugeMetricFamily(
+            "streammachine_scheduled_backlog_entries",
+            "Delayed entries overdue by more than 30 s (no mover runs, or it is stuck).",
+            labels=["namespace"],
+        )
+        failed = GaugeMetricFamily(
+            "streammachine_scheduled_failed_entries",
+            "Delayed entries set aside in <key>:failed: they could not be appended.",
+            labels=["namespace"],
+        )
         for ns in scheduled.get("namespaces") or []:
-            count.add_metric([str(ns["namespace"])], _num(ns.get("count")))
+            label = [str(ns["namespace"])]
+            count.add_metric(label, _num(ns.get("count")))
+            backlog.add_metric(label, _num(ns.get("backlog")))
+            failed.add_metric(label, _num(ns.get("failed")))
             if ns.get("oldest_due_ms") is not None:
-                oldest.add_metric([str(ns["namespace"])], _num(ns["oldest_due_ms"]) / 1000)
-        yield count
-        yield oldest
+                oldest.add_metric(label, _num(ns["oldest_due_ms"]) / 1000)
+        yield from (count, oldest, backlog, failed)
 
     def _instances(self, instances: list[dict[str, Any]]) -> Iterator[Metric]:
         up = GaugeMetricFamily(

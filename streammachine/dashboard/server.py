@@ -3,7 +3,7 @@
 Routes: `/` (the page), `/static/*` (its script and style), `/api/status` (the snapshot as
 JSON), `/api/history` (the last minutes of throughput, lag, pending and dead letters),
 `/asyncapi.json` (the app's AsyncAPI document, when the dashboard runs inside an app),
-`/healthz` (liveness), `/readyz` (Redis reachable and no registered instance late),
+`/healthz` (liveness), `/readyz` (Redis reachable, no instance late, no delayed backlog),
 `/metrics` (Prometheus text), and the operator API (`ops`: `/api/agents`, `/api/dead`, ...,
 `POST /api/actions/<name>`). Who may read and who may act: see `guard`.
 """
@@ -31,6 +31,7 @@ from starlette.routing import Route
 from ..admin.instances import list_instances, unowned_partitions
 from ..connection import RedisConnection
 from ..exceptions import REDIS_FAILURES, StreamMachineError
+from ..schedule.backlog import backlog_problems, read_scheduled
 from ..settings import DASHBOARD_TOKEN_ENV as TOKEN_ENV
 from ..settings import Settings
 from ..urls import mask_url
@@ -226,12 +227,14 @@ def create_dashboard(
         try:
             with anyio.fail_after(READ_TIMEOUT_S):
                 unowned, problems = await unowned_partitions(backend.client, instances)
+                stuck, problems = backlog_problems(await read_scheduled(backend.client), problems)
         except _READ_FAILURES as exc:
             reason = f"redis unreachable at {mask_url(redis_url)}: {exc or 'timeout'}"
             return JSON({"ready": False, "reason": reason}, status_code=503)
         if unowned:
-            reason = "partitions without a live owner: " + "; ".join(unowned)
-            return JSON({"ready": False, "reason": reason, "problems": problems}, status_code=503)
+            stuck.insert(0, "partitions without a live owner: " + "; ".join(unowned))
+        if stuck:
+            return JSON({"ready": False, "reason": "; ".join(stuck), "problems": problems}, 503)
         body: dict[str, Any] = {"ready": True, "instances": len(instances)}
         if problems:
             body["problems"] = problems

@@ -131,22 +131,9 @@ async def collect_status(
 
 async def _scheduled(client: aioredis.Redis) -> dict[str, Any]:
     """The delayed entries waiting in each namespace (one sorted set per namespace)."""
-    from ..schedule.delayed import scheduled_summary
+    from ..schedule.backlog import read_scheduled
 
-    names = sorted(
-        {
-            as_text(k)
-            async for k in client.scan_iter(match=keys.SCHEDULED_MATCH, _type="zset")
-            if as_text(k).endswith("}") and len(k) <= 1100
-        }
-    )[:1000]
-    namespaces = [await scheduled_summary(client, k) for k in names]
-    dues = [n["oldest_due_ms"] for n in namespaces if n["oldest_due_ms"] is not None]
-    return {
-        "count": sum(n["count"] for n in namespaces),
-        "oldest_due_ms": min(dues) if dues else None,
-        "namespaces": namespaces,
-    }
+    return await read_scheduled(client)
 
 
 def _pending_age(group: dict[str, Any], now_ms: int) -> float | None:

@@ -2,7 +2,8 @@
 rate limits.
 
 `timer` (periodic tasks), `lease` (one process runs an app's timers), `cron` (wall-clock tasks,
-each fire time once), `delayed` (entries kept in Redis until due, and their mover), `rate` (GCRA
+each fire time once), `delayed` (entries kept in Redis until due, and their mover; `entries` their
+format, `backlog` what waits overdue or failed), `rate` (GCRA
 limits shared by every consumer), `timing` (durations, rates, due times). Key names are in
 `streammachine.keys`.
 
@@ -21,9 +22,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .backlog import BACKLOG_S, backlog_problems
     from .cron import CRON_CATCH_UP_S, Cron
     from .delayed import (
         INFLIGHT_MS,
+        MAX_DELAYED_FIELDS,
         MOVE_LIMIT,
         MOVER_POLL_S,
         ScheduledEntry,
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from .rate import RateLimiter
     from .timer import Timer
     from .timing import (
+        MAX_DELAY_S,
         due_ms,
         parse_duration,
         parse_rate,
@@ -44,6 +48,9 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
+    "BACKLOG_S": ".backlog",
+    "backlog_problems": ".backlog",
+    "MAX_DELAYED_FIELDS": ".entries",
     "CRON_CATCH_UP_S": ".cron",
     "Cron": ".cron",
     "INFLIGHT_MS": ".delayed",
@@ -59,6 +66,7 @@ _LAZY = {
     "run_leased_timers": ".lease",
     "RateLimiter": ".rate",
     "Timer": ".timer",
+    "MAX_DELAY_S": ".timing",
     "due_ms": ".timing",
     "parse_duration": ".timing",
     "parse_rate": ".timing",
@@ -66,8 +74,11 @@ _LAZY = {
 }
 
 __all__ = [
+    "BACKLOG_S",
     "CRON_CATCH_UP_S",
     "INFLIGHT_MS",
+    "MAX_DELAYED_FIELDS",
+    "MAX_DELAY_S",
     "MOVER_POLL_S",
     "MOVE_LIMIT",
     "Cron",
@@ -76,6 +87,7 @@ __all__ = [
     "ScheduledEntry",
     "Scheduler",
     "Timer",
+    "backlog_problems",
     "decode_entry",
     "due_ms",
     "encode_entry",

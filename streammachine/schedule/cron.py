@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .. import keys
+from ..codec import as_text
 from ..exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -25,12 +26,25 @@ log = logging.getLogger("streammachine.schedule")
 
 # Claim fire time ARGV[1] (epoch ms): only when it is newer than every fire time claimed so far,
 # so each is run once across the app; a catch-up claim (ARGV[2] = 1) also needs an earlier one.
+# A stored value that is not a time, or is more than an hour ahead of Redis' clock (no claim can
+# be), is replaced. Returns {1 when claimed, the bad value found or ''}.
 CLAIM_FIRE_SCRIPT = """
-local last = redis.call('GET', KEYS[1])
-if ARGV[2] == '1' and not last then return 0 end
-if last and tonumber(last) >= tonumber(ARGV[1]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local raw = redis.pcall('GET', KEYS[1])
+local last, bad = nil, ''
+if type(raw) == 'string' then
+  last = tonumber(raw)
+  if not last or last ~= last or last > now + 3600000 then last, bad = nil, raw end
+elseif type(raw) == 'table' then
+  bad = '(a key of another type)'
+  redis.call('DEL', KEYS[1])
+end
+bad = string.sub(bad, 1, 60)
+if ARGV[2] == '1' and not last and bad == '' then return {0, bad} end
+if last and last >= tonumber(ARGV[1]) then return {0, bad} end
 redis.call('SET', KEYS[1], ARGV[1])
-return 1
+return {1, bad}
 """
 
 #: A fire time missed by at most this long (e.g. during a failover) is fired late, once.
@@ -128,12 +142,20 @@ class Cron:
         """Fire until `stop`; with `redis`, claim each fire time first (scope "app")."""
         key = keys.cron(app_name, self.name)
         script = redis.script(CLAIM_FIRE_SCRIPT) if redis is not None else None
+        warned: list[str] = []
 
         async def claim(fire: float, catch_up: bool) -> bool:
             if script is None:
                 return not catch_up
             try:
-                return bool(await script(keys=[key], args=[int(fire * 1000), int(catch_up)]))
+                ok, bad = await script(keys=[key], args=[int(fire * 1000), int(catch_up)])
+                if bad and not warned:
+                    warned.append(key)
+                    log.warning(
+                        "cron %s: its key %s held %r, not a fire time; replaced (said once)",
+                        self.name, key, as_text(bad),
+                    )  # fmt: skip
+                return bool(int(ok))
             except Exception as exc:
                 log.warning("cron %s: cannot claim its fire time (%s); skipped", self.name, exc)
                 return False

@@ -4,24 +4,33 @@ to their stream by one script that every running app calls (`Scheduler.run_mover
 
 from __future__ import annotations
 
-import itertools
 import logging
-import secrets
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
+from redis.exceptions import ResponseError
 
 from .. import keys
+from .backlog import scheduled_summary
+from .entries import (
+    MAX_DELAYED_FIELDS,
+    ScheduledEntry,
+    decode_entry,
+    encode_entry,
+    flat_fields,
+    new_id,
+    schedule_commands,
+)
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
 
 __all__ = [
     "INFLIGHT_MS",
+    "MAX_DELAYED_FIELDS",
     "MOVER_POLL_S",
     "MOVE_LIMIT",
     "ScheduledEntry",
@@ -34,155 +43,43 @@ __all__ = [
 
 log = logging.getLogger("streammachine.schedule")
 
-#: How often a mover looks for due entries when none is due sooner.
-MOVER_POLL_S = 0.2
+#: How often at the latest a mover looks for due entries: it looks when the soonest entry is due,
+#: and at once after its own app scheduled one; so only an entry another process scheduled less
+#: than this before its due time may be appended up to this late.
+MOVER_POLL_S = 1.0
 #: Entries one mover call moves at most (it calls again at once while there are more).
 MOVE_LIMIT = 1000
 #: A cluster mover's claim on entries it is appending; after this they are moved again.
 INFLIGHT_MS = 30_000
 
 
-# --- delayed entries ---------------------------------------------------------------------------
-
-_counter = itertools.count()
-
-
-def _new_id() -> str:
-    # Time first, so entries due at the same ms keep the order they were scheduled in.
-    return f"{time.time_ns() + next(_counter) % 1000:016x}{secrets.token_hex(4)}"
-
-
-_ID_LEN = 24
-
-
-def _b(item: Any) -> bytes:
-    if type(item) is bytes:
-        return item
-    if isinstance(item, str):
-        return item.encode()
-    if isinstance(item, bytes | bytearray | memoryview):
-        return bytes(item)
-    return str(item).encode()
-
-
-def encode_entry(
-    entry_id: str, stream: str, fields: Sequence[bytes | str], maxlen: int | None = None
-) -> bytes:
-    """One delayed entry as a sorted-set member: its id, `|`, then `<len>:<bytes>` for the
-    stream, the maxlen (0 = none, > 0 approximate, < 0 exact) and each field name and value.
-
-    Length-prefixed bytes keep binary values and field order exact, and a Lua script can read
-    them with string.find/sub (fakeredis' Lua, behind `memory://`, has no cmsgpack).
-
-    Example:
-        >>> encode_entry("0" * 24, "s", ["k", b"v"])[24:]
-        b'|1:s1:01:k1:v'
-    """
-    parts = [entry_id.encode(), b"|"]
-    for item in (stream, str(maxlen or 0), *fields):
-        raw = _b(item)
-        parts.append(b"%d:" % len(raw))
-        parts.append(raw)
-    return b"".join(parts)
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduledEntry:
-    """A delayed entry waiting in Redis."""
-
-    id: str
-    stream: str
-    due_ms: int
-    fields: list[tuple[bytes, bytes]]
-    maxlen: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: fields decoded as UTF-8 (bad bytes replaced)."""
-        return {
-            "id": self.id,
-            "stream": self.stream,
-            "due_ms": self.due_ms,
-            "fields": {
-                k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in self.fields
-            },
-        }
-
-
-def decode_entry(member: bytes, score: float) -> ScheduledEntry:
-    """A sorted-set member written by `encode_entry` (and its score) as a `ScheduledEntry`."""
-    items: list[bytes] = []
-    pos, end = _ID_LEN + 1, len(member)
-    while pos < end:
-        colon = member.index(b":", pos)
-        n = int(member[pos:colon])
-        items.append(member[colon + 1 : colon + 1 + n])
-        pos = colon + 1 + n
-    flat = items[2:]
-    return ScheduledEntry(
-        id=member[:_ID_LEN].decode(),
-        stream=items[0].decode("utf-8", "replace"),
-        due_ms=int(score),
-        fields=list(zip(flat[::2], flat[1::2], strict=False)),
-        maxlen=int(items[1]),
-    )
-
-
-def _flat(fields: Mapping[Any, Any] | Sequence[Any]) -> list[Any]:
-    if isinstance(fields, Mapping):
-        return [x for kv in fields.items() for x in kv]
-    return list(fields)
-
-
-def schedule_commands(
-    namespace: str,
-    stream: str,
-    fields: Sequence[bytes | str],
-    due: int,
-    maxlen: int | None = None,
-    entry_id: str | None = None,
-) -> list[list[Any]]:
-    """The Redis commands that schedule one entry (for a commit that writes them atomically).
-
-    Args:
-        namespace: the storage namespace whose movers move it.
-        stream: where it goes when due.
-        fields: `[k1, v1, k2, v2, ...]`, str or bytes (bytes kept exactly).
-        due: the due time, epoch ms.
-        maxlen: trim `stream` when the entry is appended (> 0 approximately, < 0 exactly).
-        entry_id: its schedule id (default: a new one).
-
-    Returns:
-        A list of commands, each a list of arguments; today one `ZADD` on
-        `keys.scheduled(namespace)` (the only key touched).
-
-    Example:
-        >>> cmds = schedule_commands("default", "orders", ["id", "7"], 1700000000000)
-        >>> cmds[0][0], cmds[0][1]
-        ('ZADD', 'streammachine:sched:{default}')
-    """
-    member = encode_entry(entry_id or _new_id(), stream, fields, maxlen)
-    return [["ZADD", keys.scheduled(namespace), int(due), member]]
-
-
 # Moves the due entries of one namespace to their streams, removing them in the same step, so
-# each is appended once. Time is Redis' clock (one clock for every host). An entry Redis refuses
-# to append (e.g. its stream key is another type) goes to KEYS[2] instead of blocking the rest.
-# KEYS: [scheduled, failed]; ARGV: [limit]. Returns {moved, failed, now_ms, next due score?}.
+# each is appended once. Time is Redis' clock (one clock for every host). An entry that cannot be
+# appended (a member that is not an entry, more fields than the script's stack holds, its stream
+# key of another type, ...) goes to KEYS[2] instead of blocking the rest.
+# KEYS: [scheduled, failed]; ARGV: [limit, max fields].
+# Returns {moved, failed, now_ms, next due score or '', why the first failure or ''}.
 MOVE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-local failed = 0
-for i = 1, #due do
-  local m = due[i]
-  local items, pos, len = {}, 26, #m
+local cap = tonumber(ARGV[2]) * 2 + 2
+local function move(m)
+  local len = #m
+  if len < 26 or string.sub(m, 25, 25) ~= '|' then return 'not a delayed entry' end
+  local items, pos = {}, 26
   while pos <= len do
     local colon = string.find(m, ':', pos, true)
+    if not colon or colon - pos > 12 then return 'not a delayed entry' end
     local n = tonumber(string.sub(m, pos, colon - 1))
+    if not n or n < 0 or n % 1 ~= 0 or colon + n > len then return 'not a delayed entry' end
+    if #items >= cap then return 'more fields than a delayed entry may hold' end
     items[#items + 1] = string.sub(m, colon + 1, colon + n)
     pos = colon + n + 1
   end
+  if #items < 4 or #items % 2 == 1 then return 'not a delayed entry (no fields)' end
   local maxlen, ok = tonumber(items[2]), nil
+  if not maxlen then return 'not a delayed entry (bad maxlen)' end
   if maxlen > 0 then
     ok = redis.pcall('XADD', items[1], 'MAXLEN', '~', maxlen, '*', unpack(items, 3))
   elseif maxlen < 0 then
@@ -190,14 +87,21 @@ for i = 1, #due do
   else
     ok = redis.pcall('XADD', items[1], '*', unpack(items, 3))
   end
-  if type(ok) == 'table' and ok.err then
+  if type(ok) == 'table' and ok.err then return ok.err end
+  return nil
+end
+local failed, why = 0, ''
+for i = 1, #due do
+  local done, err = pcall(move, due[i])
+  if err then
     failed = failed + 1
-    redis.call('ZADD', KEYS[2], now, m)
+    if why == '' then why = tostring(err) end
+    redis.call('ZADD', KEYS[2], now, due[i])
   end
 end
 if #due > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #due - 1) end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {#due - failed, failed, now, nxt[2]}
+return {#due - failed, failed, now, nxt[2] or '', why}
 """
 
 # Cluster fallback (a stream may live in another slot than the sorted set, and a script may only
@@ -252,6 +156,7 @@ class Scheduler:
         self.key = keys.scheduled(namespace)
         self.inflight_key = f"{self.key}:inflight"
         self.failed_key = f"{self.key}:failed"
+        self._wake: anyio.Event | None = None  # set by a send: the mover looks at once
 
     def __repr__(self) -> str:
         return f"Scheduler(namespace={self.namespace!r})"
@@ -274,16 +179,21 @@ class Scheduler:
         maxlen: int | None = None,
     ) -> list[str]:
         """Keep many entries until `due` (one ZADD); returns their schedule ids in order."""
-        ids = [_new_id() for _ in records]
+        ids = [new_id() for _ in records]
         args: list[Any] = []
         for entry_id, fields in zip(ids, records, strict=True):
-            args += [int(due), encode_entry(entry_id, stream, _flat(fields), maxlen)]
+            args += [int(due), encode_entry(entry_id, stream, flat_fields(fields), maxlen)]
         if args:
             await self.redis.client.execute_command("ZADD", self.key, *args)  # type: ignore[no-untyped-call]
+            if self._wake is not None:
+                self._wake.set()
         return ids
 
     async def move_due(self, limit: int = MOVE_LIMIT) -> MoveResult:
         """Append up to `limit` due entries to their streams and remove them, in one script.
+
+        An entry that cannot be appended (not an entry, too many fields, a stream key of another
+        type) is moved to `…:failed` (scored by when it failed) and the rest go on.
 
         On a Redis Cluster the streams may be on other nodes, which one script cannot reach:
         due entries are claimed into `…:inflight` with a deadline, appended, then removed from
@@ -292,16 +202,21 @@ class Scheduler:
         """
         if self.redis.is_cluster:
             return await self._move_cluster(limit)
-        reply = await self.redis.script(MOVE_SCRIPT)(keys=[self.key, self.failed_key], args=[limit])
+        reply = await self.redis.script(MOVE_SCRIPT)(
+            keys=[self.key, self.failed_key], args=[limit, MAX_DELAYED_FIELDS]
+        )
         moved, failed, now = int(reply[0]), int(reply[1]), int(reply[2])
         if failed:
-            log.error(
-                "%d delayed entries could not be appended (is a stream key of another type?); "
-                "they are kept in %s",
-                failed, self.failed_key,
-            )  # fmt: skip
+            why = reply[4] if len(reply) > 4 else b""
+            self._failed(failed, why.decode("utf-8", "replace") if isinstance(why, bytes) else why)
         nxt = int(float(reply[3])) if len(reply) > 3 and reply[3] else None
         return MoveResult(moved, failed, now, nxt)
+
+    def _failed(self, n: int, why: str) -> None:
+        log.error(
+            "%d delayed entries could not be appended (%s); they are kept in %s",
+            n, str(why)[:200], self.failed_key,
+        )  # fmt: skip
 
     async def _move_cluster(self, limit: int) -> MoveResult:
         reply = await self.redis.script(CLAIM_SCRIPT)(
@@ -309,23 +224,42 @@ class Scheduler:
         )
         now, nxt, members = int(reply[0]), reply[1], list(reply[2:])
         client = self.redis.client
+        failed, why = 0, ""
         for member in members:
-            e = decode_entry(member, now)
-            fields = [x for kv in e.fields for x in kv]
-            args: list[Any] = ["XADD", e.stream]
-            if e.maxlen > 0:
-                args += ["MAXLEN", "~", e.maxlen]
-            elif e.maxlen < 0:
-                args += ["MAXLEN", -e.maxlen]
-            await client.execute_command(*args, "*", *fields)  # type: ignore[no-untyped-call]
+            try:
+                e = decode_entry(member, now)
+                if not 1 <= len(e.fields) <= MAX_DELAYED_FIELDS:
+                    raise ValueError(f"it has {len(e.fields)} fields")
+                fields = [x for kv in e.fields for x in kv]
+                args: list[Any] = ["XADD", e.stream]
+                if e.maxlen > 0:
+                    args += ["MAXLEN", "~", e.maxlen]
+                elif e.maxlen < 0:
+                    args += ["MAXLEN", -e.maxlen]
+                await client.execute_command(*args, "*", *fields)  # type: ignore[no-untyped-call]
+            except (ValueError, IndexError, ResponseError) as exc:  # cannot be delivered
+                failed += 1
+                why = why or f"{type(exc).__name__}: {exc}"
+                await client.zadd(self.failed_key, {member: now})
             await client.zrem(self.inflight_key, member)
-        return MoveResult(len(members), 0, now, int(float(nxt)) if nxt else None)
+        if failed:
+            self._failed(failed, why)
+        nxt_ms = int(float(nxt)) if nxt else None
+        return MoveResult(len(members) - failed, failed, now, nxt_ms)
+
+    def wake(self) -> None:
+        """Have this scheduler's running mover look at once (a send scheduled something)."""
+        if self._wake is not None:
+            self._wake.set()
 
     async def run_mover(self, stop: anyio.Event, poll_s: float = MOVER_POLL_S) -> None:
-        """Move due entries until `stop` (an `App.background` task): one cheap call every
-        `poll_s` while nothing is due sooner, at once again while a call found a full batch."""
+        """Move due entries until `stop` (an `App.background` task): one cheap call when the
+        soonest entry is due, at the latest every `poll_s` (entries other processes schedule),
+        at once when this scheduler scheduled something, and at once again while a call found
+        a full batch."""
         failing = False
         while not stop.is_set():
+            wake = self._wake = anyio.Event()
             try:
                 with anyio.fail_after(10):
                     r = await self.move_due()
@@ -348,7 +282,14 @@ class Scheduler:
             if r.next_due_ms is not None:
                 wait = min(wait, max(0.0, (r.next_due_ms - r.now_ms) / 1000))
             with anyio.move_on_after(wait):
-                await stop.wait()
+                async with anyio.create_task_group() as tg:
+
+                    async def woken(event: anyio.Event) -> None:
+                        await event.wait()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(woken, stop)
+                    tg.start_soon(woken, wake)
 
     async def entries(self, stream: str | None = None, limit: int = 1000) -> list[ScheduledEntry]:
         """What waits, soonest first (at most `limit`, of `stream` only when given)."""
@@ -358,7 +299,10 @@ class Scheduler:
         while len(out) < limit:
             reply: Any = await client.zrange(self.key, start, start + page - 1, withscores=True)
             for member, score in reply:
-                e = decode_entry(member, score)
+                try:
+                    e = decode_entry(member, score)
+                except (ValueError, IndexError):  # not an entry (the mover sets it aside)
+                    continue
                 if stream is None or e.stream == stream:
                     out.append(e)
                     if len(out) >= limit:
@@ -371,17 +315,3 @@ class Scheduler:
     async def summary(self) -> dict[str, Any]:
         """`{"namespace", "count", "oldest_due_ms"}` (oldest = soonest due; None when empty)."""
         return await scheduled_summary(self.redis.client, self.key)
-
-
-async def scheduled_summary(client: Any, key: str) -> dict[str, Any]:
-    """Count and soonest due time of one scheduled key (for the dashboard and `/metrics`)."""
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.zcard(key)
-        pipe.zrange(key, 0, 0, withscores=True)
-        count, first = await pipe.execute()
-    namespace = key[key.index("{") + 1 : key.rindex("}")] if "{" in key else key
-    return {
-        "namespace": namespace,
-        "count": int(count),
-        "oldest_due_ms": int(first[0][1]) if first else None,
-    }

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .. import keys
+from ..settings import MAX_LEASE_MS
 from .timing import takeover_bound_s
 
 if TYPE_CHECKING:
@@ -26,18 +27,33 @@ log = logging.getLogger("streammachine.schedule")
 
 # --- leases and timers -------------------------------------------------------------------------
 
-# Take or keep the lease: renew it when we hold it, else take it when nobody does.
+# Take or keep the lease: renew it when we hold it, else take it when nobody does. A value no
+# lease of ours can have left (no expiry, or one beyond ARGV[3] ms) is given ARGV[2] ms to expire,
+# a key of another type is deleted, so garbage written there stops nothing for long.
+# Returns {1 when held, what was repaired or ''}.
 LEASE_SCRIPT = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local repaired = ''
+if kind ~= 'string' and kind ~= 'none' then
+  redis.call('DEL', KEYS[1])
+  repaired = 'it held a ' .. kind .. '; deleted'
+end
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+  return {1, repaired}
 end
 if not v then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+  return {1, repaired}
 end
-return 0
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 or left > tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  repaired = 'it held ' .. string.format('%q', string.sub(v, 1, 60)) .. ' with no expiry or a far one; ' ..
+    'it expires in ' .. ARGV[2] .. ' ms'
+end
+return {0, repaired}
 """
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -59,12 +75,19 @@ class Lease:
         self.key = key
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.token = f"{time.time_ns():x}-{secrets.token_hex(8)}"
+        self._warned = False
 
     async def acquire(self) -> bool:
-        """Take the lease if free, or renew it if held; True when this holder has it."""
-        return bool(
-            await self.redis.script(LEASE_SCRIPT)(keys=[self.key], args=[self.token, self.ttl_ms])
+        """Take the lease if free, or renew it if held; True when this holder has it. Garbage
+        in the key (no expiry, a far one, another type) is repaired and said once."""
+        held, repaired = await self.redis.script(LEASE_SCRIPT)(
+            keys=[self.key], args=[self.token, self.ttl_ms, max(MAX_LEASE_MS, self.ttl_ms)]
         )
+        if repaired and not self._warned:
+            self._warned = True
+            why = repaired.decode("utf-8", "replace") if isinstance(repaired, bytes) else repaired
+            log.warning("lease %s was not one StreamMachine writes: %s (said once)", self.key, why)
+        return bool(int(held))
 
     async def release(self) -> bool:
         """Give the lease up if this holder still has it."""

@@ -10,6 +10,7 @@ from datetime import datetime
 from ..exceptions import ConfigError
 
 __all__ = [
+    "MAX_DELAY_S",
     "due_ms",
     "parse_duration",
     "parse_rate",
@@ -58,13 +59,20 @@ def parse_rate(text: str) -> float:
     return float(m.group(1)) / per
 
 
+#: The furthest a delayed send may be due: 10 years from now (`delay_s`, `at`, `--delay`, `--at`).
+MAX_DELAY_S = 10 * 366 * 86400.0
+
+
 def due_ms(delay_s: float | None = None, at: datetime | float | None = None) -> int | None:
     """The due time (epoch ms) of a delayed send, or None for a send now.
 
     Args:
-        delay_s: seconds from now.
+        delay_s: seconds from now, 0 to `MAX_DELAY_S`.
         at: a datetime (a naive one is local time, as `datetime.timestamp` takes it) or epoch
-            seconds.
+            seconds, from 1970 to `MAX_DELAY_S` from now (a past time is due at once).
+
+    Raises:
+        ConfigError: both given, NaN, infinite, negative, before 1970 or too far ahead.
 
     Example:
         >>> due_ms(at=1700000000.5)
@@ -72,17 +80,31 @@ def due_ms(delay_s: float | None = None, at: datetime | float | None = None) -> 
     """
     if delay_s is not None and at is not None:
         raise ConfigError("give delay_s or at, not both")
+    limit = f"at most {MAX_DELAY_S / 86400 / 366:g} years ahead"
     if delay_s is not None:
-        if isinstance(delay_s, bool) or not isinstance(delay_s, int | float) or delay_s < 0:
-            raise ConfigError(f"delay_s must be a number of seconds >= 0, not {delay_s!r}")
+        if (
+            isinstance(delay_s, bool)
+            or not isinstance(delay_s, int | float)
+            or not 0 <= delay_s <= MAX_DELAY_S  # also NaN
+        ):
+            raise ConfigError(
+                f"delay_s must be a number of seconds >= 0 and {limit}, not {delay_s!r:.60}"
+            )
         return int((time.time() + delay_s) * 1000)
     if at is None:
         return None
     if isinstance(at, datetime):
-        return int(at.timestamp() * 1000)
-    if isinstance(at, bool) or not isinstance(at, int | float):
+        try:
+            seconds = at.timestamp()
+        except (OverflowError, ValueError, OSError):
+            seconds = -1.0
+    elif isinstance(at, bool) or not isinstance(at, int | float):
         raise ConfigError(f"at must be a datetime or epoch seconds, not {type(at).__name__}")
-    return int(at * 1000)
+    else:
+        seconds = at
+    if not 0 <= seconds <= time.time() + MAX_DELAY_S:  # also NaN
+        raise ConfigError(f"at must be a time from 1970 on and {limit}, not {at!r:.60}")
+    return int(seconds * 1000)
 
 
 def takeover_bound_s(interval_s: float) -> float:
