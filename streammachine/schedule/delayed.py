@@ -16,6 +16,7 @@ import anyio
 import anyio.lowlevel
 
 from .. import keys
+from ..failpoints import failpoint
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
@@ -310,6 +311,7 @@ class Scheduler:
         now, nxt, members = int(reply[0]), reply[1], list(reply[2:])
         client = self.redis.client
         for member in members:
+            failpoint("mover.claimed")  # claimed into the in-flight set, not appended yet
             e = decode_entry(member, now)
             fields = [x for kv in e.fields for x in kv]
             args: list[Any] = ["XADD", e.stream]
