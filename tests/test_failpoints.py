@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import subprocess
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
