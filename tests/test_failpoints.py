@@ -7,7 +7,8 @@
   the connection cut): the consumer's checked re-send must write nothing twice;
 - a worker that stalls (the whole process) right after claiming a dead worker's entries, long
   enough to be taken for dead itself: its late commit must be fenced off;
-- Redis SIGKILLed (`appendfsync always`) while a backlog is in flight, restarted on its port.
+- Redis SIGKILLed (`appendfsync always`) while a backlog is in flight, restarted on its port;
+- on a Cluster, the delayed-entry mover SIGKILLed between its claim and its XADD.
 
 Failpoints are armed through the environment (`streammachine.testing.failpoints_env`); each
 leaves a file naming the process it fired in.
@@ -17,19 +18,27 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import signal
 import subprocess
+import sys
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 import redis as syncredis
+from redis.cluster import RedisCluster as SyncCluster
 
+from streammachine import RedisConnection, keys
 from streammachine.consume.commit import COMMIT_SCRIPT
-from streammachine.testing import RedisServer, TcpProxy, failpoints_env
+from streammachine.schedule import Scheduler
+from streammachine.testing import RedisClusterServer, RedisServer, TcpProxy, failpoints_env
 from tests.matrix import Cell, Result, Run, _check
-from tests.util import start_or_skip
+from tests.util import start_or_skip, wait_sync
 
 #: A stage's cell: 2 workers, claim_idle_ms 1 s (the matrix's short-form settings).
 CELL = Cell("failpoint", n=1000)
@@ -210,3 +219,69 @@ def test_redis_sigkilled_with_a_backlog_in_flight(crashable: RedisServer) -> Non
     assert seen["after"] < CELL.n, "the backlog was done before the crash: the test did not bite"
     assert_exact(result, run)
     assert codes == [0, 0], f"{codes}\n{run.last()}"
+
+
+MOVER_APP = """
+from streammachine import App, Message
+
+app = App(name="movers")
+
+
+@app.agent("idle", group="g")
+async def idle(record: Message) -> None: ...
+"""
+
+
+def test_the_mover_killed_between_its_claim_and_its_xadd(
+    cluster: RedisClusterServer, rc: SyncCluster, tmp_path: Path, proof: Path
+) -> None:
+    """On a Cluster the mover claims due entries into an in-flight set, then appends them: a
+    process killed in between leaves them there, and after the in-flight deadline another
+    process's mover appends each exactly once (nothing was appended before the kill)."""
+    (tmp_path / "movers.py").write_text(MOVER_APP)
+    env = {
+        **os.environ,
+        "REDIS_URL": cluster.url,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parent.parent)]),
+        **failpoints_env({"mover.claimed": "kill@1"}, str(proof)),
+    }
+    streams = [f"out{i}" for i in range(6)]  # in several slots
+
+    async def schedule() -> None:
+        conn = RedisConnection(url=cluster.url)
+        sched = Scheduler(conn, "default")
+        due = int(time.time() * 1000) + 3000  # after both processes are up
+        for n in range(60):
+            await sched.schedule(streams[n % 6], {"n": str(n)}, due)
+        await conn.close()
+
+    anyio.run(schedule)
+    cmd = [sys.executable, "-m", "streammachine", "run", "movers:app", "--log-format", "json"]
+    logs = [tempfile.TemporaryFile() for _ in range(2)]  # noqa: SIM115 - closed below
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=f) for f in logs]
+    try:
+
+        def appended() -> int:
+            return sum(int(rc.xlen(s)) for s in streams)
+
+        wait_sync(lambda: any(p.poll() is not None for p in procs), 60, "the mover's kill")
+        assert appended() == 0, "killed before its XADD: nothing appended yet"
+        # the in-flight deadline (30 s), then the survivor's mover hands them out again
+        wait_sync(lambda: appended() >= 60, 120, "every delayed entry appended")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=60) for p in procs]
+        text = ""
+        for f in logs:
+            f.seek(0)
+            text += f.read().decode("utf-8", "replace")
+            f.close()
+    pid = fired(proof, "mover.claimed")
+    assert sorted(codes) == [-signal.SIGKILL, 0], f"{codes}\n{text[-3000:]}"
+    assert [p.returncode for p in procs if p.pid == pid] == [-signal.SIGKILL]
+    seen = Counter(f[b"n"].decode() for s in streams for _, f in rc.xrange(s))
+    assert seen == Counter({str(n): 1 for n in range(60)}), "each delayed entry exactly once"
+    assert rc.zcard(keys.scheduled("default")) == 0
+    assert rc.zcard(f"{keys.scheduled('default')}:inflight") == 0
