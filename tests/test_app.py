@@ -262,7 +262,8 @@ async def test_timer_runs_at_a_fixed_interval_and_survives_errors(redis_url: str
     assert not any(overlap), "a timer never overlaps itself"
     assert app.timers[0].failures == 1
     gaps = [b - a for a, b in itertools.pairwise(stamps[3:])]
-    assert all(0.03 < g < 0.2 for g in gaps), gaps
+    # never closer than the interval (ticks skipped, not stacked); a slow machine may be later
+    assert all(g > 0.03 for g in gaps), gaps
 
 
 async def test_health_check_has_exactly_the_documented_keys(redis_url: str) -> None:

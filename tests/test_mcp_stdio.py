@@ -20,7 +20,7 @@ from mcp import Client, StdioServerParameters
 
 from streammachine.mcp_server import TOOLS
 from streammachine.testing import free_port
-from tests.util import Lines, wait_sync
+from tests.util import Lines, missing, wait_sync
 
 pytestmark = pytest.mark.anyio
 
@@ -163,7 +163,7 @@ def test_cli_rejects_a_bad_transport() -> None:
 def test_mcp_inspector_cli_lists_the_tools(redis_url: str) -> None:
     npx = shutil.which("npx")
     if npx is None:
-        pytest.skip("npx (Node.js) is not installed: cannot run the MCP Inspector CLI")
+        missing("npx (Node.js) is not installed: cannot run the MCP Inspector CLI")
     cmd = [
         npx, "-y", "@modelcontextprotocol/inspector", "--cli", "-e", f"REDIS_URL={redis_url}",
         sys.executable, "-m", "streammachine", "mcp", "--method", "tools/list",
@@ -171,9 +171,9 @@ def test_mcp_inspector_cli_lists_the_tools(redis_url: str) -> None:
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     except subprocess.TimeoutExpired:
-        pytest.skip("the MCP Inspector could not be fetched and started within 120 s")
+        missing("the MCP Inspector could not be fetched and started within 120 s")
     if run.returncode != 0 and re.search(r"npm (ERR!|error)", run.stderr):
-        pytest.skip(f"npx could not fetch @modelcontextprotocol/inspector: {run.stderr[-300:]}")
+        missing(f"npx could not fetch @modelcontextprotocol/inspector: {run.stderr[-300:]}")
     assert run.returncode == 0, run.stderr
     listed = json.loads(run.stdout)
     assert {t["name"] for t in listed["tools"]} == set(TOOLS)

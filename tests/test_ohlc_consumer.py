@@ -8,11 +8,11 @@ import random
 import signal
 import subprocess
 import sys
+import time
 import zlib
 from collections import Counter
 from pathlib import Path
 
-import anyio
 import pytest
 import redis as syncredis
 
@@ -107,17 +107,22 @@ async def test_only_the_lease_holder_consumes(redis_url: str, redis_sync: syncre
         await first.start()
         await eventually(lambda: first.running, 10)
         await second.start()
-        redis_sync.xadd("ticks", {"symbol": "A", "price": "1", "volume": "1", "ts": str(T0)})
-        await eventually(lambda: first.aggregator.tick_count == 1, 10)
-        await anyio.sleep(0.3)
-        assert not second.running and second.aggregator.tick_count == 0, "a hot standby"
+        # Ticks keep coming for more than two lease periods (measured, not slept): the holder
+        # handles every one, the standby none, however slow the machine.
+        started = time.monotonic()
+        n = 0
+        while n < 3 or time.monotonic() - started < 2 * 0.6:
+            redis_sync.xadd("ticks", {"symbol": "A", "price": "1", "volume": "1", "ts": str(T0)})
+            n += 1
+            await eventually(lambda n=n: first.aggregator.tick_count == n, 10)
+            assert not second.running and second.aggregator.tick_count == 0, "a hot standby"
         await first.stop()
         await eventually(lambda: second.running, 10, "the standby takes over")
         redis_sync.xadd("ticks", {"symbol": "A", "price": "2", "volume": "1", "ts": str(T0 + 5000)})
         await eventually(
             lambda: redis_sync.exists("candles_1s") and redis_sync.xlen("candles_1s") == 1, 10
         )
-        assert second.aggregator.tick_count == 2, "it restored the first one's state"
+        assert second.aggregator.tick_count == n + 1, "it restored the first one's state"
     finally:
         await second.stop()
         await first.stop()

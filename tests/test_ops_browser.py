@@ -22,10 +22,11 @@ from streammachine.schedule.delayed import encode_entry
 from streammachine.settings import Settings
 from streammachine.testing import TestApp, free_port
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
-from tests.util import eventually
+from tests.util import eventually, in_ci, need_module
 
 pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    not os.path.exists(CHROMIUM) and not in_ci(),
+    reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)",
 )
 TIMEOUT_MS = 20_000
 
@@ -59,7 +60,7 @@ def seed(r: syncredis.Redis) -> dict[str, Any]:
 async def test_each_dashboard_action_clicked_in_chromium_changes_redis(
     redis_url: str, redis_sync: syncredis.Redis
 ) -> None:
-    playwright_api = pytest.importorskip(
+    playwright_api = need_module(
         "playwright.async_api", reason="playwright is not installed (pip install playwright)"
     )
     seeded = seed(redis_sync)

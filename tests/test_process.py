@@ -31,7 +31,7 @@ APP = textwrap.dedent(
 
 def start(tmp_path: Path, redis_url: str, *args: str) -> subprocess.Popen[bytes]:
     (tmp_path / "slowapp.py").write_text(APP)
-    env = {**os.environ, "REDIS_URL": redis_url, "STREAMMACHINE_BLOCK_MS": "5000"}
+    env = {**os.environ, "REDIS_URL": redis_url, "STREAMMACHINE_BLOCK_MS": "600000"}
     return subprocess.Popen(
         [
             sys.executable,
@@ -86,7 +86,8 @@ def test_idle_app_stops_promptly_on_sigint(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0
-    assert elapsed < 4, f"a blocked read is unblocked at shutdown (took {elapsed:.1f} s)"
+    # a 10-minute blocked read: only an unblocked one stops within a minute, on any machine
+    assert elapsed < 60, f"a blocked read is unblocked at shutdown (took {elapsed:.1f} s)"
     assert redis_sync.xinfo_consumers("jobs", "g") == [], "the consumer removed itself"
 
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -308,11 +307,26 @@ def test_sigstop_past_claim_idle_then_sigcont_keeps_exactly_once(
     slow = {"STAGE_DELAY_S": "0.002", "STAGE_COUNT": "50"}
     a = _start_stage(redis_url, **slow)
     b = _start_stage(redis_url, **slow)
+
+    def held_by(p: subprocess.Popen[bytes]) -> list[bytes]:
+        """The entries pending on `p`'s consumers (named <host>-<pid>-<agent>-<n>)."""
+        names = [
+            c["name"]
+            for c in redis_sync.xpending("in", "stage")["consumers"]
+            if f"-{p.pid}-" in c["name"].decode()
+        ]
+        return [
+            e["message_id"]
+            for name in names
+            for e in redis_sync.xpending_range("in", "stage", "-", "+", n, consumername=name)
+        ]
+
     try:
         wait_sync(lambda: redis_sync.xlen("out") > 200, 30, "both working")
         a.send_signal(signal.SIGSTOP)
-        frozen_pending = redis_sync.xpending("in", "stage")
-        time.sleep(2.0)  # past claim_idle_ms (0.7 s): b claims what a holds
+        frozen = held_by(a)
+        # The fault bites only when b takes what the frozen a holds (after a's heartbeat ran out).
+        wait_sync(lambda: not held_by(a), 60, "b to claim the frozen worker's entries")
         a.send_signal(signal.SIGCONT)
         wait_sync(lambda: redis_sync.xlen("out") >= n, 60, "all outputs")
         wait_sync(lambda: redis_sync.xpending("in", "stage")["pending"] == 0, 30, "all acked")
@@ -323,12 +337,13 @@ def test_sigstop_past_claim_idle_then_sigcont_keeps_exactly_once(
             p.wait(timeout=20)
     counts = _outputs_per_input(redis_sync)
     dups = sum(c - 1 for c in counts.values() if c > 1)
-    print(
-        f"\nsent={n} processed={len(counts)} duplicates={dups} frozen_pending={frozen_pending['pending']}"
-    )
-    assert frozen_pending["pending"] > 0, "the frozen worker held entries"
+    print(f"\nsent={n} processed={len(counts)} duplicates={dups} frozen_pending={len(frozen)}")
+    assert frozen, "the frozen worker held entries"
+    handler = {f[b"src"]: int(f[b"pid"]) for _, f in redis_sync.xrange("out")}
+    assert {handler[i] for i in frozen} == {b.pid}, "b handled every entry the frozen a held"
     assert set(counts) == set(ids)
     assert dups == 0
+    assert (a.returncode, b.returncode) == (0, 0)
 
 
 async def test_huge_and_odd_fields_are_handled(redis_url: str, redis_sync: syncredis.Redis) -> None:

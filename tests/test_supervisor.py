@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -331,10 +330,9 @@ def test_a_worker_that_keeps_failing_to_start_makes_the_runner_give_up(
 
 
 def test_import_error_in_a_worker_app_exits_nonzero_with_one_line(start: Start) -> None:
-    t0 = time.monotonic()
     proc, err = start("import not_a_module_xyz\n", "--workers", "2")
-    assert proc.wait(timeout=30) != 0
-    assert time.monotonic() - t0 < 20, "no restart loop"
+    assert proc.wait(timeout=60) != 0
+    assert not err.has("restarting it in"), "no restart loop"
     lines = [line for line in err.lines if line.strip()]
     assert len(lines) == 1, err.text
     assert "No module named 'not_a_module_xyz'" in lines[0] and "smapp.py:1" in lines[0]
@@ -415,7 +413,6 @@ def test_layout_runs_timers_in_every_worker_and_dedicated_agents_apart() -> None
 def test_exit_reason_and_error_line() -> None:
     assert exit_reason(-9) == "killed by SIGKILL"
     assert exit_reason(3) == "exited with code 3"
-    try:
+    with pytest.raises(SyntaxError) as caught:
         compile("x = (\n", "/app/mod.py", "exec")
-    except SyntaxError as exc:
-        assert error_line(exc).startswith("syntax error in /app/mod.py:1: ")
+    assert error_line(caught.value).startswith("syntax error in /app/mod.py:1: ")

@@ -88,12 +88,20 @@ def test_plugin_fixtures_as_a_user_gets_them(pytester: pytest.Pytester, redis_se
                 await t.run_until_idle()
                 assert [m.message for m in await t.stream("b")] == [{"seen": "1"}]
 
-        def test_marker_adds_the_server(redis_url):
-            assert redis_url.startswith("redis://127.0.0.1")
+        def test_leaves_a_key(redis_server):
+            import redis
+            redis.Redis.from_url(redis_server).set("left", "1")
+
+        @pytest.mark.redis
+        def test_marker_adds_the_server(request, redis_server):
+            # not asked for redis_url: the marker adds it, which flushes the server first
+            import redis
+            assert "redis_url" in request.fixturenames
+            assert redis.Redis.from_url(redis_server).exists("left") == 0
         """
     )
     result = pytester.runpytest_subprocess("-q", "-p", "anyio")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
 
 
 async def test_eventually_helper_times_out() -> None:

@@ -194,9 +194,15 @@ def test_public_api_imports() -> None:
     assert all(hasattr(streammachine, n) for n in streammachine.__all__)
 
 
-@pytest.mark.parametrize("n", [1, 2])
-async def test_parametrized_async_tests_keep_their_parameters(n: int) -> None:
-    assert n in (1, 2)
+@pytest.mark.parametrize(("n", "doubled"), [(1, 2), (2, 4)])
+async def test_parametrized_async_tests_keep_their_parameters(
+    n: int, doubled: int, request: pytest.FixtureRequest
+) -> None:
+    import asyncio
+
+    asyncio.current_task()  # raises outside a running loop: the test really ran on anyio
+    assert request.node.callspec.params == {"n": n, "doubled": doubled}
+    assert n * 2 == doubled, "each case got its own pair of parameters"
 
 
 def test_registration_refuses_a_function_that_is_not_a_coroutine_function() -> None:

@@ -75,3 +75,30 @@ def start_or_skip(server: Any) -> Any:
         if os.environ.get("STREAMMACHINE_REQUIRE_REDIS") == "1":
             pytest.fail(str(exc))
         pytest.skip(str(exc))
+
+
+def in_ci() -> bool:
+    """CI (`.ci/run` sets STREAMMACHINE_REQUIRE_REDIS=1) installs every tool the suite uses."""
+    import os
+
+    return os.environ.get("STREAMMACHINE_REQUIRE_REDIS") == "1"
+
+
+def missing(reason: str) -> None:
+    """Skip for want of a tool (Chromium, npx, playwright); under CI, which installs them, fail."""
+    import pytest
+
+    if in_ci():
+        pytest.fail(f"{reason} (CI installs it: a skip here would hide the test)")
+    pytest.skip(reason)
+
+
+def need_module(name: str, reason: str) -> Any:
+    """`pytest.importorskip`, failing under CI instead of skipping."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(reason)
+        raise

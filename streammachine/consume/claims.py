@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..codec import as_text, parse_entry_id
+from ..failpoints import failpoint
 from ..presence.liveness import LiveSet, is_live
 from .commit import FENCE_LUA
 from .upkeep import tidy
@@ -329,6 +330,7 @@ class Taking:
         reply = await self._run(CLAIM_SCRIPT, [cfg.group, self.name, cfg.claim_idle_ms, *ids])
         if reply is None:
             return [], None
+        failpoint("claim.taken")
         msgs, tag = await self._taken(Taken(reply))
         if msgs:
             log.info("%s: claimed %d stalled entries", self.name, len(msgs))

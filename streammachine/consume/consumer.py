@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ..failpoints import failpoint
 from ..presence.liveness import LiveSet
 from .claims import CLAIM_SCRIPT, RECLAIM_SCRIPT, TAKEOVER_SCRIPT, Tag, Taking, older
 from .commit import Committer, Pending, Verdict
@@ -230,6 +231,7 @@ class Consumer(Taking):
             return []
         riding, self.riding = self.riding, None
         if riding is not None:
+            failpoint("commit.applied")
             verdict = self.committer.judge(riding, replies[0])
             if verdict.reload:  # not applied: load the scripts, send it again
                 await self._reload()

@@ -24,6 +24,7 @@ from .entries import (
     new_id,
     schedule_commands,
 )
+from ..failpoints import failpoint
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
@@ -226,6 +227,7 @@ class Scheduler:
         client = self.redis.client
         failed, why = 0, ""
         for member in members:
+            failpoint("mover.claimed")  # claimed into the in-flight set, not appended yet
             try:
                 e = decode_entry(member, now)
                 if not 1 <= len(e.fields) <= MAX_DELAYED_FIELDS:

@@ -39,6 +39,11 @@ class TcpProxy(_Throwaway):
         self._flowing: asyncio.Event | None = None
         #: Connections accepted so far.
         self.connections = 0
+        self._pattern = b""
+        self._nth = 0
+        #: Client writes seen containing the `drop_reply` pattern, and replies dropped.
+        self.seen = 0
+        self.dropped = 0
 
     @property
     def url(self) -> str:
@@ -76,20 +81,37 @@ class TcpProxy(_Throwaway):
             writer.transport.abort()
             return
         self._writers |= {writer, up_writer}
+        drop = asyncio.Event()  # the next reply on this connection is dropped, and it is cut
         await asyncio.gather(
-            self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
+            self._pump(reader, up_writer, drop, up=True),
+            self._pump(up_reader, writer, drop, up=False),
+            return_exceptions=True,
         )
         for w in (writer, up_writer):
             self._writers.discard(w)
             w.transport.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        drop: asyncio.Event,
+        *,
+        up: bool,
+    ) -> None:
         assert self._flowing is not None
         try:
             while data := await reader.read(65536):
                 await self._flowing.wait()
+                if not up and drop.is_set():
+                    self.dropped += 1  # the server applied it; the client never hears
+                    break
                 writer.write(data)
                 await writer.drain()
+                if up and self._pattern and self._pattern in data:
+                    self.seen += 1
+                    if self.seen == self._nth:
+                        drop.set()
         finally:
             writer.transport.abort()
 
@@ -114,6 +136,20 @@ class TcpProxy(_Throwaway):
                 w.transport.abort()
 
         self._call(abort)
+
+    def drop_reply(self, pattern: bytes, nth: int = 1) -> None:
+        """For the `nth` client write (across connections) containing `pattern`: forward it to
+        the server, then cut that connection instead of returning the reply — a command applied
+        whose reply is lost. `dropped` counts the replies dropped (the proof it happened).
+
+        Example:
+            >>> proxy.drop_reply(commit_sha.encode(), nth=3)  # doctest: +SKIP
+        """
+
+        def arm() -> None:
+            self._pattern, self._nth, self.seen = pattern, nth, 0
+
+        self._call(arm)
 
     def stall(self) -> None:
         """Stop forwarding bytes in both directions; connections stay open."""

