@@ -33,7 +33,10 @@ TESTS = [
     "tests/test_reliability.py",
     "tests/test_commit.py",
     "tests/test_produce.py",
+    "tests/test_send_once.py",
     "tests/test_failpoints.py",
+    "tests/test_partitions.py",
+    "tests/test_schedule.py",
 ]
 #: Tests of paths only Redis 6.2 takes (it has no lag in XINFO GROUPS): they skip elsewhere.
 ONLY_62 = [
