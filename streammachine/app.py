@@ -19,7 +19,6 @@ import msgspec
 from .codec import StructCodec
 from .connection import RedisConnection
 from .consume.agent import Agent
-from .exceptions import ConfigError
 from .lifecycle import Lifecycle
 from .presence.heartbeat import AgentBeat, Snapshot, TimerBeat, add_heartbeat
 from .registration import Registration
@@ -28,7 +27,7 @@ from .schedule.delayed import Scheduler
 from .schedule.timer import Timer
 from .sending import Record as Record  # re-exported: code imported it from here
 from .sending import Sending
-from .settings import AppConfig, Settings, check_partitions
+from .settings import AppConfig, Settings
 from .tracing import Tracing
 
 if TYPE_CHECKING:
@@ -144,24 +143,6 @@ class App(Registration, Sending, Lifecycle):
         return f"App({self.name!r}, agents={len(self.agents)}, timers={len(self.timers)})"
 
     # --- partitions (checked here; routing itself is `Sending`'s) ------------------------------
-
-    def partitioned(self, stream: str, partitions: int) -> None:
-        """Declare that `stream` has `partitions` (1 to `MAX_PARTITIONS`, 256) partition streams.
-
-        Example:
-            >>> App(name="ticks").partitioned("ticks", 4)
-        """
-        super().partitioned(stream, check_partitions(partitions))
-
-    def route(self, topic: str, key: str | bytes | int | None = None) -> str:
-        """The partition stream for `key`; an int key routes as its decimal text (7 as "7")."""
-        if isinstance(key, int) and not isinstance(key, bool):
-            key = str(key)
-        elif key is not None and not isinstance(key, str | bytes):
-            raise ConfigError(
-                f"a partition key must be a str, bytes or int, not {type(key).__name__}"
-            )
-        return super().route(topic, key)
 
     # --- resources ---------------------------------------------------------------------------
 

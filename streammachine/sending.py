@@ -20,6 +20,7 @@ from .consume.outbox import current_outbox
 from .exceptions import ConfigError
 from .schedule.delayed import schedule_commands
 from .schedule.timing import due_ms
+from .settings import check_partitions
 
 if TYPE_CHECKING:
     from .connection import RedisConnection
@@ -59,17 +60,24 @@ class Sending:
         """Declare that `stream` has `partitions` partition streams, so `send` routes to them
         (agents with `partitions=` declare it themselves; producers without agents call this).
 
+        `partitions`: an int from 1 to `MAX_PARTITIONS` (256).
+
         Example:
             >>> app.partitioned("ticks", 4)
             >>> await app.send("ticks", {"symbol": "AAPL"}, key="AAPL")  # doctest: +SKIP
         """
-        if partitions < 1:
-            raise ConfigError("partitions must be >= 1")
-        self._partitions[stream] = (partitions, itertools.count())
+        self._partitions[stream] = (check_partitions(partitions), itertools.count())
 
-    def route(self, topic: str, key: str | bytes | None = None) -> str:
+    def route(self, topic: str, key: str | bytes | int | None = None) -> str:
         """The stream a record for `topic` goes to: a partition chosen by a stable hash of `key`
-        (per-key order kept), round-robin without a key, or `topic` itself if unpartitioned."""
+        (per-key order kept; an int routes as its decimal text, 7 as "7"), round-robin without a
+        key, or `topic` itself if unpartitioned."""
+        if isinstance(key, int) and not isinstance(key, bool):
+            key = str(key)
+        elif key is not None and not isinstance(key, str | bytes):
+            raise ConfigError(
+                f"a partition key must be a str, bytes or int, not {type(key).__name__}"
+            )
         spec = self._partitions.get(topic)
         if spec is None:
             return topic
@@ -86,7 +94,7 @@ class Sending:
         *,
         now: bool = False,
         maxlen: int | None = None,
-        key: str | bytes | None = None,
+        key: str | bytes | int | None = None,
         delay_s: float | None = None,
         at: datetime | float | None = None,
         idempotency_key: str | None = None,
@@ -142,7 +150,7 @@ class Sending:
         *,
         now: bool = False,
         maxlen: int | None = None,
-        key: str | bytes | None = None,
+        key: str | bytes | int | None = None,
         delay_s: float | None = None,
         at: datetime | float | None = None,
         idempotency_keys: Sequence[str] | None = None,

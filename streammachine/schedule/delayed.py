@@ -14,6 +14,7 @@ import anyio.lowlevel
 from redis.exceptions import ResponseError
 
 from .. import keys
+from ..failpoints import failpoint
 from .backlog import scheduled_summary
 from .entries import (
     MAX_DELAYED_FIELDS,
@@ -24,7 +25,6 @@ from .entries import (
     new_id,
     schedule_commands,
 )
-from ..failpoints import failpoint
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection
