@@ -1,5 +1,5 @@
 """The stateful fault proof's stage (tests/test_state_faults.py): per input, a count and a sum
-per key in tables (`counts[k] += 1`, `sums[k] += n`) and one output naming the input.
+per key in tables (`counts.incr(k)`, read then staged; `sums.add(k, n)`, staged blind) and one output naming the input.
 
 Configured like matrix_app: MATRIX_PARTITIONS (0 = none), MATRIX_COUNT, MATRIX_DELAY_S.
 """
@@ -33,5 +33,5 @@ async def stage(record: Message) -> None:
     if DELAY_S:
         time.sleep(DELAY_S)  # noqa: ASYNC251 - CPU work, so faults land mid-stream
     await counts.incr(key)
-    await sums.incr(key, n)
+    await sums.add(key, n)  # staged without a read
     await app.send("out", {"src": f"{record.topic}/{record.key}", "data": fields.get(b"data", b"")})
