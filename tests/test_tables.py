@@ -238,3 +238,23 @@ async def test_the_cli_reads_every_shard_of_a_table(redis_url: str) -> None:
     missing = _cli(redis_url, "get", "counts", "nobody")
     assert missing.returncode == 1 and "not found in table 'counts'" in missing.stderr
     assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+
+
+async def test_mcp_lists_tables_and_reads_keys(redis_url: str) -> None:
+    from streammachine.mcp.server import create_server
+    from tests.test_mcp import connect, ok
+
+    app = App(name="mcp", redis_url=redis_url)
+    app.partitioned("clicks", 3)
+    counts = app.table("counts", default=0, stream="clicks")
+    for i in range(5):
+        await counts.incr(f"u{i}", 10 + i)
+    await app.aclose()
+    async with connect(create_server(redis_url, read_only=True), "modern") as client:
+        listed = await ok(client, "table_list")
+        got = await ok(client, "table_get", {"table": "counts", "keys": ["u1", "u4", "zz"]})
+    assert {k: v for k, v in listed["tables"][0].items() if k != "shards"} == {
+        "table": "counts",
+        "keys": 5,
+    }
+    assert got["values"] == {"u1": 11, "u4": 14} and got["missing"] == ["zz"]
