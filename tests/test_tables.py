@@ -258,3 +258,18 @@ async def test_mcp_lists_tables_and_reads_keys(redis_url: str) -> None:
         "keys": 5,
     }
     assert got["values"] == {"u1": 11, "u4": 14} and got["missing"] == ["zz"]
+
+
+async def test_status_and_metrics_show_keys_per_table(redis_url: str) -> None:
+    from streammachine.dashboard.metrics import render_metrics
+    from streammachine.dashboard.status import collect_status
+
+    app = App(name="metrics", redis_url=redis_url)
+    seen = app.table("seen", default=0)
+    for i in range(4):
+        await seen.set(f"k{i}", i)
+    status = await collect_status(app.redis.client)
+    assert {"table": "seen", "shards": 1, "keys": 4} in status["tables"]
+    body, _ = render_metrics(status)
+    assert b'streammachine_table_keys{table="seen"} 4.0' in body
+    await app.aclose()
