@@ -109,6 +109,7 @@ class Table(Generic[V]):
             LoopClient(url, None if callable(redis) else redis) if self._conn is None else None
         )
         self._decoder = None if schema is None else msgspec.msgpack.Decoder(schema)
+        self._shards: tuple[int, list[str]] | None = None
 
     def __repr__(self) -> str:
         return f"Table({self.name!r}, stream={self.stream!r}, ttl_ms={self.ttl_ms})"
@@ -125,9 +126,14 @@ class Table(Generic[V]):
 
     def shards(self) -> list[str]:
         """The hash of every shard, in partition order."""
+        k = self.partitions
+        if self._shards is None or self._shards[0] != k:
+            self._shards = (k, self._layout(k))
+        return self._shards[1]
+
+    def _layout(self, k: int) -> list[str]:
         if self.stream is None:
             return [keys.table(self.name, "{" + self.name + "}")]
-        k = self.partitions
         if not k:
             return [keys.table(self.name, keys.slot_tag(self.stream))]
         return [
@@ -312,11 +318,12 @@ class Table(Generic[V]):
         return await self._add(key, by)  # type: ignore[no-any-return]
 
     async def add(self, key: str, by: int | float = 1) -> None:
-        """Add `by` to the number under `key`, returning nothing: inside a handler an integer
-        add is staged without reading the key first (no round trip), the fastest way to count.
-        Otherwise the same as `incr`."""
+        """Add `by` to the number under `key`, returning nothing: inside a handler, on a table
+        with `schema=int` and no TTL, an integer add is staged without reading the key first (no
+        round trip), the fastest way to count. Otherwise the same as `incr`."""
         check_key(key)
-        fast = self.default in (None, 0, int) and self.ttl_ms is None
+        # Only an int table can take an add unread: anything else stored would fail the commit.
+        fast = self.schema is int and self.default in (None, 0, int) and self.ttl_ms is None
         if fast and isinstance(by, int) and not isinstance(by, bool) and -INT64 <= by < INT64:
             shard = self.shard(key)
             if (view := self._view(shard)) is not None:
