@@ -53,6 +53,8 @@ class Registration:
     produced: dict[str, type[msgspec.Struct] | None]
     _packed: dict[str, StructCodec]
     _partitions: dict[str, Any]
+    #: The tables declared with `table()`, by name (set by the first one).
+    tables: dict[str, Table[Any]]
 
     # What an agent needs of its app (`consume.agent.Host`).
     name: str
