@@ -19,6 +19,7 @@ leases and crons, a namespace's schedule and storage) share the scope's.
 | `streammachine:sched:{<ns>}` (`:inflight`, `:failed`) | delayed entries of a namespace |
 | `streammachine:rate:{<name>}` | a rate limit (GCRA) |
 | `streammachine:storage:{<ns>}` (`:ttl:<key>`) | shared state of a namespace |
+| `streammachine:table:{<tag>}:<name>` (`:ttl:<key>`) | a table (or its shard in a partition's slot) |
 | `streammachine:obj:<ns>:<key>` | a signed pickle |
 | `streammachine:once:<key>` | an `App.once` guard |
 | `streammachine:idem:{<tag>}:<stream>:<producer>:<id>` | an idempotent write's entry id |
@@ -40,6 +41,7 @@ __all__ = [
     "PREFIX",
     "PROCESSES",
     "SCHEDULED_MATCH",
+    "TABLES_MATCH",
     "cron",
     "dead_letters",
     "exclusive_lease",
@@ -61,6 +63,8 @@ __all__ = [
     "scope_of",
     "slot_tag",
     "storage",
+    "table",
+    "table_of",
     "timer_lease",
 ]
 
@@ -73,6 +77,7 @@ AUDIT = f"{PREFIX}:audit"
 #: SCAN patterns of the per-scope keys readers list (`scope_of` gives the scope back).
 PAUSED_MATCH = f"{PREFIX}:paused:{{*}}"
 SCHEDULED_MATCH = f"{PREFIX}:sched:{{*}}"
+TABLES_MATCH = f"{PREFIX}:table:{{*}}:*"
 
 
 def slot_tag(key: str) -> str:
@@ -186,6 +191,33 @@ def rate(name: str) -> str:
 def storage(namespace: str) -> str:
     """The hash of the shared state of `namespace` (its TTL keys are `<this>:ttl:<key>`)."""
     return f"{PREFIX}:storage:{{{namespace}}}"
+
+
+def table(name: str, tag: str) -> str:
+    """The hash of table `name` kept in the slot of hash tag `tag` (a partition's, a stream's, or
+    the table's own); its TTL keys are `<this>:ttl:<key>`.
+
+    Example:
+        >>> table("counts", slot_tag("orders:p3"))
+        'streammachine:table:{orders:p3}:counts'
+    """
+    return f"{PREFIX}:table:{tag}:{name}"
+
+
+def table_of(key: bytes | str) -> str | None:
+    """The table name of a table hash (None for its TTL keys and anything else).
+
+    Example:
+        >>> table_of("streammachine:table:{orders:p3}:counts"), table_of("orders")
+        ('counts', None)
+    """
+    text = key.decode(errors="replace") if isinstance(key, bytes) else key
+    head = f"{PREFIX}:table:{{"
+    end = text.find("}:", len(head))
+    if not text.startswith(head) or end < 0:
+        return None
+    name = text[end + 2 :]
+    return name if name and ":" not in name else None
 
 
 def objects(namespace: str) -> str:

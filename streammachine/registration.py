@@ -20,6 +20,7 @@ from .settings import ConsumerConfig, Settings, TimerConfig
 
 if TYPE_CHECKING:
     from .connection import RedisConnection
+    from .state.table import Table
     from .tracing import Tracing
 
 __all__ = ["Registration"]
@@ -90,6 +91,9 @@ class Registration:
     shutdown_hooks: list[Callable[[], Awaitable[Any]]]
     produced: dict[str, type[msgspec.Struct] | None]
     _packed: dict[str, StructCodec]
+    _partitions: dict[str, Any]
+    #: The tables declared with `table()`, by name (set by the first one).
+    tables: dict[str, Table[Any]]
 
     # What an agent needs of its app (`consume.agent.Host`).
     name: str
@@ -301,3 +305,50 @@ class Registration:
         """Register a coroutine function run after agents and timers stopped."""
         self.shutdown_hooks.append(fn)
         return fn
+
+    def table(
+        self,
+        name: str,
+        *,
+        default: Any = None,
+        schema: Any = None,
+        ttl_s: float | None = None,
+        stream: str | None = None,
+    ) -> Table[Any]:
+        """Declare a table: keyed, typed state in Redis (see docs/stateful.md).
+
+        Inside a handler its changes (`set`, `delete`, `incr`, `update`) ride in the batch's
+        commit: applied exactly when the entry is acked, read-your-writes in the handler.
+
+        Args:
+            name: the table's name (letters, digits, `_`, `.`, `-`); one table per name.
+            default: the value of a missing key, or a callable making one (`default=list`).
+            schema: the values' type (a msgspec.Struct, int, float, dict[str, int], ...).
+            ttl_s: retention: each key expires this long after its last change.
+            stream: the stream whose agent changes the table: the table lives in its slot,
+                and is partitioned with it when the agent has `partitions=`.
+
+        Example:
+            >>> counts = app.table("counts", default=0, schema=int, stream="clicks")  # doctest: +SKIP
+        """
+        from .state.table import Table
+
+        tables: dict[str, Table[Any]] = self.__dict__.setdefault("tables", {})
+        if name in tables:
+            raise ConfigError(f"table {name!r} is declared twice: declare it once and share it")
+
+        def partitions() -> int:
+            spec = self._partitions.get(stream) if stream is not None else None
+            return int(spec[0]) if spec else 0
+
+        made: Table[Any] = Table(
+            name,
+            default=default,
+            schema=schema,
+            ttl_s=ttl_s,
+            stream=stream,
+            partitions=partitions,
+            redis=lambda: self.redis,
+        )
+        tables[name] = made
+        return made

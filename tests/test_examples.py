@@ -44,9 +44,11 @@ async def test_fanout(capsys: pytest.CaptureFixture[str]) -> None:
 
 async def test_stateful(capsys: pytest.CaptureFixture[str]) -> None:
     t = await run_example("stateful", ticks=3)
-    assert await t.storage.read("counter") == 3
-    assert [m.message["count"] for m in await t.stream("counts")] == ["1", "2", "3"]
-    assert "Current count: 3" in capsys.readouterr().out
+    assert await t.storage.read("orders_sent") == 3
+    spend = t.app.tables["spend"]
+    assert [(await spend.get(u)).total for u in ("ann", "bob", "cy")] == [3.0, 1.0, 2.0]
+    assert (await spend.get("cy")).orders == 1
+    assert "cy: 1 orders, 2.00 spent" in capsys.readouterr().out
 
 
 async def test_health(capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,6 +22,7 @@ from . import (
     ops,
     scheduled,
     streams,
+    tables,
     tail,
     top,
 )
@@ -38,7 +39,7 @@ app = typer.Typer(
 )
 for module in (
     run_cmd, streams, tail, inspect, scheduled, ops, dead, operate, ohlc, mcp, dashboard, top,
-    asyncapi,
+    asyncapi, tables,
 ):  # fmt: skip
     module.register(app)
 

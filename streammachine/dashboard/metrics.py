@@ -78,6 +78,12 @@ class StatusCollector(Collector):
             dead.add_metric([str(d["stream"])], _num(d.get("count")))
         yield dead
         yield from self._scheduled(st.get("scheduled") or {})
+        tables = GaugeMetricFamily(
+            "streammachine_table_keys", "Keys held by a table (app.table).", labels=["table"]
+        )
+        for t in st.get("tables") or []:
+            tables.add_metric([str(t["table"])], _num(t.get("keys")))
+        yield tables
 
     def _agents(self, agents: list[dict[str, Any]]) -> Iterator[Metric]:
         paused = GaugeMetricFamily(

@@ -125,8 +125,17 @@ async def collect_status(
             if s["dead_letter"]
         ],
         "scheduled": await _scheduled(client),
+        "tables": await _tables(client),
         "candles": await _candles(client, candle_streams, candle_entries, candles_per_series),
     }
+
+
+async def _tables(client: aioredis.Redis) -> list[dict[str, Any]]:
+    """The tables (`app.table`): name, shards holding keys, keys (at most 100 tables)."""
+    from ..state.browse import find_tables, table_count
+
+    found = list((await find_tables(client)).items())[:100]
+    return [{"table": n, "shards": len(s), "keys": await table_count(client, n)} for n, s in found]
 
 
 async def _scheduled(client: aioredis.Redis) -> dict[str, Any]:

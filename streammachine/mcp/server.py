@@ -68,6 +68,8 @@ TOOLS: dict[str, tuple[str, bool, bool, bool]] = {
     "storage_write": ("Write a storage key", False, True, True),
     "storage_delete": ("Delete a storage key", False, True, True),
     "storage_keys": ("List storage keys", True, False, True),
+    "table_list": ("List tables", True, False, True),
+    "table_get": ("Read keys of a table", True, False, True),
     "storage_clear": ("Delete every storage key of a namespace", False, True, True),
     "health_check": ("Check Redis health", True, False, True),
     "redis_info": ("Redis server INFO", True, False, True),

@@ -67,6 +67,22 @@ class DeleteResult(BaseModel):
     confirmed_by: ConfirmedBy
 
 
+class TableInfo(BaseModel):
+    table: str
+    shards: int
+    keys: int
+
+
+class TablesResult(BaseModel):
+    tables: list[TableInfo]
+
+
+class TableValues(Bounded):
+    table: str
+    values: dict[str, Any] = Field(description="The keys found, with their values.")
+    missing: list[str] = Field(description="The keys the table does not hold.")
+
+
 class KeysResult(Bounded):
     namespace: str
     keys: list[str]
@@ -104,6 +120,40 @@ class StorageTools:
         return RedisObjectStorage(
             namespace=namespace, redis=self.tools.conn, secret_key=self.tools.settings.secret_key
         )
+
+    # -- tables (read-only)
+
+    async def table_list(self) -> TablesResult:
+        """List the app's tables (`app.table`): name, shards holding keys, and key count."""
+        from ..state.browse import find_tables, table_count
+
+        client = self.tools.conn.client
+        found = await find_tables(client)
+        return TablesResult(
+            tables=[
+                TableInfo(table=n, shards=len(s), keys=await table_count(client, n))
+                for n, s in list(found.items())[:200]
+            ]
+        )
+
+    async def table_get(
+        self,
+        table: Annotated[str, Field(min_length=1, max_length=256, description="Table name.")],
+        keys: Annotated[list[Key], Field(min_length=1, max_length=100, description="Keys.")],
+    ) -> TableValues:
+        """Read up to 100 keys of a table (every shard of a partitioned table is searched)."""
+        from ..state.browse import table_get
+
+        client = self.tools.conn.client
+        values: dict[str, Any] = {}
+        missing: list[str] = []
+        for key in keys:
+            found, value = await table_get(client, table, key)
+            if found:
+                values[key] = _bounded_value(value)[0]
+            else:
+                missing.append(key)
+        return TableValues(table=table, values=values, missing=missing)
 
     # -- storage
 
