@@ -25,6 +25,7 @@ leases and crons, a namespace's schedule and storage) share the scope's.
 | `streammachine:progress:{<tag>}:<stream>:<file>` | the lines of a file `send --file` wrote |
 | `streammachine:ohlc:{<tag>}:<stream>:<group>:state` | an OHLC consumer's snapshot (its owner: `exclusive`) |
 | `<prefix>:state:<group>` | the same, as earlier versions wrote it (read once on upgrade) |
+| `streammachine:win:{<tag>}:<stream>:<group>:<name>` | a window agent's open windows on `<stream>` |
 | `streammachine:paused:{<app>}` | an app's paused agents |
 | `streammachine:audit` | operator actions |
 """
@@ -40,6 +41,7 @@ __all__ = [
     "PREFIX",
     "PROCESSES",
     "SCHEDULED_MATCH",
+    "WINDOW_MATCH",
     "cron",
     "dead_letters",
     "exclusive_lease",
@@ -62,6 +64,7 @@ __all__ = [
     "slot_tag",
     "storage",
     "timer_lease",
+    "window",
 ]
 
 PREFIX = "streammachine"
@@ -73,6 +76,7 @@ AUDIT = f"{PREFIX}:audit"
 #: SCAN patterns of the per-scope keys readers list (`scope_of` gives the scope back).
 PAUSED_MATCH = f"{PREFIX}:paused:{{*}}"
 SCHEDULED_MATCH = f"{PREFIX}:sched:{{*}}"
+WINDOW_MATCH = f"{PREFIX}:win:*"
 
 
 def slot_tag(key: str) -> str:
@@ -227,6 +231,17 @@ def ohlc_legacy_state(output_prefix: str, group: str) -> str:
         'candles:state:ohlc_workers'
     """
     return f"{output_prefix}:state:{group}"
+
+
+def window(stream: str, group: str, name: str) -> str:
+    """The hash of the open windows of window agent `name` on `stream`, in the stream's slot so
+    a batch's commit changes them with its acks.
+
+    Example:
+        >>> window("trades", "w", "volume")
+        'streammachine:win:{trades}:trades:w:volume'
+    """
+    return f"{PREFIX}:win:{slot_tag(stream)}:{stream}:{group}:{name}"
 
 
 def paused(app: str) -> str:

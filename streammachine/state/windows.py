@@ -7,13 +7,13 @@ late. `add` puts one entry in its windows, `close` takes out the windows the wat
 turn one key's windows into bytes and back, so `windowing.py` can stage them in a commit.
 
 Semantics (docs/windows.md):
-- watermark = newest event time seen − grace. It only moves forward, entry by entry, so what is
+- watermark = newest event time seen - grace. It only moves forward, entry by entry, so what is
   late does not depend on how entries were batched.
 - tumbling(size) / hopping(size, step): windows [start, start + size) with start a multiple of
   step; a window closes when watermark ≥ its end. An entry is late for the windows it belongs to
   that are closed (a hopping entry still counts in its open windows).
 - sliding(size): one window per distinct (key, event time t), holding the key's entries in
-  (t − size, t]; it closes when watermark > t. An entry older than the watermark is late.
+  (t - size, t]; it closes when watermark > t. An entry older than the watermark is late.
 - session(gap): entries of a key less than `gap` apart form one session [first, last]; it
   closes when watermark ≥ last + gap. An entry older than the watermark is late.
 
@@ -80,7 +80,7 @@ def hopping(size_s: float, step_s: float) -> Kind:
 
 
 def sliding(size_s: float) -> Kind:
-    """For each entry at time t, the window (t − size_s, t] of its key."""
+    """For each entry at time t, the window (t - size_s, t] of its key."""
     return Kind("sliding", _ms(size_s, "sliding(size_s)"))
 
 
