@@ -240,7 +240,7 @@ class Registration:
         )  # fmt: skip
         self.agent(
             stream, group, batch=True, count=count, takeover=True, claim_idle_ms=lease,
-            name=name, exclusive=not partitions, partitions=partitions, lease_ms=lease,
+            block_ms=min(self.settings.block_ms, max(10, lease // 2)), name=name, exclusive=not partitions, partitions=partitions, lease_ms=lease,
         )(window.handle)  # fmt: skip
         self.agents[-1].on_owned = window.on_owned
         return window
