@@ -221,6 +221,58 @@ async def test_read_windows_shows_open_windows_watermark_and_late(
     assert info["kind"] == "tumbling(10)"
 
 
+def cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "streammachine", *args, "--redis-url", url]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+
+async def test_cli_mcp_and_metrics_show_open_windows_watermark_and_late(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    from mcp import Client
+
+    from streammachine.dashboard.metrics import render_metrics
+    from streammachine.dashboard.status import collect_status
+    from streammachine.mcp_server import create_server
+
+    rows = inputs(200, 4, seed=7, late_every=50)
+    send_rows(redis_sync, rows)
+    app = window_app(redis_url, "session")
+    await run_until(app, lambda: handled(redis_sync) and redis_sync.xlen("bars") > 0, "handled")
+    watermark = rows[-1]["ts"] - GRACE_MS
+
+    done = cli("windows", "--json", url=redis_url)
+    assert done.returncode == 0, done.stderr
+    [row] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert (row["name"], row["stream"], row["kind"], row["to"]) == (
+        "bars", "trades", "session(gap=3)", "bars"
+    )  # fmt: skip
+    assert (row["open_windows"], row["watermark_ms"], row["late"]) == (1, watermark, 3)
+    text = cli("windows", url=redis_url)
+    assert text.returncode == 0 and "late=3" in text.stdout and "open=1" in text.stdout
+
+    async with Client(create_server(redis_url, read_only=True)) as client:
+        result = await client.call_tool("windows_list", {})
+    assert not result.is_error, result.content
+    data: Any = result.structured_content
+    [tool_row] = data["windows"]
+    assert (tool_row["late"], tool_row["watermark_ms"], tool_row["open_keys"]) == (3, watermark, 1)
+
+    await app.redis.connect()
+    body, _ = render_metrics(await collect_status(app.redis.client))
+    await app.aclose()
+    metrics = body.decode()
+    assert 'streammachine_window_late_entries_total{stream="trades",window="bars"} 3.0' in metrics
+    assert 'streammachine_window_watermark_lag_seconds{stream="trades",window="bars"}' in metrics
+    assert 'streammachine_window_open_keys{stream="trades",window="bars"} 1.0' in metrics
+
+
+def test_cli_windows_says_so_when_there_are_none(redis_url: str) -> None:
+    done = cli("windows", url=redis_url)
+    assert done.returncode == 0 and "no window agent" in done.stdout
+
+
 async def test_unreadable_window_state_consumes_nothing_and_says_why(
     redis_url: str, redis_sync: syncredis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -24,6 +24,7 @@ from . import (
     streams,
     tail,
     top,
+    windows,
 )
 from . import run as run_cmd
 from .common import check_argv, fail
@@ -38,7 +39,7 @@ app = typer.Typer(
 )
 for module in (
     run_cmd, streams, tail, inspect, scheduled, ops, dead, operate, ohlc, mcp, dashboard, top,
-    asyncapi,
+    asyncapi, windows,
 ):  # fmt: skip
     module.register(app)
 

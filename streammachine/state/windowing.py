@@ -266,41 +266,61 @@ class WindowAgent:
         self.versions[stream] = version + 1
 
 
-async def read_windows(client: Any, match: str = keys.WINDOW_MATCH) -> list[dict[str, Any]]:
-    """Every window agent's streams on this Redis: name, stream, kind, open windows, watermark
-    and late count, from their hashes (values read back are checked, not trusted)."""
+async def read_windows(
+    client: Any, *, count: bool = True, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Every window agent's streams on this Redis (at most `limit`): name, stream, kind, keys
+    with open windows, open windows (`count=False`: None, and only a few fields are read, as
+    for /metrics), watermark and late count. Values read back are checked, not trusted."""
     rows: list[dict[str, Any]] = []
-    async for hash_key in client.scan_iter(match=match, count=500):
-        raw: dict[bytes, bytes] = await client.hgetall(hash_key)
-        name = hash_key.decode("utf-8", "replace") if isinstance(hash_key, bytes) else hash_key
-        try:
-            meta = json.loads(raw.get(_META.encode(), b"{}"))
-            meta = meta if isinstance(meta, dict) else {}
-        except ValueError:
-            meta = {}
-        try:
-            max_t = int(raw[_MAX_T.encode()]) if raw.get(_MAX_T.encode()) else None
-            late = int(raw.get(_LATE.encode(), b"0"))
-        except ValueError:
-            max_t, late = None, 0
-        grace: int = meta["grace_ms"] if isinstance(meta.get("grace_ms"), int) else 0
-        opened = 0
-        for f, v in raw.items():
-            if f.startswith(_KEY.encode()):
-                try:
-                    w = msgspec.msgpack.decode(v)
-                except msgspec.DecodeError:
-                    continue
-                if isinstance(w, dict):
-                    opened += len(w)
-                elif isinstance(w, list):
-                    is_sliding = "sliding" in str(meta.get("kind", ""))
-                    opened += len(w[1]) if is_sliding and len(w) == 2 else len(w)
-        rows.append({
-            "key": name, "name": meta.get("name"), "stream": meta.get("stream"),
-            "group": meta.get("group"), "kind": meta.get("kind"), "emit": meta.get("emit"),
-            "to": meta.get("to"), "open_windows": opened, "max_event_ms": max_t,
-            "watermark_ms": None if max_t is None else max_t - grace, "late": late,
-        })  # fmt: skip
+    header = [_META, _MAX_T, _LATE]
+    async for hash_key in client.scan_iter(match=keys.WINDOW_MATCH, count=500):
+        if len(rows) >= limit:
+            break
+        if count:
+            raw: dict[bytes, bytes] = await client.hgetall(hash_key)
+            fields = len(raw)
+        else:
+            values = await client.hmget(hash_key, header)
+            raw = {f.encode(): v for f, v in zip(header, values, strict=True) if v is not None}
+            fields = int(await client.hlen(hash_key))
+        if not raw:
+            continue  # gone since the scan
+        rows.append(_summary(hash_key, raw, fields, count))
     rows.sort(key=lambda r: r["key"])
     return rows
+
+
+def _summary(hash_key: Any, raw: dict[bytes, bytes], fields: int, count: bool) -> dict[str, Any]:
+    name = hash_key.decode("utf-8", "replace") if isinstance(hash_key, bytes) else str(hash_key)
+    try:
+        meta = json.loads(raw.get(_META.encode(), b"{}"))
+    except ValueError:
+        meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    try:
+        max_t = int(raw[_MAX_T.encode()]) if raw.get(_MAX_T.encode()) else None
+        late = int(raw.get(_LATE.encode(), b"0"))
+    except ValueError:
+        max_t, late = None, 0
+    grace: int = meta["grace_ms"] if isinstance(meta.get("grace_ms"), int) else 0
+    opened: int | None = None
+    if count:
+        opened = 0
+        sliding = "sliding" in str(meta.get("kind", ""))
+        for f, v in raw.items():
+            if not f.startswith(_KEY.encode()):
+                continue
+            try:
+                w = msgspec.msgpack.decode(v)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(w, dict | list):
+                opened += len(w[1]) if sliding and isinstance(w, list) and len(w) == 2 else len(w)
+    text = {k: meta.get(k) if isinstance(meta.get(k), str) else None
+            for k in ("name", "stream", "group", "kind", "emit", "to")}  # fmt: skip
+    return {
+        "key": name, **text, "open_keys": max(0, fields - 4), "open_windows": opened,
+        "max_event_ms": max_t, "watermark_ms": None if max_t is None else max_t - grace,
+        "late": late,
+    }  # fmt: skip
