@@ -5,13 +5,13 @@ window is emitted exactly once."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ def closed_by_engine(kind: str, rows: list[dict[str, Any]], cuts: list[int]) -> 
     engine = w.Engine(KINDS[kind], AGGS, GRACE_MS)
     closed, late = [], []
     bounds = [0, *sorted(set(cuts)), len(rows)]
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         for row in rows[a:b]:
             late.append(not engine.add(row["sym"], row["ts"], as_record(row)))
         closed += engine.close()

@@ -31,7 +31,7 @@ AGGS = {
 
 def sym(record: Message) -> str:
     if DELAY_S:
-        time.sleep(DELAY_S)  # noqa: ASYNC251 - simulated CPU work; lets faults land mid-stream
+        time.sleep(DELAY_S)
     return record.message["sym"]
 
 
