@@ -221,6 +221,53 @@ async def test_read_windows_shows_open_windows_watermark_and_late(
     assert info["kind"] == "tumbling(10)"
 
 
+def doc_block(heading: str) -> str:
+    """The first python block after `heading` in docs/windows.md."""
+    text = (ROOT / "docs" / "windows.md").read_text()
+    rest = text[text.index(heading) :]
+    start = rest.index("```python\n") + len("```python\n")
+    return rest[start : rest.index("```", start)]
+
+
+async def test_the_docs_time_series_example_works(
+    redis_url: str, redis_sync: syncredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    scope: dict[str, Any] = {}
+    exec(compile(doc_block("## Time Series example"), "docs/windows.md", "exec"), scope)
+    app: App = scope["app"]
+    base = 1_700_000_000_000
+    for i in range(40):  # two sensors, one reading every 20 s; s1 runs hot at the end
+        for sensor in ("s1", "s2"):
+            value = 95 if sensor == "s1" and i > 30 else 20 + i % 7
+            redis_sync.xadd("{sensors}:readings",
+                            {"sensor": sensor, "ts": base + i * 20_000, "value": value})  # fmt: skip
+    stats, alerts = "{sensors}:stats_5m", "{sensors}:alerts"
+    await run_until(app, lambda: redis_sync.xlen(alerts) > 0, "an alert")
+    rows = [{k.decode(): v.decode() for k, v in f.items()} for _, f in redis_sync.xrange(stats)]
+    first = next(r for r in rows if r["key"] == "s2")
+    assert int(first["end"]) - int(first["start"]) == 300_000
+    assert all(r["key"] in ("s1", "s2") for r in rows)
+    assert {f[b"sensor"] for _, f in redis_sync.xrange(alerts)} == {b"s1"}
+
+
+async def test_a_decorated_function_aggregates_each_session(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    app = App(name="clicks", redis_url=redis_url)
+
+    @app.window("clicks", "sessions", kind=w.session(gap=1800), key="user", to="visits")
+    def pages(entries: list[dict[str, str]]) -> list[str]:
+        return [e["page"] for e in entries]
+
+    for ms, user, page in ((1000, "u", "a"), (2000, "u", "b"), (4_000_000, "u", "c")):
+        redis_sync.xadd("clicks", {"user": user, "page": page}, id=f"{ms}-0")
+    await run_until(app, lambda: redis_sync.xlen("visits") > 0, "a session")
+    [(_, fields)] = redis_sync.xrange("visits")
+    assert json.loads(fields[b"value"]) == ["a", "b"]
+    assert (fields[b"start"], fields[b"end"]) == (b"1000", b"2000")
+
+
 def cli(*args: str, url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "streammachine", *args, "--redis-url", url]
