@@ -163,7 +163,7 @@ class WindowAgent:
         client = self.redis.client
         hash_key = keys.window(stream, self.group, self.name)
         raw: dict[bytes, bytes] = await client.hgetall(hash_key)
-        engine = Engine(self.kind, self.aggs, self.grace_ms)
+        engine = Engine(self.kind, self.aggs, self.grace_ms, track=self.emit == "update")
         version = 0
         try:
             version = int(raw.get(_VERSION.encode(), b"0"))

@@ -124,8 +124,11 @@ class Engine:
     keys: dict[str, Any] = field(default_factory=dict)
     #: keys changed since `clean()` (their bytes must be written)
     dirty: set[str] = field(default_factory=set)
-    #: windows changed since `updates()`: (key, start)
+    #: windows changed since `updates()`: (key, start), kept only when `track` (emit="update")
     touched: set[tuple[str, int]] = field(default_factory=set)
+    track: bool = True
+    #: no window closes before the watermark reaches this (None: none is open)
+    next_end: int | None = None
 
     @property
     def watermark(self) -> int | None:
@@ -164,7 +167,9 @@ class Engine:
                 for s in starts:
                     have = windows.get(s)
                     windows[s] = _copy(states) if have is None else self._merge(have, _copy(states))
-                    self.touched.add((key, s))
+                    if self.track:
+                        self.touched.add((key, s))
+                self._ends(starts[-1] + size)
                 self.dirty.add(key)
         elif wm is not None and t < wm:
             ok = False
@@ -197,7 +202,9 @@ class Engine:
         keep.append([start, last, merged])
         keep.sort(key=lambda s: s[0])
         self.keys[key] = keep
-        self.touched.add((key, start))
+        if self.track:
+            self.touched.add((key, start))
+        self._ends(last + gap)
         self.dirty.add(key)
 
     def _add_sliding(self, key: str, t: int, states: list[Any]) -> None:
@@ -206,10 +213,16 @@ class Engine:
         buf.append([t, states])
         if t not in ends:
             ends.append(t)
-        for e in ends:
-            if t <= e < t + size:
-                self.touched.add((key, e))
+        if self.track:
+            for e in ends:
+                if t <= e < t + size:
+                    self.touched.add((key, e))
+        self._ends(t + 1)
         self.dirty.add(key)
+
+    def _ends(self, end: int) -> None:
+        if self.next_end is None or end < self.next_end:
+            self.next_end = end
 
     def _sliding_value(self, buf: list[Any], end: int) -> dict[str, Any]:
         size = self.kind.size_ms
@@ -256,9 +269,10 @@ class Engine:
     def close(self) -> list[Row]:
         """Take out every window the watermark has passed; their final values, oldest first."""
         wm = self.watermark
-        if wm is None:
-            return []
+        if wm is None or self.next_end is None or wm < self.next_end:
+            return []  # nothing can close yet: no pass over every key
         rows: list[Row] = []
+        upcoming: list[int] = []
         kind, size = self.kind.kind, self.kind.size_ms
         for key in list(self.keys):
             windows = self.keys[key]
@@ -267,6 +281,8 @@ class Engine:
                     rows.append(Row(key, start, start + size, self._result(windows.pop(start))))
                     self.dirty.add(key)
                 empty = not windows
+                if windows:
+                    upcoming.append(min(windows) + size)
             elif kind == "session":
                 done = [s for s in windows if s[1] + size <= wm]
                 for s in done:
@@ -275,6 +291,7 @@ class Engine:
                     self.keys[key] = windows = [s for s in windows if s[1] + size > wm]
                     self.dirty.add(key)
                 empty = not windows
+                upcoming += [s[1] + size for s in windows]
             else:
                 buf, ends = windows
                 done = sorted(e for e in ends if e < wm)
@@ -285,8 +302,10 @@ class Engine:
                     windows[0], windows[1] = kept, [e for e in ends if e >= wm]
                     self.dirty.add(key)
                 empty = not windows[1] and not kept
+                upcoming += [e + 1 for e in windows[1]]
             if empty:
                 del self.keys[key]
+        self.next_end = min(upcoming) if upcoming else None
         rows.sort(key=lambda r: (r.end, r.key, r.start))
         return rows
 
@@ -313,6 +332,7 @@ class Engine:
         if not isinstance(windows, shape) or (kind == "sliding" and len(windows) != 2):
             raise ValueError(f"window state of {key!r} is not a {kind} window's")
         self.keys[key] = windows
+        self.next_end = -(2**63)  # unknown: the next `close` looks at every key
 
 
 def _copy(states: list[Any]) -> list[Any]:
