@@ -129,6 +129,13 @@ class Engine:
     track: bool = True
     #: no window closes before the watermark reaches this (None: none is open)
     next_end: int | None = None
+    _inits: list[Any] = field(default_factory=list, init=False, repr=False)
+    _merges: list[Any] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Bound methods looked up once: `add` runs per entry.
+        self._inits = [a.init for a in self.aggs.values()]
+        self._merges = [a.merge for a in self.aggs.values()]
 
     @property
     def watermark(self) -> int | None:
@@ -136,10 +143,10 @@ class Engine:
         return None if self.max_t is None else self.max_t - self.grace_ms
 
     def _init(self, record: Record, t: int) -> list[Any]:
-        return [a.init(record, t) for a in self.aggs.values()]
+        return [init(record, t) for init in self._inits]
 
     def _merge(self, a: list[Any], b: list[Any]) -> list[Any]:
-        return [agg.merge(x, y) for agg, x, y in zip(self.aggs.values(), a, b, strict=True)]
+        return [merge(x, y) for merge, x, y in zip(self._merges, a, b, strict=True)]
 
     def _result(self, states: list[Any]) -> dict[str, Any]:
         return {n: agg.result(s) for (n, agg), s in zip(self.aggs.items(), states, strict=True)}
@@ -164,9 +171,12 @@ class Engine:
             if starts:
                 states = self._init(record, t)
                 windows = self.keys.setdefault(key, {})
+                last = starts[-1]
                 for s in starts:
+                    # The states are fresh: only windows but the last need a copy of their own.
+                    mine = states if s == last else _copy(states)
                     have = windows.get(s)
-                    windows[s] = _copy(states) if have is None else self._merge(have, _copy(states))
+                    windows[s] = mine if have is None else self._merge(have, mine)
                     if self.track:
                         self.touched.add((key, s))
                 self._ends(starts[-1] + size)
