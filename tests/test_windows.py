@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -313,6 +314,11 @@ async def test_cli_mcp_and_metrics_show_open_windows_watermark_and_late(
     assert 'streammachine_window_late_entries_total{stream="trades",window="bars"} 3.0' in metrics
     assert 'streammachine_window_watermark_lag_seconds{stream="trades",window="bars"}' in metrics
     assert 'streammachine_window_open_keys{stream="trades",window="bars"} 1.0' in metrics
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        check = await anyio.run_process([promtool, "check", "metrics"], input=body, check=False)
+        problems = (check.stdout + check.stderr).decode()
+        assert check.returncode == 0 and not problems.strip(), problems
 
 
 def test_cli_windows_says_so_when_there_are_none(redis_url: str) -> None:
