@@ -56,10 +56,12 @@ def as_record(row: dict[str, Any]) -> dict[str, str]:
     return {k: str(row[k]) for k in ("sym", "ts", "qty", "px")}
 
 
-def closed_by_engine(kind: str, rows: list[dict[str, Any]], cuts: list[int]) -> Any:
+def closed_by_engine(
+    kind: str, rows: list[dict[str, Any]], cuts: list[int], track: bool = False
+) -> Any:
     """Feed `rows` to an Engine in batches cut at `cuts`, saving and loading every key between
     batches (as the agent does through Redis); the closed rows and the late flags."""
-    engine = w.Engine(KINDS[kind], AGGS, GRACE_MS)
+    engine = w.Engine(KINDS[kind], AGGS, GRACE_MS, track=track)
     closed, late = [], []
     bounds = [0, *sorted(set(cuts)), len(rows)]
     for a, b in itertools.pairwise(bounds):
@@ -92,12 +94,13 @@ def test_each_kind_closes_the_windows_pandas_computes(kind: str) -> None:
     kind=st.sampled_from(list(KINDS)),
     seed=st.integers(0, 10_000),
     cuts=st.lists(st.integers(0, 300), max_size=30),
+    track=st.booleans(),
 )
 def test_batching_does_not_change_what_closes_or_what_is_late(
-    kind: str, seed: int, cuts: list[int]
+    kind: str, seed: int, cuts: list[int], track: bool
 ) -> None:
     rows = inputs(300, 3, seed=seed, late_every=41)
-    closed, late = closed_by_engine(kind, rows, cuts)
+    closed, late = closed_by_engine(kind, rows, cuts, track)
     got = {(r.key, r.start, r.end): r.values for r in closed if r.key != SENTINEL}
     want = reference(kind, rows)
     assert got.keys() == want.keys()

@@ -155,8 +155,10 @@ class Engine:
         """Put one entry (event time `t` ms) in its windows; False when it is late (for at
         least one of its windows). Raises KeyError/ValueError when an aggregate's field is
         missing or not a number (nothing changed then)."""
-        wm = self.watermark
         kind = self.kind.kind
+        if kind == "tumbling" and not self.track:
+            return self._add_tumbling(key, t, record)
+        wm = self.watermark
         ok = True
         if kind in ("tumbling", "hopping"):
             size, step = self.kind.size_ms, self.kind.step_ms
@@ -192,6 +194,29 @@ class Engine:
         if self.max_t is None or t > self.max_t:
             self.max_t = t
         return ok
+
+    def _add_tumbling(self, key: str, t: int, record: Record) -> bool:
+        # The common case, with nothing it does not need: one window per entry.
+        size = self.kind.size_ms
+        end = t - t % size + size
+        max_t = self.max_t
+        if max_t is not None and end <= max_t - self.grace_ms:
+            self.late += 1
+            return False
+        states = [init(record, t) for init in self._inits]
+        windows = self.keys.get(key)
+        if windows is None:
+            windows = self.keys[key] = {}
+        have = windows.get(end - size)
+        if have is not None:
+            states = [m(x, y) for m, x, y in zip(self._merges, have, states, strict=True)]
+        windows[end - size] = states
+        if self.next_end is None or end < self.next_end:
+            self.next_end = end
+        if max_t is None or t > max_t:
+            self.max_t = t
+        self.dirty.add(key)
+        return True
 
     def _add_session(self, key: str, t: int, states: list[Any]) -> None:
         gap = self.kind.size_ms
