@@ -26,6 +26,7 @@ leases and crons, a namespace's schedule and storage) share the scope's.
 | `streammachine:progress:{<tag>}:<stream>:<file>` | the lines of a file `send --file` wrote |
 | `streammachine:ohlc:{<tag>}:<stream>:<group>:state` | an OHLC consumer's snapshot (its owner: `exclusive`) |
 | `<prefix>:state:<group>` | the same, as earlier versions wrote it (read once on upgrade) |
+| `streammachine:win:{<tag>}:<stream>:<group>:<name>` | a window agent's open windows on `<stream>` |
 | `streammachine:paused:{<app>}` | an app's paused agents |
 | `streammachine:audit` | operator actions |
 """
@@ -42,6 +43,7 @@ __all__ = [
     "PROCESSES",
     "SCHEDULED_MATCH",
     "TABLES_MATCH",
+    "WINDOW_MATCH",
     "cron",
     "dead_letters",
     "exclusive_lease",
@@ -66,6 +68,7 @@ __all__ = [
     "table",
     "table_of",
     "timer_lease",
+    "window",
 ]
 
 PREFIX = "streammachine"
@@ -78,6 +81,7 @@ AUDIT = f"{PREFIX}:audit"
 PAUSED_MATCH = f"{PREFIX}:paused:{{*}}"
 SCHEDULED_MATCH = f"{PREFIX}:sched:{{*}}"
 TABLES_MATCH = f"{PREFIX}:table:{{*}}:*"
+WINDOW_MATCH = f"{PREFIX}:win:*"
 
 
 def slot_tag(key: str) -> str:
@@ -259,6 +263,17 @@ def ohlc_legacy_state(output_prefix: str, group: str) -> str:
         'candles:state:ohlc_workers'
     """
     return f"{output_prefix}:state:{group}"
+
+
+def window(stream: str, group: str, name: str) -> str:
+    """The hash of the open windows of window agent `name` on `stream`, in the stream's slot so
+    a batch's commit changes them with its acks.
+
+    Example:
+        >>> window("trades", "w", "volume")
+        'streammachine:win:{trades}:trades:w:volume'
+    """
+    return f"{PREFIX}:win:{slot_tag(stream)}:{stream}:{group}:{name}"
 
 
 def paused(app: str) -> str:

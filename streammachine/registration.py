@@ -17,10 +17,12 @@ from .exceptions import ConfigError
 from .schedule.cron import Cron
 from .schedule.timer import Timer
 from .settings import ConsumerConfig, Settings, TimerConfig
+from .state.windowing import WindowAgent
 
 if TYPE_CHECKING:
     from .connection import RedisConnection
     from .state.table import Table
+    from .state.windows import Kind
     from .tracing import Tracing
 
 __all__ = ["Registration"]
@@ -224,6 +226,67 @@ class Registration:
             return fn
 
         return register
+
+    def window(
+        self,
+        stream: str,
+        group: str | None = None,
+        *,
+        kind: Kind,
+        agg: Any = None,
+        key: str | Callable[..., str] | None = None,
+        time: str | Callable[..., int] | None = None,
+        grace_s: float = 0.0,
+        emit: Literal["update", "close"] = "close",
+        to: str | None = None,
+        name: str | None = None,
+        partitions: int | None = None,
+        count: int | None = None,
+        lease_ms: int | None = None,
+    ) -> WindowAgent:
+        """Register event-time windows over `stream` (docs/windows.md): per key, an aggregate
+        of each window's entries, written to `to` in the commit of the batch that changed or
+        closed it, so each closed window is emitted exactly once.
+
+        Args:
+            stream: the stream to window.
+            group: the consumer group (default `STREAMMACHINE_DEFAULT_GROUP`).
+            kind: `tumbling(size_s)`, `hopping(size_s, step_s)`, `sliding(size_s)` or
+                `session(gap)` (from `streammachine.windows`).
+            agg: output field → aggregate (`count()`, `sum_(f)`, `min_(f)`, `max_(f)`,
+                `mean(f)`, `first(f)`, `last(f)`, `reduce(fn)`), or one function of the
+                window's entries (field "value"); or decorate that function.
+            key: the field (or a function of the Message) whose value keys the windows;
+                None: one window for all entries.
+            time: the event time: a field holding ms since the epoch, or a function of the
+                Message returning ms; None: the entry id's time.
+            grace_s: how far behind the newest event time an entry may come and still count;
+                older entries go to `<stream>:late` (counted), never silently dropped.
+            emit: "close" (default): each window's final value once, when the watermark passes
+                its end; "update": the current value of each window a batch changed.
+            to: the output stream (default `<stream>:<name>`).
+            name: the agent's name (default: the group).
+            partitions: window a partitioned stream: one owner and one watermark per partition.
+            count: entries per read; lease_ms: the owner's lease (default 5000).
+
+        Example:
+            >>> from streammachine.windows import tumbling, count, sum_
+            >>> app.window("trades", "w", kind=tumbling(60), key="symbol",  # doctest: +SKIP
+            ...            agg={"n": count(), "volume": sum_("qty")}, to="volume_1m")
+        """
+        group = group or self.settings.default_group
+        name = name or group
+        lease = 5000 if lease_ms is None else lease_ms
+        window = WindowAgent(
+            stream, group=group, name=name, kind=kind, agg=agg, key=key, time=time,
+            grace_s=grace_s, emit=emit, to=to,
+        )  # fmt: skip
+        self.agent(
+            stream, group, batch=True, count=count, takeover=True, claim_idle_ms=lease,
+            block_ms=min(self.settings.block_ms, max(10, lease // 2)), name=name, exclusive=not partitions, partitions=partitions, lease_ms=lease,
+        )(window.handle)  # fmt: skip
+        self.agents[-1].on_owned = window.on_owned
+        return window
 
     def timer(
         self,

@@ -25,6 +25,7 @@ from . import (
     tables,
     tail,
     top,
+    windows,
 )
 from . import run as run_cmd
 from .common import check_argv, fail
@@ -39,7 +40,7 @@ app = typer.Typer(
 )
 for module in (
     run_cmd, streams, tail, inspect, scheduled, ops, dead, operate, ohlc, mcp, dashboard, top,
-    asyncapi, tables,
+    asyncapi, tables, windows,
 ):  # fmt: skip
     module.register(app)
 

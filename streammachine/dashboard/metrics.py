@@ -84,6 +84,32 @@ class StatusCollector(Collector):
         for t in st.get("tables") or []:
             tables.add_metric([str(t["table"])], _num(t.get("keys")))
         yield tables
+        yield from self._windows(st.get("windows") or [], st.get("generated_at_ms"))
+
+    def _windows(self, windows: list[dict[str, Any]], now_ms: Any) -> Iterator[Metric]:
+        labels = ["stream", "window"]
+        late = CounterMetricFamily(
+            "streammachine_window_late_entries",
+            "Entries that reached a window agent after their window closed (<stream>:late).",
+            labels=labels,
+        )
+        lag = GaugeMetricFamily(
+            "streammachine_window_watermark_lag_seconds",
+            "Wall clock minus a window agent's watermark (newest event time seen minus grace).",
+            labels=labels,
+        )
+        opened = GaugeMetricFamily(
+            "streammachine_window_open_keys", "Keys with open windows.", labels=labels
+        )
+        for w in windows:
+            names = [str(w.get("stream")), str(w.get("name"))]
+            late.add_metric(names, _num(w.get("late")))
+            opened.add_metric(names, _num(w.get("open_keys")))
+            if isinstance(w.get("watermark_ms"), int) and isinstance(now_ms, int):
+                lag.add_metric(names, (now_ms - w["watermark_ms"]) / 1000)
+        yield late
+        yield lag
+        yield opened
 
     def _agents(self, agents: list[dict[str, Any]]) -> Iterator[Metric]:
         paused = GaugeMetricFamily(

@@ -23,6 +23,7 @@ from ..admin.agents import agent_rows, paused_agents
 from ..admin.instances import read_instances
 from ..admin.queries import list_streams
 from ..codec import as_text
+from ..state.windowing import read_windows
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -126,6 +127,7 @@ async def collect_status(
         ],
         "scheduled": await _scheduled(client),
         "tables": await _tables(client),
+        "windows": await read_windows(client, count=False, limit=max_streams),
         "candles": await _candles(client, candle_streams, candle_entries, candles_per_series),
     }
 
@@ -232,5 +234,6 @@ def unavailable(error: str) -> dict[str, Any]:
         "lag_scan_limit": LAG_SCAN_LIMIT,
         "dead_letters": [],
         "scheduled": {"count": 0, "oldest_due_ms": None, "namespaces": []},
+        "windows": [],
         "candles": [],
     }

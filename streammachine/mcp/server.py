@@ -51,6 +51,7 @@ from .ops import CONFIRMED, OpsTools, mcp_client
 from .storage import StorageTools
 from .streams import StreamTools
 from .tools import CALL_TIMEOUT_S, Tools
+from .windows import WindowTools
 
 __all__ = ["CONFIRMED_TOOLS", "TOOLS", "create_server", "serve", "tidy_validation_error"]
 
@@ -101,6 +102,7 @@ TOOLS: dict[str, tuple[str, bool, bool, bool]] = {
     "scheduled_cancel": ("Cancel delayed entries", False, True, True),
     "stream_inspect": ("Browse a stream, decoded and raw", True, False, True),
     "audit_log": ("What operators did", True, False, True),
+    "windows_list": ("Window agents: open windows, watermark, late", True, False, True),
 }
 #: The tools that delete or take away data and so need a confirmation.
 CONFIRMED_TOOLS = ("storage_delete", "storage_clear", "obj_delete", "ohlc_clear", *CONFIRMED)
@@ -262,7 +264,7 @@ def create_server(
     tools = Tools(url, settings, read_only, timeout_s, names)
     store, ohlc, ops = StorageTools(tools), OhlcTools(tools), OpsTools(tools)
     confirmed = confirmed_tools(store, ohlc, ops)
-    providers = (tools, StreamTools(tools), store, ohlc, ops)
+    providers = (tools, StreamTools(tools), store, ohlc, ops, WindowTools(tools))
     registered = []
     for name in names:
         title, ro, destructive, idempotent = TOOLS[name]
