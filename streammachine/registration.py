@@ -248,26 +248,13 @@ class Registration:
         of each window's entries, written to `to` in the commit of the batch that changed or
         closed it, so each closed window is emitted exactly once.
 
-        Args:
-            stream: the stream to window.
-            group: the consumer group (default `STREAMMACHINE_DEFAULT_GROUP`).
-            kind: `tumbling(size_s)`, `hopping(size_s, step_s)`, `sliding(size_s)` or
-                `session(gap)` (from `streammachine.windows`).
-            agg: output field → aggregate (`count()`, `sum_(f)`, `min_(f)`, `max_(f)`,
-                `mean(f)`, `first(f)`, `last(f)`, `reduce(fn)`), or one function of the
-                window's entries (field "value"); or decorate that function.
-            key: the field (or a function of the Message) whose value keys the windows;
-                None: one window for all entries.
-            time: the event time: a field holding ms since the epoch, or a function of the
-                Message returning ms; None: the entry id's time.
-            grace_s: how far behind the newest event time an entry may come and still count;
-                older entries go to `<stream>:late` (counted), never silently dropped.
-            emit: "close" (default): each window's final value once, when the watermark passes
-                its end; "update": the current value of each window a batch changed.
-            to: the output stream (default `<stream>:<name>`).
-            name: the agent's name (default: the group).
-            partitions: window a partitioned stream: one owner and one watermark per partition.
-            count: entries per read; lease_ms: the owner's lease (default 5000).
+        `kind`: `tumbling(size_s)`, `hopping(size_s, step_s)`, `sliding(size_s)` or
+        `session(gap)`; `agg`: output field → aggregate (`count()`, `sum_(f)`, `min_(f)`,
+        `max_(f)`, `mean(f)`, `first(f)`, `last(f)`, `reduce(fn)`) or one function (or decorate
+        it); `key`/`time`: a field or a function of the Message (time in ms; None: the entry id's
+        time); entries older than the watermark minus `grace_s` go to `<stream>:late`; `emit`:
+        "close" (final values) or "update"; `to`: the output (default `<stream>:<name>`);
+        `partitions`: one owner and watermark per partition. All in docs/windows.md.
 
         Example:
             >>> from streammachine.windows import tumbling, count, sum_
@@ -405,13 +392,8 @@ class Registration:
             return int(spec[0]) if spec else 0
 
         made: Table[Any] = Table(
-            name,
-            default=default,
-            schema=schema,
-            ttl_s=ttl_s,
-            stream=stream,
-            partitions=partitions,
-            redis=lambda: self.redis,
-        )
+            name, default=default, schema=schema, ttl_s=ttl_s, stream=stream,
+            partitions=partitions, redis=lambda: self.redis,
+        )  # fmt: skip
         tables[name] = made
         return made
