@@ -35,6 +35,7 @@ from ..connection import LoopClient
 from ..consume.outbox import current_outbox
 from ..exceptions import ConfigError, SerializationError, WrongTypeError
 from .staged import MISSING, Staged
+from .storage import _INCR_LUA, _WRITE_LUA  # one script each: a key in its hash or its ttl key
 from .values import INT64, add_number, check_key, check_namespace, decode_value, encode_value
 from .values import ttl_ms as to_ms
 
@@ -44,20 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["Table"]
 
 V = TypeVar("V")
-
-_WRITE_LUA = """
-if ARGV[3] == '' then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('DEL', KEYS[2])
-else
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-"""
-_INCR_LUA = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return redis.call('INCRBY', KEYS[2], ARGV[2]) end
-return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
-"""
 
 
 class Table(Generic[V]):
