@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from streammachine.testing import SERVER_ENV, RedisServer, server_binaries  # noqa: E402
-from tests.matrix import Result, describe, long_form, run_cell, short_form  # noqa: E402
+from tests.matrix import describe, long_form, run_cell, short_form  # noqa: E402
+from tests.matrix_check import Result  # noqa: E402
 from tests.soak import soak  # noqa: E402
 
 #: Servers the suite knows that `server_binaries()` may not list (built here, not from PyPI).

@@ -141,6 +141,7 @@ class Run:
         #: poison inputs and their data bytes, which their dead letters must keep
         self.poison_bytes: dict[str, bytes] = {}
         self.logs: list[Any] = []
+        self.log_of: dict[int, Any] = {}  # pid -> its log
         self.seen = tempfile.TemporaryDirectory(prefix="matrix-seen-")
         #: each instance's highest `dropped` counter seen in its heartbeats
         self.dropped: dict[str, int] = {}
@@ -206,7 +207,9 @@ class Run:
             "--log-format",
             "json",
         ]
-        return subprocess.Popen(cmd, env=self.env(url), stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(cmd, env=self.env(url), stdout=subprocess.DEVNULL, stderr=log)
+        self.log_of[proc.pid] = log
+        return proc
 
     def streams(self) -> list[str]:
         k = self.cell.partitions
@@ -323,7 +326,7 @@ class Run:
         """SIGTERM every worker; returns what went wrong: a worker that exited on its own, did
         not exit 0, hung (SIGKILLed after 30 s) or logged an error or traceback while draining."""
         problems: list[str] = []
-        live = self.logs[-len(self.workers) :] if self.workers else []
+        live = [self.log_of[w.pid] for w in self.workers]
         marks = []
         for w in self.workers:
             if w.poll() is not None:
