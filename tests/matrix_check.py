@@ -32,7 +32,7 @@ class Result:
     outputs: int = 0
     lost: int = 0
     duplicated: int = 0
-    #: inputs finally handled by a process other than the first that handled them
+    #: inputs finally handled by a process other than the first that read them
     claimed: int = 0
     dead: int = 0
     pending: int = 0
@@ -138,17 +138,19 @@ def sched_left(r: syncredis.Redis) -> int:
 
 
 def first_readers(seen_dir: Path) -> dict[str, int]:
-    """Who handled each input first: {src: pid}, from the app's seen files (monotonic ns)."""
-    first: dict[str, tuple[int, int]] = {}
+    """Who read each input first: {src: pid}, from the app's seen files — the handling with the
+    lowest delivery count, then the earliest (monotonic ns). By delivery count, not time: a
+    worker frozen between its read and its handler handles the entry after its claimer did."""
+    first: dict[str, tuple[int, int, int]] = {}
     for f in seen_dir.iterdir():
         for line in f.read_bytes().splitlines():
             parts = line.split()
             if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
                 continue  # a line cut by a SIGKILL
-            src, pid, t = parts[0].decode(), int(parts[1]), int(parts[3])
-            if src not in first or t < first[src][1]:
-                first[src] = (pid, t)
-    return {src: pid for src, (pid, _) in first.items()}
+            src, pid, dlv, t = parts[0].decode(), int(parts[1]), int(parts[2]), int(parts[3])
+            if src not in first or (dlv, t) < first[src][1:]:
+                first[src] = (pid, dlv, t)
+    return {src: pid for src, (pid, _, _) in first.items()}
 
 
 def check(
