@@ -428,6 +428,8 @@ def _require(result: Result, cell: Cell) -> None:
     if cell.fault in ("slow_batch", "frozen_batch"):
         idle = cell.claim_idle_ms or 60_000
         result.require(result.held_ms > idle, f"no entry held longer than {idle} ms")
+        # Claims come only from dead processes: the keepalive keeps a live worker's slow batch.
+        result.require(result.claimed == 0, "a live worker's slow batch was taken")
     if cell.fault == "poison":
         result.require(result.dead > 0, "nothing dead-lettered")
     if cell.fault != "poison":
