@@ -25,6 +25,7 @@ from typing import Any
 
 import redis as syncredis
 
+from streammachine import keys
 from streammachine.testing import RedisServer, TcpProxy
 from tests.matrix_check import (
     Result,
@@ -32,6 +33,7 @@ from tests.matrix_check import (
     dropped_by_instance,
     fence_count,
     holding,
+    process_prefix,
     sched_left,
 )
 
@@ -288,6 +290,21 @@ class Run:
         self.workers[i] = self.start_worker(i)
         return 1 if held else 0
 
+    def ready(self) -> bool:
+        """Whether every worker is running (its process marked alive by its heartbeat)."""
+        alive = {m.decode() for m in self.r.zrange(keys.PROCESSES, 0, -1)}
+        return all(process_prefix(w.pid) in alive for w in self.workers)
+
+    def victim(self) -> int:
+        """The worker holding the most entries (waiting up to 10 s for one to hold any): a
+        partition's owner, or whichever worker a freeze can take something from."""
+        deadline = time.monotonic() + 10
+        while True:
+            held = [holding(self.r, self.streams(), w.pid) for w in self.workers]
+            if max(held) > 0 or time.monotonic() > deadline:
+                return held.index(max(held))
+            time.sleep(0.05)
+
     def freeze(self, i: int, pause: Callable[[], None], go: Callable[[], None]) -> int:
         """Pause worker i (SIGSTOP, or its proxy stalled) until another process took entries
         from it (its fence counter grew), then let it go on; up to 3 tries, as a freeze may land
@@ -331,6 +348,8 @@ class Run:
         for w in self.workers:
             if w.poll() is not None:
                 problems.append(f"worker {w.pid} exited {w.returncode} before the stop")
+        with contextlib.suppress(AssertionError, syncredis.RedisError):
+            self.wait(self.ready, 20, "every worker running before the stop")
         for w, log in zip(self.workers, live, strict=True):
             log.seek(0, 2)
             marks.append(log.tell())
@@ -380,10 +399,11 @@ def run_cell(cell: Cell, url: str, *, restartable: RedisServer | None = None) ->
     try:
         if cell.fault in ("proxy_cut", "proxy_stall"):
             port = int(url.rsplit(":", 1)[1].split("/")[0])
-            run.proxies[0] = TcpProxy(port).start()
+            run.proxies = {i: TcpProxy(port).start() for i in range(cell.workers)}
         half = cell.n // 2 if cell.fault == "quiet_burst" else cell.n
         expected.update(run.send(0, half))
         run.workers = [run.start_worker(i) for i in range(cell.workers)]
+        run.wait(run.ready, 60, "every worker running")
         result.faults = _apply(run, cell, expected, result)
         total = len(expected)
         run.wait(
@@ -447,9 +467,10 @@ def _apply(run: Run, cell: Cell, expected: dict[str, bytes | None], result: Resu
         return struck
     if fault == "sigstop":
         run.at_fraction(n, 0.3)
-        w = run.workers[0]
+        i = run.victim()
+        w = run.workers[i]
         return run.freeze(
-            0, lambda: w.send_signal(signal.SIGSTOP), lambda: w.send_signal(signal.SIGCONT)
+            i, lambda: w.send_signal(signal.SIGSTOP), lambda: w.send_signal(signal.SIGCONT)
         )
     if fault == "quiet_burst":
         run.wait(lambda: run.outputs() >= len(expected), 120, "the first half")
@@ -469,7 +490,8 @@ def _apply(run: Run, cell: Cell, expected: dict[str, bytes | None], result: Resu
     if fault == "proxy_cut":
         # Each cut resets worker 0's connections; the last one also keeps the network down
         # (new connections hang) until another worker took its entries.
-        proxy, struck = run.proxies[0], 0
+        i = run.victim()
+        proxy, struck = run.proxies[i], 0
         for fraction in (0.2, 0.4, 0.6):
             run.at_fraction(n, fraction)
             before = proxy.connections
@@ -485,7 +507,7 @@ def _apply(run: Run, cell: Cell, expected: dict[str, bytes | None], result: Resu
                 proxy.stall()
                 proxy.cut()
 
-            struck += run.freeze(0, down, proxy.resume)
+            struck += run.freeze(i, down, proxy.resume)
         else:
             proxy.cut()
         with contextlib.suppress(AssertionError):
@@ -493,8 +515,9 @@ def _apply(run: Run, cell: Cell, expected: dict[str, bytes | None], result: Resu
         result.reconnects = proxy.connections - 1
         return struck
     if fault == "proxy_stall":
-        proxy = run.proxies[0]
         run.at_fraction(n, 0.3)
+        i = run.victim()
+        proxy = run.proxies[i]
         before = proxy.connections
         struck = run.freeze(0, proxy.stall, proxy.resume)
         with contextlib.suppress(AssertionError):
