@@ -106,7 +106,11 @@ def holding(r: syncredis.Redis, streams: list[str], pid: int) -> int:
     for s in streams:
         if not r.exists(s):
             continue
-        for c in r.xpending(s, "stage").get("consumers") or []:
+        try:
+            consumers = r.xpending(s, "stage").get("consumers") or []
+        except syncredis.ResponseError:  # no group yet
+            continue
+        for c in consumers:
             name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
             if name.startswith(prefix):
                 total += int(c["pending"])

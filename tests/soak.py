@@ -65,6 +65,7 @@ def soak(server: RedisServer, seconds: float, seed: int, rate: float = 300.0) ->
     try:
         run.proxies = {i: TcpProxy(server.port).start() for i in range(2)}
         run.workers = [run.start_worker(i) for i in range(2)]
+        run.wait(run.ready, 60, "every worker running")
         producer.start()
         deadline = t0 + seconds
         while time.monotonic() < deadline:
