@@ -97,7 +97,8 @@ def soak(server: RedisServer, seconds: float, seed: int, rate: float = 300.0) ->
             else:
                 continue
             counts[fault] += 1
-            print(f"  t={now - t0:6.1f}s {fault} worker {i}", flush=True)
+            target = "redis" if fault == "restart" else f"worker {i}"
+            print(f"  t={now - t0:6.1f}s {fault} {target}", flush=True)
             time.sleep(rng.uniform(0.2, 2.0))
         for _, i, what in undo:
             _end(run, i, what)
@@ -132,6 +133,7 @@ def soak(server: RedisServer, seconds: float, seed: int, rate: float = 300.0) ->
     )
     run.seen.cleanup()
     result.unproven += problems
+    result.require(result.claimed > 0, "no input was handled by a second process")
     return result
 
 
