@@ -268,7 +268,7 @@ class Run:
                 pass  # Redis restarting
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"{self.cell.id}: timed out waiting for {what}:\n{self.tail()}"
+                    f"{self.cell.id}: timed out waiting for {what}: {self.state()}\n{self.tail()}"
                 )
             for w in self.workers:
                 if w.poll() is not None:
@@ -325,6 +325,23 @@ class Run:
                 go()
             time.sleep(0.2 * self.idle_s)  # let it take new entries before the next try
         return 0
+
+    def state(self) -> str:
+        """What Redis holds now, for a timeout's message: outputs, and per stream its length,
+        the group's last delivered id and each consumer's pending count."""
+        try:
+            parts = [f"outputs={self.outputs()} dead={self.dead_count()}"]
+            for s in self.streams():
+                groups = self.r.xinfo_groups(s) if self.r.exists(s) else []
+                last = [g.get("last-delivered-id") for g in groups]
+                owners = self.r.xpending(s, "stage").get("consumers") if groups else []
+                parts.append(
+                    f"{s}: len={self.r.xlen(s)} last={last} "
+                    f"pending={[(c['name'], c['pending']) for c in owners or []]}"
+                )
+            return "; ".join(parts)
+        except syncredis.RedisError as exc:
+            return f"(state unreadable: {exc})"
 
     def tail(self) -> str:
         """The last lines the workers logged, for a failure message."""
