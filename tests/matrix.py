@@ -30,6 +30,7 @@ from streammachine.testing import RedisServer, TcpProxy
 from tests.matrix_check import (
     Result,
     check,
+    claimed_so_far,
     dropped_by_instance,
     fence_count,
     holding,
@@ -307,16 +308,21 @@ class Run:
 
     def freeze(self, i: int, pause: Callable[[], None], go: Callable[[], None]) -> int:
         """Pause worker i (SIGSTOP, or its proxy stalled) until another process took entries
-        from it (its fence counter grew), then let it go on; up to 3 tries, as a freeze may land
-        while it holds nothing. Returns 1 if it was fenced, else 0."""
-        pid, streams = self.workers[i].pid, self.streams()
+        from it — its fence counter grew, or another process handled inputs it had read — then
+        let it go on; up to 3 tries, as a freeze may land while it holds nothing. Returns 1 if
+        something was taken, else 0."""
+        pid, streams, seen = self.workers[i].pid, self.streams(), Path(self.seen.name)
         timeout = 2.5 * self.idle_s + self.liveness_s + 20
         for _ in range(3):
-            before = fence_count(self.r, streams, pid)
+            fenced, claimed = fence_count(self.r, streams, pid), claimed_so_far(self.r, seen)
             pause()
             try:
                 self.wait(
-                    lambda b=before: fence_count(self.r, streams, pid) > b, timeout, "a claim"
+                    lambda f=fenced, c=claimed: (
+                        fence_count(self.r, streams, pid) > f or claimed_so_far(self.r, seen) > c
+                    ),
+                    timeout,
+                    "a claim",
                 )
                 return 1
             except AssertionError:

@@ -157,6 +157,16 @@ def first_readers(seen_dir: Path) -> dict[str, int]:
     return {src: pid for src, (pid, _, _) in first.items()}
 
 
+def claimed_so_far(r: syncredis.Redis, seen_dir: Path) -> int:
+    """`Result.claimed` as of now (while the cell runs)."""
+    last_pid: dict[str, int] = {}
+    for _, f in r.xrange("out"):
+        if f.get(b"pid", b"").isdigit():
+            last_pid[f.get(b"src", b"").decode("utf-8", "replace")] = int(f[b"pid"])
+    first = first_readers(seen_dir)
+    return sum(1 for src, pid in last_pid.items() if first.get(src, pid) != pid)
+
+
 def check(
     result: Result,
     r: syncredis.Redis,
