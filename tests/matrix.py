@@ -306,11 +306,14 @@ class Run:
                 return held.index(max(held))
             time.sleep(0.05)
 
-    def freeze(self, i: int, pause: Callable[[], None], go: Callable[[], None]) -> int:
+    def freeze(
+        self, i: int, pause: Callable[[], None], go: Callable[[], None], need_claim: bool = False
+    ) -> int:
         """Pause worker i (SIGSTOP, or its proxy stalled) until another process took entries
         from it — its fence counter grew, or another process handled inputs it had read — then
         let it go on; up to 3 tries, as a freeze may land while it holds nothing. Returns 1 if
-        something was taken, else 0."""
+        something was taken, else 0. `need_claim`: only a handled input counts (a fence may
+        come from entries whose read reply the cut lost, which no one handled before)."""
         pid, streams, seen = self.workers[i].pid, self.streams(), Path(self.seen.name)
         timeout = 2.5 * self.idle_s + self.liveness_s + 20
         for _ in range(3):
@@ -319,7 +322,8 @@ class Run:
             try:
                 self.wait(
                     lambda f=fenced, c=claimed: (
-                        fence_count(self.r, streams, pid) > f or claimed_so_far(self.r, seen) > c
+                        claimed_so_far(self.r, seen) > c
+                        or (not need_claim and fence_count(self.r, streams, pid) > f)
                     ),
                     timeout,
                     "a claim",
@@ -530,7 +534,7 @@ def _apply(run: Run, cell: Cell, expected: dict[str, bytes | None], result: Resu
                 proxy.stall()
                 proxy.cut()
 
-            struck += run.freeze(i, down, proxy.resume)
+            struck += run.freeze(i, down, proxy.resume, need_claim=True)
         else:
             proxy.cut()
         with contextlib.suppress(AssertionError):
