@@ -531,7 +531,8 @@ def _apply(run: Run, cell: Cell, expected: dict[str, bytes | None], result: Resu
         if cell.workers > 1:
 
             def down() -> None:
-                proxy.stall()
+                proxy.stall()  # first, so the batch in hand is handled and its commit held
+                time.sleep(0.3)
                 proxy.cut()
 
             struck += run.freeze(i, down, proxy.resume, need_claim=True)
