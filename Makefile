@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-versions check lint format bench bench-quick chaos clean docs docs-build
+.PHONY: install run test test-versions check lint format bench bench-quick chaos soak clean docs docs-build
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,11 @@ format: $(STAMP)
 
 chaos: $(STAMP)
 	$(BIN)/python scripts/chaos.py
+
+# One minute of the seeded soak per server (CI): `make soak SERVER=6.2 [SEED=N] [SOAK_S=60]`.
+SOAK_S ?= 60
+soak: $(STAMP)
+	$(BIN)/python scripts/chaos.py --soak $(SOAK_S) $(if $(SERVER),--server $(SERVER)) $(if $(SEED),--seed $(SEED))
 
 # Every benchmark, its variants in alternating rounds (ROUNDS=5 by default); figures only, never a
 # pass/fail on time. bench-quick: tiny sizes and 2 rounds, to prove they all still run.
