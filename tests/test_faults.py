@@ -14,7 +14,6 @@ import pytest
 from streammachine.testing import RedisServer
 from tests.matrix import Cell, run_cell, short_form
 
-
 #: A known defect the proofs found, not fixed yet: a partition owner stalled through the proxy may
 #: have a read land after another process took its partition over; the entries it then holds
 #: are neither handled by it (it no longer owns the partition) nor claimed (it is alive).
