@@ -4,8 +4,6 @@ changes staged in the commit, the same script on memory://, handler timeouts and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -16,19 +14,7 @@ from streammachine import App, Message, keys
 from streammachine.consume.claims import CLAIM_SCRIPT
 from streammachine.consume.consumer import Consumer
 from streammachine.consume.outbox import Outbox
-from tests.util import eventually
-
-
-@asynccontextmanager
-async def running(app: App) -> AsyncIterator[App]:
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(app.run)
-        app.started = app.started or anyio.Event()
-        await eventually(lambda: app.started is not None and app.started.is_set(), what="start")
-        try:
-            yield app
-        finally:
-            await app.shutdown()
+from tests.util import eventually, running
 
 
 def xpending_calls(r: syncredis.Redis) -> int:

@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -33,21 +31,9 @@ from streammachine.schedule import (
 )
 from streammachine.settings import ConsumerConfig, TimerConfig
 from streammachine.testing import TestApp
-from tests.util import eventually
+from tests.util import eventually, running
 
 APPS = Path(__file__).parent / "apps"
-
-
-@asynccontextmanager
-async def running(app: App) -> AsyncIterator[App]:
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(app.run)
-        app.started = app.started or anyio.Event()
-        await eventually(lambda: app.started is not None and app.started.is_set(), what="start")
-        try:
-            yield app
-        finally:
-            await app.shutdown()
 
 
 # --- parsing and the entry format (no Redis) ----------------------------------------------------

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -23,7 +21,7 @@ from streammachine import App, Message, keys
 from streammachine.exceptions import ConfigError, SerializationError, WrongTypeError
 from streammachine.state.table import Table
 from streammachine.testing import RedisClusterServer, TestApp
-from tests.util import eventually
+from tests.util import eventually, running
 
 pytestmark = pytest.mark.anyio
 
@@ -31,18 +29,6 @@ pytestmark = pytest.mark.anyio
 class Total(msgspec.Struct):
     n: int = 0
     total: float = 0.0
-
-
-@asynccontextmanager
-async def running(app: App) -> AsyncIterator[App]:
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(app.run)
-        app.started = app.started or anyio.Event()
-        await eventually(lambda: app.started is not None and app.started.is_set(), what="start")
-        try:
-            yield app
-        finally:
-            await app.shutdown()
 
 
 async def test_table_changes_in_a_handler_ride_in_the_commit(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import anyio
+
+if TYPE_CHECKING:
+    from streammachine import App
 
 
 async def eventually(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
@@ -102,3 +106,16 @@ def need_module(name: str, reason: str) -> Any:
     except ImportError:
         missing(reason)
         raise
+
+
+@asynccontextmanager
+async def running(app: App) -> AsyncIterator[App]:
+    """`app` running in this event loop until the block ends (then shut down)."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(app.run)
+        app.started = app.started or anyio.Event()
+        await eventually(lambda: app.started is not None and app.started.is_set(), what="start")
+        try:
+            yield app
+        finally:
+            await app.shutdown()
