@@ -37,7 +37,8 @@ from streammachine import RedisConnection, keys
 from streammachine.consume.commit import COMMIT_SCRIPT
 from streammachine.schedule import Scheduler
 from streammachine.testing import RedisClusterServer, RedisServer, TcpProxy, failpoints_env
-from tests.matrix import Cell, Result, Run, _check
+from tests.matrix import Cell, Result, Run
+from tests.matrix_check import check
 from tests.util import start_or_skip, wait_sync
 
 #: A stage's cell: 2 workers, claim_idle_ms 1 s (the matrix's short-form settings).
@@ -46,6 +47,8 @@ CELL = Cell("failpoint", n=1000)
 
 class Armed(Run):
     """A matrix run whose workers get `extra` in their environment (failpoints)."""
+
+    exits_expected = True
 
     def __init__(self, url: str, extra: dict[str, str], server: RedisServer | None = None) -> None:
         super().__init__(CELL, url, server)
@@ -109,12 +112,12 @@ def run_stage(
     finally:
         run.stop()
     codes = [w.returncode for w in run.workers]
-    _check(result, syncredis.Redis.from_url(url), expected, {}, run.streams())
+    check(result, syncredis.Redis.from_url(url), expected, {}, run.streams(), Path(run.seen.name))
     return result, run, codes
 
 
 def assert_exact(result: Result, run: Armed) -> None:
-    assert (result.lost, result.duplicates, result.pending, result.dead, result.bad_bytes) == (
+    assert (result.lost, result.duplicated, result.pending, result.dead, result.bad_bytes) == (
         0, 0, 0, 0, 0,
     ), f"{result.line()} {result.notes}\n{run.last()}"  # fmt: skip
     assert result.sent == CELL.n

@@ -14,13 +14,15 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import redis as syncredis
 
 from streammachine import keys
 from streammachine.testing import RedisServer
-from tests.matrix import Cell, Result, Run, _check
+from tests.matrix import Cell, Result, Run
+from tests.matrix_check import check
 
 N = 4000
 KEYS = 20
@@ -34,7 +36,9 @@ class TableRun(Run):
         self.logs.append(log)
         cmd = [sys.executable, "-m", "streammachine", "run", "table_app:app"]
         cmd += ["--log-format", "json"]
-        return subprocess.Popen(cmd, env=self.env(self.url), stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(cmd, env=self.env(self.url), stdout=subprocess.DEVNULL, stderr=log)
+        self.log_of[proc.pid] = log
+        return proc
 
 
 def table(r: syncredis.Redis, name: str, partitions: int) -> dict[str, int]:
@@ -54,12 +58,14 @@ def test_tables_are_exact_after_kills_a_freeze_and_a_redis_restart(partitions: i
         syncredis.Redis.from_url(server.url).flushdb()
         run = TableRun(cell, server.url, server)
         result = Result(cell.id)
+        problems: list[str] = []
+        struck = 0
         try:
             expected = run.send(0, N)
             run.workers = [run.start_worker(i) for i in range(cell.workers)]
             for fraction in (0.15, 0.3, 0.45):
                 run.at_fraction(N, fraction)
-                run.kill_one()
+                struck += run.kill(run.victim())
             run.at_fraction(N, 0.55)
             run.workers[0].send_signal(signal.SIGSTOP)
             time.sleep(run.idle_s * 2.5)  # the fault itself: frozen past claim_idle_ms
@@ -68,9 +74,18 @@ def test_tables_are_exact_after_kills_a_freeze_and_a_redis_restart(partitions: i
             server.restart()
             run.wait(lambda: run.outputs() >= N and run.pending() == 0, 180, "every input")
         finally:
-            run.stop()
+            problems = run.stop()
+        assert not problems, problems
+        assert struck > 0, "no kill landed on a worker holding entries: the test did not bite"
         r = syncredis.Redis.from_url(server.url)
-        _check(result, syncredis.Redis.from_url(server.url), expected, {}, run.streams())
+        check(
+            result,
+            syncredis.Redis.from_url(server.url),
+            expected,
+            {},
+            run.streams(),
+            Path(run.seen.name),
+        )
         counts, sums = table(r, "counts", partitions), table(r, "sums", partitions)
         r.close()
     want_counts: Counter[str] = Counter()
