@@ -402,3 +402,39 @@ async def test_a_consumer_that_saw_its_lease_lapse_stops_and_a_new_one_picks_up(
         assert made[1].holds() and owned == [0, 0]
         stop.set()
     await redis.close()
+
+
+async def test_an_owner_takes_what_a_former_owners_late_read_left_with_a_live_consumer(
+    redis_url: str,
+) -> None:
+    """A stalled former owner's read can reach Redis after the takeover: Redis delivers new
+    entries to that consumer, whose process lives on (so no claim of stalled entries takes them)
+    and which, its lease lost, never handles them. The owner takes them at its next claim pass,
+    fencing that consumer, and handles each once."""
+    from streammachine import App, Message
+    from streammachine.presence.liveness import process_prefix
+    from tests.util import eventually, running
+
+    app = App(name="strays", redis_url=redis_url)
+    handled: list[str] = []
+
+    @app.agent("strays", group="g", partitions=1, claim_idle_ms=60_000, claim_interval_ms=100)
+    async def handle(m: Message) -> None:
+        handled.append(m.message["n"])
+
+    r = syncredis.Redis.from_url(redis_url)
+    zombie = f"{process_prefix()}former-0"  # a consumer of this (live) process
+    async with running(app):
+        r.xadd("strays:p0", {"n": "0"})
+        await eventually(lambda: handled == ["0"], 10, "the owner serving (after its takeover)")
+        pipe = r.pipeline(transaction=True)  # the late read takes them before the owner can
+        for n in range(1, 21):
+            pipe.xadd("strays:p0", {"n": str(n)})
+        pipe.xreadgroup("g", zombie, {"strays:p0": ">"}, count=20)
+        late = pipe.execute()[-1]
+        assert len(late[0][1]) == 20, "the late read took the entries: the test bites"
+        await eventually(lambda: len(handled) >= 21, 20, "the stranded entries handled")
+        await eventually(lambda: not r.xpending_range("strays:p0", "g", "-", "+", 50), 10)
+    assert handled == [str(n) for n in range(21)], "each once, in order"
+    assert int(r.hget(keys.fence("strays:p0", "g"), zombie) or 0) >= 1, "the former was fenced"
+    r.close()

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..message import Message
     from ..settings import ConsumerConfig
     from .commit import Committer, Pending
-    from .context import Context
+    from .context import Context, Ownership
     from .deadletter import Failures
     from .wire import Read, Wire
 
@@ -179,6 +179,7 @@ class Taking:
     housekeeper: bool
     ctx: Context
     wire: Wire
+    ownership: Ownership | None
 
     if TYPE_CHECKING:
 
@@ -260,6 +261,8 @@ class Taking:
             if m.key not in seen:
                 seen.add(m.key)
                 batch.append(m)
+        if self.ownership is not None and self.ownership.sole:  # a partition: in id order
+            batch.sort(key=lambda m: parse_entry_id(m.key or "0-0"))
         return batch, tag
 
     async def _due_work(self) -> tuple[list[Message], Tag]:
@@ -287,6 +290,10 @@ class Taking:
             msgs, t = await self._claim_stalled()
             out += msgs
             tag = older(tag, t)
+            if self.ownership is not None and self.ownership.sole:
+                msgs, t = await self._take_strays()
+                out += msgs
+                tag = older(tag, t)
             if self.housekeeper and now >= self.next_housekeeping:
                 self.next_housekeeping = now + max(1.0, self.cfg.claim_interval_ms / 1000.0)
                 await tidy(self.ctx.redis, self.stream, self.cfg, self.name)
@@ -334,6 +341,45 @@ class Taking:
         msgs, tag = await self._taken(Taken(reply))
         if msgs:
             log.info("%s: claimed %d stalled entries", self.name, len(msgs))
+        return msgs, tag
+
+    async def _take_strays(self) -> tuple[list[Message], Tag]:
+        """A partition's owner takes whatever other consumers hold in its stream, at once and
+        whether their process lives or not: with the lease it is the stream's only consumer, and
+        an entry another holds is stranded — a stalled former owner's read that reached Redis
+        after the takeover delivered it there, and that consumer, its lease lost, never handles
+        it. The claim script fences their owners, as every taking does."""
+        cfg = self.cfg
+        replies = await self._call([["XPENDING", self.stream, cfg.group]])
+        summary = replies[0] if replies else None
+        if not isinstance(summary, list) or len(summary) < 4 or not isinstance(summary[3], list):
+            return [], None  # nothing pending (or not a summary: read again next pass)
+        others = [
+            as_text(row[0])
+            for row in summary[3]
+            if isinstance(row, list) and row and as_text(row[0]) != self.name
+        ]
+        if not others:
+            return [], None
+        cmds = [["XPENDING", self.stream, cfg.group, "-", "+", cfg.count, o] for o in others]
+        ids = [
+            as_text(e[0])
+            for r in await self._call(cmds)
+            if isinstance(r, list)
+            for e in r
+            if isinstance(e, list) and e
+        ][: cfg.count]
+        if not ids:
+            return [], None
+        reply = await self._run(CLAIM_SCRIPT, [cfg.group, self.name, 0, *ids])
+        if reply is None:
+            return [], None
+        msgs, tag = await self._taken(Taken(reply))
+        if msgs:
+            log.warning(
+                "%s: took %d entries another consumer held in this partition (a former owner's "
+                "late read)", self.name, len(msgs),
+            )  # fmt: skip
         return msgs, tag
 
     async def _taken(self, taken: Taken) -> tuple[list[Message], Tag]:

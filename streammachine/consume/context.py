@@ -70,11 +70,15 @@ class Switch:
 class Ownership:
     """A partition's single owner: the consumer asks `holds()` before every read and batch and
     stops when it says no; at start it takes over the partition's pending entries (`takeover`);
-    `gate` bounds how many of the process's partitions handle a batch at once."""
+    `gate` bounds how many of the process's partitions handle a batch at once. `sole`: the lease
+    makes it the stream's only consumer, so whatever another consumer holds there is stranded
+    (a stalled former owner's read that landed after the takeover) and is taken at every claim
+    pass, whether its process lives or not."""
 
     holds: Callable[[], bool]
     takeover: bool = True
     gate: anyio.Semaphore | None = None
+    sole: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,10 @@ time across every process and host, so every key's entries are handled in order 
   lease, runs the agent's `on_owned` hook (e.g. restoring a snapshot), first takes over every
   pending entry of the partition and handles them in id order (the consumer's `takeover`), then
   new ones;
-- when a process dies its leases expire and the survivors take its partitions the same way.
+- when a process dies its leases expire and the survivors take its partitions the same way;
+- at every claim pass the owner also takes (fencing) whatever another consumer holds in its
+  partition, live process or not: a stalled former owner's read that reached Redis after the
+  takeover left entries with a consumer that will never handle them.
 
 An exclusive agent (`exclusive=True`) is the same with one "partition", the stream itself, and
 no balancing: the holder keeps it, the others wait as standbys and take it over (in order, after
@@ -355,7 +358,7 @@ class PartitionOwner:
                     self.streams[index],
                     index,
                     housekeeper=True,
-                    ownership=Ownership(holds, takeover=True, gate=self.gate),
+                    ownership=Ownership(holds, takeover=True, gate=self.gate, sole=True),
                 )
                 await consumer.run(own_stop)
                 tg.cancel_scope.cancel()
