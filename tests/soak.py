@@ -74,6 +74,7 @@ def soak(server: RedisServer, seconds: float, seed: int, rate: float = 300.0) ->
                 undo.remove((when, i, what))
                 _end(run, i, what)
             run.sample()
+            problems += _respawn(run)
             fault, i = rng.choice(FAULTS), rng.randrange(2)
             busy = {(w, what) for _, w, what in undo}
             if fault == "kill":
@@ -103,6 +104,7 @@ def soak(server: RedisServer, seconds: float, seed: int, rate: float = 300.0) ->
         for _, i, what in undo:
             _end(run, i, what)
         undo.clear()
+        problems += _respawn(run)
         producer.halt.set()
         producer.join(30)
         if producer.error is not None:
@@ -118,7 +120,7 @@ def soak(server: RedisServer, seconds: float, seed: int, rate: float = 300.0) ->
             with contextlib.suppress(Exception):
                 _end(run, i, what)
         producer.halt.set()
-        problems = run.stop()
+        problems += run.stop()
     result.seconds = time.monotonic() - t0
     result.dropped = sum(run.dropped.values())
     result.faults = sum(counts.values())
@@ -135,6 +137,24 @@ def soak(server: RedisServer, seconds: float, seed: int, rate: float = 300.0) ->
     result.unproven += problems
     result.require(result.claimed > 0, "no input was handled by a second process")
     return result
+
+
+def _respawn(run: Run) -> list[str]:
+    """Start again, as systemd or the supervisor would, a worker that exited by itself because
+    Redis was restarting while it started (it exits 1 with "cannot reach Redis", by design);
+    any other exit is a problem."""
+    problems = []
+    for i, w in enumerate(run.workers):
+        if w.poll() is None:
+            continue
+        log = run.log_of[w.pid]
+        log.seek(0)
+        text = log.read().decode("utf-8", "replace")
+        if w.returncode != 1 or "cannot reach Redis" not in text:
+            problems.append(f"worker {w.pid} exited {w.returncode} during the soak")
+        print(f"  worker {i} exited {w.returncode} (Redis away at its start): started again")
+        run.workers[i] = run.start_worker(i)
+    return problems
 
 
 def _end(run: Run, i: int, what: str) -> None:
