@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         """Print one key's value (as JSON; exit 1 when it is missing)."""
         from ..state.browse import table_get
 
-        check_name("table", name)
+        check_name("table name", name)
         check_name("key", key)
         found, value = with_redis(redis_url, lambda c: table_get(c.client, name, key))
         if not found:
@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         """Print a table's keys and values, sorted by key."""
         from ..state.browse import table_get, table_items
 
-        check_name("table", name)
+        check_name("table name", name)
 
         async def read(conn: RedisConnection) -> list[tuple[str, Any]]:
             if key is not None:
