@@ -52,6 +52,8 @@ same app join the same consumer groups and share the work.
 - `app.storage` is shared state in Redis (`read`, `write`, `delete`, `keys`, `incr`, `update`).
   Never read-then-write a counter: use `incr` or `update`.
 - `RedisObjectStorage` stores pickles signed with `STREAMMACHINE_SECRET_KEY`, or plain msgpack.
+- `app.table(name)` is keyed state changed inside handlers exactly-once with the stream;
+  `app.window(...)` aggregates event-time windows (tumbling, hopping, sliding, session).
 - `FastOHLC` / `create_ohlc_aggregator` build candles from ticks in event time.
 
 ## The tools of this server
@@ -61,6 +63,9 @@ same app join the same consumer groups and share the work.
   `stream_send_batch` append messages.
 - Storage: `storage_read`, `storage_keys`, `storage_write`; `storage_delete` and `storage_clear`
   delete (confirmation needed). `namespace` defaults to the server's.
+- Tables and windows (state committed with the stream): `table_list`, `table_get` (keys of a
+  table, decoded); `windows_list` (each window agent: open windows, watermark and its lag, late
+  entries sent to `<stream>:late`).
 - Objects: `obj_get` (signed pickles and msgpack only), `obj_list`, `obj_delete` (one namespace,
   confirmation needed).
 - OHLC (aggregators live in this server process): `ohlc_create`, `ohlc_update`,
