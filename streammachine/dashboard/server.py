@@ -4,8 +4,9 @@ Routes: `/` (the page), `/static/*` (its script and style), `/api/status` (the s
 JSON), `/api/history` (the last minutes of throughput, lag, pending and dead letters),
 `/asyncapi.json` (the app's AsyncAPI document, when the dashboard runs inside an app),
 `/healthz` (liveness), `/readyz` (Redis reachable, no instance late, no delayed backlog),
-`/metrics` (Prometheus text), and the operator API (`ops`: `/api/agents`, `/api/dead`, ...,
-`POST /api/actions/<name>`). Who may read and who may act: see `guard`.
+`/metrics` (Prometheus text), the operator API (`ops`: `/api/agents`, `/api/dead`, ...,
+`POST /api/actions/<name>`) and the state API (`state`: `/api/tables`, `/api/windows`, ...).
+Who may read and who may act: see `guard`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .guard import JSON, Guard
 from .history import History
 from .metrics import render_metrics
 from .ops import ops_routes
+from .state import state_routes
 from .status import collect_status, unavailable
 
 if TYPE_CHECKING:
@@ -264,6 +266,7 @@ def create_dashboard(
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             *ops_routes(backend.conn, operator or None, app, redis_url),
+            *state_routes(backend.conn, app, redis_url),
         ],
         lifespan=lifespan,
     )
