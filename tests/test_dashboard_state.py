@@ -257,3 +257,29 @@ async def test_open_window_values_are_the_engines_for_every_kind(
     assert got is not None and got["errors"] == []
     assert {(x["key"], x["start"], x["end"]): x["values"] for x in got["windows"]} == want
     assert [x["stream"] for x in got["windows"]] == ["ticks"] * len(want)
+
+
+async def test_a_reduce_value_is_null_and_unreadable_state_is_an_error(
+    redis_url: str, redis_sync: syncredis.Redis, aredis: Any
+) -> None:
+    """`reduce(fn)` needs the app's function: its value reads back as None, the built-in
+    aggregates beside it are computed; a key whose state is not the kind's is listed in
+    `errors`, the others still shown."""
+    agent = WindowAgent(
+        "ticks", group="g", name="bars", kind=w.tumbling(10),
+        agg={"n": w.count(), "users": w.reduce(lambda rows: len(rows))},
+    )  # fmt: skip
+    engine = w.Engine(agent.kind, agent.aggs, 0, track=False)
+    for t in (1000, 2000, 3000):
+        engine.add("a", t, {})
+    state: dict[str, Any] = {"~meta": agent.meta("ticks"), "~t": "3000", "~late": "0"}
+    state |= {"k:a": engine.dump("a"), "k:bad": b"\x01"}
+    redis_sync.hset(keys.window("ticks", "g", "bars"), mapping=state)
+    got = await window_open(aredis.client, "bars")
+    assert got is not None
+    assert got["windows"] == [
+        {"stream": "ticks", "key": "a", "start": 0, "end": 10_000,
+         "values": {"n": 3, "users": None}}
+    ]  # fmt: skip
+    [error] = got["errors"]
+    assert "key 'bad'" in error and "tumbling" in error
