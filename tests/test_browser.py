@@ -70,6 +70,7 @@ async def test_page_renders_data_as_text_in_chromium(
     @app.agent("orders", group="billing")
     async def bill(record: Message) -> None: ...
 
+    await app.table("notes").set("<i>key</i>", "<b>value</b>")
     port = free_port()
     add_heartbeat(app, interval_s=0.2)
     app.background.append(
@@ -109,6 +110,15 @@ async def test_page_renders_data_as_text_in_chromium(
                 await caption.wait_for(state="visible", timeout=15_000)
                 assert await page.locator("#candles svg").count() == 2
                 assert await page.locator("#candles svg rect").count() > 40
+                # The State panel browses a table: its keys and values shown as text.
+                browse = page.locator("#tables tr", has_text="notes").locator("button")
+                await browse.wait_for(state="visible", timeout=15_000)
+                await browse.click()
+                key = page.locator("#table-keys td", has_text="<i>key</i>")
+                await key.wait_for(state="visible", timeout=15_000)
+                assert await key.inner_text() == "<i>key</i>"
+                value = page.locator("#table-keys td", has_text="<b>value</b>")
+                assert await value.inner_text() == '"<b>value</b>"'
                 # Rates appear from the second heartbeat seen by the page on.
                 rate = page.locator("#agents tbody tr td:nth-child(8)")
                 # traffic flows, so the rate must become a positive number (not merely shown)
@@ -128,6 +138,7 @@ async def test_page_renders_data_as_text_in_chromium(
                 assert [src.rsplit("/", 1)[1].split("?")[0] for src in sources] == [
                     "app.js",
                     "ops.js",
+                    "state.js",
                 ]
                 assert await page.locator("img, i, b").count() == 0
                 shot = tmp_path / "dashboard.png"

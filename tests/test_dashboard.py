@@ -253,9 +253,10 @@ async def test_endpoints_and_metrics_follow_a_running_app(redis_url: str) -> Non
         assert page.headers["x-content-type-options"] == "nosniff"
         assert '<script src="static/app.js" defer></script>' in page.text
         assert '<script src="static/ops.js" defer></script>' in page.text
-        # No inline script for the CSP to refuse: the page's two scripts, both files.
-        assert page.text.count("<script") == page.text.count('<script src="static/') == 2
-        for name in ("app.js", "ops.js"):
+        assert '<script src="static/state.js" defer></script>' in page.text
+        # No inline script for the CSP to refuse: the page's three scripts, all files.
+        assert page.text.count("<script") == page.text.count('<script src="static/') == 3
+        for name in ("app.js", "ops.js", "state.js"):
             js = await client.get(f"/static/{name}")
             assert js.status_code == 200 and "javascript" in js.headers["content-type"]
             assert "innerHTML" not in js.text and "insertAdjacentHTML" not in js.text

@@ -1,11 +1,11 @@
 """The dashboard's Starlette app and its uvicorn server; it reads Redis only.
 
-Routes: `/` (the page), `/static/*` (its script and style), `/api/status` (the snapshot as
+Routes: `/` (the page), `/static/*` (its scripts and style), `/api/status` (the snapshot as
 JSON), `/api/history` (the last minutes of throughput, lag, pending and dead letters),
 `/asyncapi.json` (the app's AsyncAPI document, when the dashboard runs inside an app),
 `/healthz` (liveness), `/readyz` (Redis reachable, no instance late, no delayed backlog),
-`/metrics` (Prometheus text), and the operator API (`ops`: `/api/agents`, `/api/dead`, ...,
-`POST /api/actions/<name>`). Who may read and who may act: see `guard`.
+`/metrics` (Prometheus text), the operator API (`ops`: `/api/agents`, ..., `POST /api/actions/…`),
+the state API (`state`: `/api/tables`, `/api/windows`, ...). Who may read and act: see `guard`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from .guard import JSON, Guard
 from .history import History
 from .metrics import render_metrics
 from .ops import ops_routes
+from .state import state_routes
 from .status import collect_status, unavailable
 
 if TYPE_CHECKING:
@@ -63,7 +64,13 @@ SNAPSHOT_MAX_AGE_S = 1.0
 #: How often the dashboard records a snapshot into its history, and how much it keeps.
 HISTORY_INTERVAL_S = 2.0
 HISTORY_WINDOW_S = 900.0
-_STATIC = {"app.js": "text/javascript", "ops.js": "text/javascript", "style.css": "text/css"}
+_NO_ASYNCAPI = (
+    "this dashboard runs without an app (standalone `streammachine dashboard`), so it has no "
+    "AsyncAPI document: run `streammachine asyncapi APP`, or serve the dashboard from the app "
+    "(`streammachine run APP --dashboard`)"
+)
+_JS = "text/javascript"
+_STATIC = {"app.js": _JS, "ops.js": _JS, "state.js": _JS, "style.css": "text/css"}
 
 
 class _Backend:
@@ -194,15 +201,7 @@ def create_dashboard(
 
     async def asyncapi_json(request: Request) -> Response:
         if app is None:
-            return JSON(
-                {
-                    "error": "this dashboard runs without an app (standalone `streammachine "
-                    "dashboard`), so it has no AsyncAPI document: run `streammachine asyncapi "
-                    "APP`, or serve the dashboard from the app (`streammachine run APP "
-                    "--dashboard`)"
-                },
-                status_code=404,
-            )
+            return JSON({"error": _NO_ASYNCAPI}, status_code=404)
         if not asyncapi:
             from ..admin.asyncapi import asyncapi_document
 
@@ -264,6 +263,7 @@ def create_dashboard(
             Route("/readyz", readyz),
             Route("/metrics", metrics),
             *ops_routes(backend.conn, operator or None, app, redis_url),
+            *state_routes(backend.conn, app, redis_url),
         ],
         lifespan=lifespan,
     )
