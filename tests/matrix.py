@@ -287,10 +287,12 @@ class Run:
         )
 
     def kill(self, i: int) -> int:
-        """SIGKILL worker i and start another; 1 if it held entries (the kill bit), else 0."""
-        held = holding(self.r, self.streams(), self.workers[i].pid)
+        """SIGKILL worker i and start another; 1 if it died holding entries (the kill bit: what
+        its consumers still hold in the PEL once it is dead), else 0."""
+        pid = self.workers[i].pid
         self.workers[i].send_signal(signal.SIGKILL)
         self.workers[i].wait()
+        held = holding(self.r, self.streams(), pid)
         self.workers[i] = self.start_worker(i)
         return 1 if held else 0
 
@@ -506,8 +508,11 @@ def _apply(run: Run, cell: Cell, expected: dict[str, bytes | None], result: Resu
         run.wait(lambda: run.outputs() >= len(expected), 120, "the first half")
         time.sleep(run.idle_s * 2.5)  # the quiet spell itself
         expected.update(run.send(len(expected), n))
-        run.at_fraction(n, 0.6)
-        return run.kill(run.rng.randrange(len(run.workers)))
+        for fraction in (0.6, 0.75, 0.9):  # until a kill lands on a worker holding entries
+            run.at_fraction(n, fraction)
+            if run.kill(run.victim()):
+                return 1
+        return 0
     if fault == "redis_restart":
         assert run.server is not None, "redis_restart needs the server it may restart"
         struck = 0
