@@ -143,9 +143,11 @@ def start(run: WindowRun) -> None:
     run.wait(run.ready, 60, "every worker running")
 
 
-def finish(run: WindowRun, want: int) -> list[str]:
+def finish(run: WindowRun) -> list[str]:
     try:
-        run.wait(lambda: run.handled() and run.outputs() >= want, 180, "every window")
+        # Once every entry is acked its windows are written (in the same commit): what the
+        # output holds then is final, so a lost window fails the check, not a timeout.
+        run.wait(run.handled, 180, "every entry handled")
     finally:
         problems = run.stop()
     return problems
@@ -177,7 +179,7 @@ def test_partitioned_windows_are_exact_after_kills_and_a_freeze(kind: str, redis
         )
         moved = [n for n, pid in enumerate(run.owners()) if n in owned and pid != victim.pid]
     finally:
-        problems = finish(run, want)
+        problems = finish(run)
     assert not problems, problems
     assert kills == 2, f"only {kills} of 2 kills landed on a worker holding entries"
     assert frozen, "the frozen worker's entries were never taken by another process"
@@ -212,7 +214,7 @@ def test_partitioned_windows_on_a_cluster_are_exact_after_a_kill(
         run.wait(lambda: fence_count(rc, run.streams(), pid) > 0, 60, "the dead one's entries")
         fenced = fence_count(rc, run.streams(), pid)
     finally:
-        problems = finish(run, want)
+        problems = finish(run)
     assert not problems, problems
     assert kills == 1 and fenced > 0, "the kill landed on no worker holding entries"
     check_windows(run, rc, rows, ids)
