@@ -37,6 +37,7 @@ TESTS = [
     "tests/test_failpoints.py",
     "tests/test_partitions.py",
     "tests/test_schedule.py",
+    "tests/test_window_faults.py",
 ]
 #: Tests of paths only Redis 6.2 takes (it has no lag in XINFO GROUPS): they skip elsewhere.
 ONLY_62 = [
