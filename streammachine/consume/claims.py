@@ -290,7 +290,9 @@ class Taking:
             msgs, t = await self._claim_stalled()
             out += msgs
             tag = older(tag, t)
-            if self.ownership is not None and self.ownership.sole:
+            # Only while the lease holds: a former owner (frozen past its lease, or stopping
+            # after it lost it) would take the new owner's entries and strand them again.
+            if self.ownership is not None and self.ownership.sole and self.ownership.holds():
                 msgs, t = await self._take_strays()
                 out += msgs
                 tag = older(tag, t)
