@@ -418,7 +418,7 @@ async def test_an_owner_takes_what_a_former_owners_late_read_left_with_a_live_co
     app = App(name="strays", redis_url=redis_url)
     handled: list[str] = []
 
-    @app.agent("strays", group="g", partitions=1, claim_idle_ms=60_000, claim_interval_ms=100)
+    @app.agent("strays", group="g", partitions=1, claim_idle_ms=500, claim_interval_ms=100)
     async def handle(m: Message) -> None:
         handled.append(m.message["n"])
 

@@ -346,8 +346,8 @@ class Taking:
         return msgs, tag
 
     async def _take_strays(self) -> tuple[list[Message], Tag]:
-        """A partition's owner takes whatever other consumers hold in its stream, at once and
-        whether their process lives or not: with the lease it is the stream's only consumer, and
+        """A partition's owner takes whatever other consumers hold in its stream (idle past
+        `claim_idle_ms`), whether their process lives or not: with the lease it is the stream's only consumer, and
         an entry another holds is stranded — a stalled former owner's read that reached Redis
         after the takeover delivered it there, and that consumer, its lease lost, never handles
         it. The claim script fences their owners, as every taking does."""
@@ -363,7 +363,14 @@ class Taking:
         ]
         if not others:
             return [], None
-        cmds = [["XPENDING", self.stream, cfg.group, "-", "+", cfg.count, o] for o in others]
+        # Idle past claim_idle_ms, re-checked by the script: what a live owner holds, its
+        # keepalive keeps fresh, so a former owner frozen between its lease check and this
+        # claim cannot take the new owner's entries.
+        idle = cfg.claim_idle_ms
+        cmds = [
+            ["XPENDING", self.stream, cfg.group, "IDLE", idle, "-", "+", cfg.count, o]
+            for o in others
+        ]
         ids = [
             as_text(e[0])
             for r in await self._call(cmds)
@@ -373,7 +380,7 @@ class Taking:
         ][: cfg.count]
         if not ids:
             return [], None
-        reply = await self._run(CLAIM_SCRIPT, [cfg.group, self.name, 0, *ids])
+        reply = await self._run(CLAIM_SCRIPT, [cfg.group, self.name, idle, *ids])
         if reply is None:
             return [], None
         msgs, tag = await self._taken(Taken(reply))
