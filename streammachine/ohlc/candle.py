@@ -76,8 +76,8 @@ def candle_aggregates(
     tumbling(60), key="symbol", agg=candle_aggregates())` is the per-entry one.
 
     Example:
-        >>> sorted(candle_aggregates())[:3]
-        ['close', 'high', 'low']
+        >>> candle_aggregates()["open"], candle_aggregates("px")["high"]
+        (first('price'), max('px'))
     """
     return {
         "open": first(price_field),
