@@ -29,6 +29,8 @@ from streammachine.ohlc import (
     parse_interval,
     parse_stream_id_timestamp,
 )
+from streammachine.ohlc.candle import candle_aggregates, candle_from_window
+from streammachine.state.windows import Engine, closed, tumbling, watermark_of, window_start
 
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
 PATHS = [False, True] if HAS_NUMBA else [False]
@@ -179,6 +181,78 @@ ops = st.lists(
     ),
     max_size=60,
 )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from("AB"),
+            st.floats(1, 1000, allow_nan=False, allow_infinity=False),
+            st.integers(0, 100).map(float),  # whole volumes: sums are exact in any order
+            st.integers(0, 12_000),  # how far the clock moves on
+            st.integers(0, 40_000),  # how far behind the clock the tick is (at most the grace)
+        ),
+        max_size=80,
+    ),
+    grace_ms=st.sampled_from([0, 5000, 30000]),
+    batch=st.integers(1, 9),
+)
+def test_candles_are_the_window_engines_tumbling_windows(
+    steps: list[tuple[str, float, float, int, int]], grace_ms: int, batch: int
+) -> None:
+    """OHLC on the window engine: the engine's tumbling windows with `candle_aggregates` and
+    FastOHLC (both kernels) close the same candles at the same watermark, batch by batch, and
+    keep the same ones open, for ticks out of order within the grace (neither has late ones)."""
+    iv = 10_000
+    engine = Engine(tumbling(iv / 1000), candle_aggregates(), grace_ms=grace_ms, track=False)
+    aggs = [FastOHLC(intervals=[iv], grace_ms=grace_ms, jit=j) for j in PATHS]
+    closed_by_engine: list[tuple[str, Candle]] = []
+    flushed: list[list[tuple[str, Candle]]] = [[] for _ in aggs]
+
+    def flush() -> None:
+        rows = engine.close()
+        closed_by_engine.extend((r.key, candle_from_window(r.start, r.values)) for r in rows)
+        for agg, out in zip(aggs, flushed, strict=True):
+            out.extend((sym, c) for sym, _, c in agg.flush_completed())
+
+    clock = T0
+    for i, (sym, price, volume, advance, back) in enumerate(steps):
+        clock += advance
+        t = clock - min(back, grace_ms)
+        assert engine.add(sym, t, {"price": repr(price), "volume": repr(volume)})
+        for agg in aggs:
+            agg.update_tick(sym, price, volume, t)
+        if i % batch == batch - 1:
+            flush()
+    flush()
+    held = sorted(
+        (k, candle_from_window(s, engine._value(k, s))) for k, w in engine.keys.items() for s in w
+    )
+    assert engine.late == 0
+    for agg, out in zip(aggs, flushed, strict=True):
+        assert sorted(out) == sorted(closed_by_engine)
+        assert sorted((s, c) for s in "AB" for c in agg.get_candles(s, iv)) == held
+        assert agg.late_tick_count == 0 and agg.watermark_ms == engine.max_t
+
+
+def test_a_candle_is_the_engines_tumbling_window_and_closes_at_its_watermark() -> None:
+    """The bucketing and completion FastOHLC uses are the window engine's own functions."""
+    for t, iv in ((61_000, 60_000), (-1, 60_000), (0, 7), (T0 + 123, 90_000)):
+        (candle,) = _one_tick(t, iv).get_candles("X", iv)
+        assert candle.candle_start_ms == window_start(t, iv) == (t // iv) * iv
+    agg = FastOHLC(intervals=[60_000], grace_ms=5000)
+    agg.update_tick("X", 1.0, 1.0, 30_000)
+    for wm in (60_000, 64_999, 65_000):
+        want = closed(0, 60_000, watermark_of(wm, 5000))
+        assert bool(agg.get_completed_candles("X", 60_000, now_ms=wm)) == want
+    assert [closed(0, 60_000, watermark_of(wm, 5000)) for wm in (64_999, 65_000)] == [False, True]
+
+
+def _one_tick(t: int, iv: int) -> FastOHLC:
+    agg = FastOHLC(intervals=[iv])
+    agg.update_tick("X", 1.0, 1.0, t)
+    return agg
 
 
 @settings(max_examples=150, deadline=None)

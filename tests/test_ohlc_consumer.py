@@ -18,6 +18,7 @@ import redis as syncredis
 
 from streammachine import App, FastOHLCConsumer, keys
 from streammachine.ohlc import FastOHLC, format_candle_for_redis
+from streammachine.ohlc.candle import candle_aggregates
 from streammachine.testing import TestApp
 from tests.util import eventually, wait_sync
 
@@ -80,6 +81,45 @@ async def test_candles_equal_an_offline_run_and_late_ticks_are_dropped(
     assert len(got) == len(want), "no candle twice"
     assert redis_sync.xpending("ticks", "ohlc_workers")["pending"] == 0
     assert redis_sync.xlen(STATE) == 1, "one snapshot, trimmed exactly"
+
+
+async def test_app_ohlc_and_a_tumbling_window_of_candle_aggregates_emit_the_same_candles(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    """OHLC is a tumbling window on the window engine: on one app and one tick stream, `app.ohlc`
+    and `app.window(kind=tumbling(1), agg=candle_aggregates())` emit the same candles, each once
+    (ticks at most 10 ms out of order, within the grace of both)."""
+    from streammachine.ohlc.candle import candle_from_window
+    from streammachine.windows import tumbling
+
+    app = App(name="candles-and-windows")
+    consumer = app.ohlc(
+        "ticks", intervals=["1s"], timestamp_field="ts", grace_ms=200, lease_ms=500, count=97
+    )
+    app.window("ticks", "bars", kind=tumbling(1), key="symbol", time="ts", grace_s=0.2,
+               agg=candle_aggregates(), to="bars", count=61, lease_ms=500)  # fmt: skip
+    rows = ticks(1500, seed=7, step_ms=10)  # 15 s of event time
+    async with TestApp(app, url=redis_url):
+        await app.send_batch("ticks", rows)
+        want = offline(rows, [1000])
+        await eventually(
+            lambda: (
+                len(emitted(redis_sync, ["candles_1s"])) == len(want)
+                and redis_sync.xlen("bars") == len(want)
+            ),
+            20,
+        )
+    from_ohlc = emitted(redis_sync, ["candles_1s"])
+    assert {key(c): c for c in from_ohlc} == want and len(from_ohlc) == len(want)
+
+    # The same fields by name: the window's aggregates are the candle's.
+    bars = emitted(redis_sync, ["bars"])
+    by_window = sorted((b["key"], candle_from_window(int(b["start"]), b)) for b in bars)
+    by_ohlc = sorted(
+        (c["symbol"], candle_from_window(int(c["candle_start_ms"]), c)) for c in from_ohlc
+    )
+    assert by_window == by_ohlc
+    assert consumer.aggregator.late_tick_count == 0
 
 
 async def test_a_snapshot_of_an_earlier_version_restores(

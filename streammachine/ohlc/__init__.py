@@ -1,5 +1,9 @@
 """OHLC candles for market data: a Numba kernel over NumPy arrays, with a pure-Python twin.
 
+A candle is a tumbling window of the event-time window engine (`state/windows.py`: its window
+start, watermark and closing are the engine's functions) with the aggregates first/max/min/last
+of the price, sum of the volume and count; the kernel is their batch path.
+
 `candle` (the Candle tuple, interval names, candle fields for XADD), `pykernel` (the kernel's
 loops as plain Python), `kernel` (those loops compiled by Numba, or not), `store` (the candle
 arrays of one aggregator), `symbols` (symbol codes), `ticks` (ticks from stream entries),

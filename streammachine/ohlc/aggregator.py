@@ -1,8 +1,9 @@
 """FastOHLC: candles per symbol and interval, from single ticks, NumPy arrays or stream replies.
 
-Time is event time: a tick's candle starts at floor(timestamp_ms / interval) * interval. A candle
-is completed once the watermark (the newest tick time seen, or the `now_ms` a caller passes)
-reaches its end plus `grace_ms`. Flushing removes completed candles; a later tick that falls
+Time is event time, and a candle is a tumbling window of the window engine (`state/windows.py`,
+docs/ohlc.md "Semantics"): a tick's candle starts at floor(timestamp_ms / interval) * interval. A
+candle is completed once the watermark (the newest tick time seen, or the `now_ms` a caller
+passes) reaches its end plus `grace_ms`. Flushing removes completed candles; a later tick that falls
 before the end of the newest flushed candle is late: counted in `late_tick_count` and dropped, so
 nothing downstream sees a candle twice.
 

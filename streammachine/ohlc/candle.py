@@ -1,5 +1,6 @@
 """A candle and its names: the `Candle` tuple, interval lengths and their names, stream-id times,
-and a candle as XADD fields. The one definition of a candle's fields (the MCP tools use it too).
+and a candle as XADD fields. The one definition of a candle's fields (the MCP tools use it too),
+and of what they are as window aggregates (`candle_aggregates`: a candle is a tumbling window).
 
 Example:
     >>> c = Candle(60000, 1.0, 2.0, 0.5, 1.5, 10.0, 3, 119000)
@@ -12,10 +13,13 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..exceptions import ConfigError, SerializationError
+from ..state.aggregates import Aggregate, Record, count, first, last, max_, min_, sum_
 
 __all__ = [
     "Candle",
+    "candle_aggregates",
     "candle_from_row",
+    "candle_from_window",
     "format_candle_for_redis",
     "interval_name",
     "parse_interval",
@@ -50,6 +54,56 @@ def candle_from_row(row: tuple[Any, ...]) -> Candle:
     """
     start, _first, last, count, o, h, lo, c, v = row
     return Candle(start, o, h, lo, c, v, count, last)
+
+
+class _NewestTime(Aggregate):
+    # The newest event time in the window: a candle's `timestamp_ms`.
+    name = "newest_time"
+
+    def init(self, record: Record, t: int) -> Any:
+        return t
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return b if b > a else a
+
+
+def candle_aggregates(
+    price_field: str = "price", volume_field: str = "volume"
+) -> dict[str, Aggregate]:
+    """A candle's fields as the window engine's aggregates: open = first, high = max, low = min
+    and close = last of the price, volume = sum, trade_count = count, timestamp_ms = the newest
+    tick time. `FastOHLC`'s kernel is the batch path of these; `app.window(stream, kind=
+    tumbling(60), key="symbol", agg=candle_aggregates())` is the per-entry one.
+
+    Example:
+        >>> candle_aggregates()["open"], candle_aggregates("px")["high"]
+        (first('price'), max('px'))
+    """
+    return {
+        "open": first(price_field),
+        "high": max_(price_field),
+        "low": min_(price_field),
+        "close": last(price_field),
+        "volume": sum_(volume_field),
+        "trade_count": count(),
+        "timestamp_ms": _NewestTime(),
+    }
+
+
+def candle_from_window(start: int, values: dict[str, Any]) -> Candle:
+    """A Candle from a tumbling window's start and its `candle_aggregates` values.
+
+    Example:
+        >>> v = {"open": 1, "high": 2, "low": 1, "close": 2, "volume": 3, "trade_count": 2,
+        ...      "timestamp_ms": 5}
+        >>> candle_from_window(0, v).volume
+        3.0
+    """
+    return Candle(
+        int(start), float(values["open"]), float(values["high"]), float(values["low"]),
+        float(values["close"]), float(values["volume"]), int(values["trade_count"]),
+        int(values["timestamp_ms"]),
+    )  # fmt: skip
 
 
 _UNITS = (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1))

@@ -1,6 +1,13 @@
 """The OHLC kernel's source: plain Python loops over candle arrays, the pure-Python twin that
 `kernel` also compiles with Numba (one source, so both paths give identical candles).
 
+OHLC is a tumbling-window aggregation on the window engine's terms (DESIGN.md "state and
+windows"): a candle is the tumbling window `window_start(t, interval)` of `state/windows.py` and
+a tick is late when that window is `closed` at its symbol's flushed-up-to mark, the same
+functions the engine uses (Numba compiles them into this kernel). The candle's fields are the
+engine's aggregates first/max/min/last (price), sum (volume) and count (`ohlc/candle.py`
+`candle_aggregates`); this kernel is their batch path.
+
 Every candle of every (symbol, interval) lives in one pool of slots, two arrays wide:
 
 - `ci[slot]` int64: candle start, first tick time, last tick time, trade count, previous slot
@@ -25,6 +32,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from ..state.windows import closed, window_start
 
 __all__ = [
     "BAD_CODE",
@@ -93,6 +102,7 @@ def apply_tick(
     head = sk[s, k, HEAD]
     prev = head  # the older neighbour of a new candle
     newer = -1  # the newer neighbour of a new candle; -1: it becomes the head
+    cs = window_start(t, iv)
     if head >= 0:
         start = ci[head, START]
         if t >= start:
@@ -100,9 +110,8 @@ def apply_tick(
                 _update(ci, cf, head, p, v, t)
                 return UPDATED
         else:
-            if t < sk[s, k, FLUSHED_END]:
+            if closed(cs, iv, sk[s, k, FLUSHED_END]):
                 return DROPPED_LATE
-            cs = (t // iv) * iv
             newer = head
             node = ci[head, PREV]
             while node >= 0 and ci[node, START] > cs:
@@ -112,10 +121,10 @@ def apply_tick(
                 _update(ci, cf, node, p, v, t)
                 return UPDATED
             prev = node
-    elif t < sk[s, k, FLUSHED_END]:
+    elif closed(cs, iv, sk[s, k, FLUSHED_END]):
         return DROPPED_LATE
     c = _new_slot(free, meta)
-    _init(ci, cf, c, (t // iv) * iv, p, v, t, prev)
+    _init(ci, cf, c, cs, p, v, t, prev)
     if newer < 0:
         sk[s, k, HEAD] = c
     else:
@@ -298,4 +307,4 @@ def factorize_rows(rows: Any) -> tuple[Any, Any]:
 
 
 #: The functions `apply_batch` calls: Numba compiles them into it (`register_jitable`).
-HELPERS = (apply_tick, _update, _new_slot, _init)
+HELPERS = (apply_tick, _update, _new_slot, _init, window_start, closed)

@@ -1,6 +1,10 @@
 """The candle store of one aggregator: the kernel's arrays, their growth, applying ticks to them,
 and reading, completing and flushing a (symbol, interval)'s candles (layout: `pykernel`).
 
+A candle is a tumbling window: it is completed when the window engine's `closed` says so at the
+engine's watermark (`watermark_of`: the newest tick time, or `now_ms`, minus the grace), and
+flushing it moves its (symbol, interval)'s mark past it, which makes later ticks for it late.
+
 Example:
     >>> store = CandleStore((60000,), grace_ms=0, jit=False)
     >>> store.n_candles
@@ -14,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import ConfigError
+from ..state.windows import closed, watermark_of
 from .kernel import kernels, readonly
 from .pykernel import (
     COUNT,
@@ -131,10 +136,10 @@ class CandleStore:
         return self.rows(slots)
 
     def _n_completed(self, slots: list[int], k: int, watermark_ms: int) -> int:
-        last_start = watermark_ms - self.intervals_ms[k] - self.grace_ms
+        iv, mark = self.intervals_ms[k], watermark_of(watermark_ms, self.grace_ms)
         starts = self.ci.data
         n = 0
-        while n < len(slots) and starts[slots[n], START] <= last_start:
+        while n < len(slots) and closed(starts[slots[n], START], iv, mark):
             n += 1
         return n
 
@@ -145,15 +150,12 @@ class CandleStore:
         heads = self.sk[:n_symbols, :, HEAD]
         held = heads >= 0
         slots = np.where(held, heads, 0)
-        # Clamped into int64, which changes no comparison with an int64 start.
-        last_start = np.array(
-            [
-                min(max(watermark_ms - iv - self.grace_ms, NO_TIME), -NO_TIME - 1)
-                for iv in self.intervals_ms
-            ],
-            np.int64,
-        )
-        maybe = held & ((self.ci[slots, START] <= last_start) | (self.ci[slots, PREV] >= 0))
+        # The engine's `closed` on whole columns. The mark is clamped into int64, which changes
+        # no comparison with an int64 end (start + interval).
+        mark = min(max(watermark_of(watermark_ms, self.grace_ms), NO_TIME), -NO_TIME - 1)
+        ivs = np.array(self.intervals_ms, np.int64)
+        done = self.ci[slots, START] + ivs <= mark  # closed(start, iv, mark), column-wise
+        maybe = held & (done | (self.ci[slots, PREV] >= 0))
         ks, ss = np.nonzero(maybe.T)
         return list(zip(ks.tolist(), ss.tolist(), strict=True))
 

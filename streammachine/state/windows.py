@@ -36,7 +36,18 @@ import msgspec
 from ..exceptions import ConfigError
 from .aggregates import Aggregate, Record
 
-__all__ = ["Engine", "Kind", "Row", "hopping", "session", "sliding", "tumbling"]
+__all__ = [
+    "Engine",
+    "Kind",
+    "Row",
+    "closed",
+    "hopping",
+    "session",
+    "sliding",
+    "tumbling",
+    "watermark_of",
+    "window_start",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,26 @@ def sliding(size_s: float) -> Kind:
 def session(gap: float) -> Kind:
     """Entries of a key less than `gap` seconds apart form one session."""
     return Kind("session", _ms(gap, "session(gap)"))
+
+
+# --- the tumbling-window arithmetic, shared with OHLC (its Numba kernel compiles these) -------
+
+
+def window_start(t: int, step_ms: int) -> int:
+    """The start of the newest window of a `step_ms` grid holding event time `t`: for tumbling
+    windows the one window of `t`, floor(t / size) * size (negative times floor too)."""
+    return t - t % step_ms
+
+
+def watermark_of(max_t: int, grace_ms: int) -> int:
+    """The watermark: the newest event time seen minus the grace."""
+    return max_t - grace_ms
+
+
+def closed(start: int, size_ms: int, mark: int) -> bool:
+    """True when the window [start, start + size_ms) is closed at watermark `mark`: an entry
+    for it is late from then on."""
+    return start + size_ms <= mark
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +171,7 @@ class Engine:
     @property
     def watermark(self) -> int | None:
         """Newest event time seen minus the grace (None until an entry was seen)."""
-        return None if self.max_t is None else self.max_t - self.grace_ms
+        return None if self.max_t is None else watermark_of(self.max_t, self.grace_ms)
 
     def _init(self, record: Record, t: int) -> list[Any]:
         return [init(record, t) for init in self._inits]
@@ -162,10 +193,10 @@ class Engine:
         ok = True
         if kind in ("tumbling", "hopping"):
             size, step = self.kind.size_ms, self.kind.step_ms
-            start = t - t % step
+            start = window_start(t, step)
             starts = []
             while start + size > t:
-                if wm is None or start + size > wm:
+                if wm is None or not closed(start, size, wm):
                     starts.append(start)
                 else:
                     ok = False
@@ -198,9 +229,10 @@ class Engine:
     def _add_tumbling(self, key: str, t: int, record: Record) -> bool:
         # The common case, with nothing it does not need: one window per entry.
         size = self.kind.size_ms
-        end = t - t % size + size
+        start = window_start(t, size)
+        end = start + size
         max_t = self.max_t
-        if max_t is not None and end <= max_t - self.grace_ms:
+        if max_t is not None and closed(start, size, watermark_of(max_t, self.grace_ms)):
             self.late += 1
             return False
         states = [init(record, t) for init in self._inits]
@@ -312,7 +344,7 @@ class Engine:
         for key in list(self.keys):
             windows = self.keys[key]
             if kind in ("tumbling", "hopping"):
-                for start in sorted(s for s in windows if s + size <= wm):
+                for start in sorted(s for s in windows if closed(s, size, wm)):
                     rows.append(Row(key, start, start + size, self._result(windows.pop(start))))
                     self.dirty.add(key)
                 empty = not windows
