@@ -13,7 +13,7 @@ import redis as syncredis
 from streammachine import App, Message, keys
 from streammachine.consume.claims import CLAIM_SCRIPT
 from streammachine.consume.consumer import Consumer
-from streammachine.consume.outbox import Outbox
+from streammachine.consume.outbox import STORE_INCR, STORE_SET, Outbox
 from tests.util import eventually, running
 
 
@@ -96,6 +96,131 @@ async def test_a_commit_sent_again_after_a_lost_reply_applies_once(
     await consumer._flush(again)
     assert redis_sync.xlen("out") == 5
     assert consumer.stats.dropped == 0, "outputs already written are not counted as dropped"
+    await consumer.wire.close()
+    await app.aclose()
+
+
+def counting_outbox(ids: list[str]) -> Outbox:
+    """Per entry: an output, and two increments of the same storage field (merged per batch)."""
+    out = Outbox()
+    for i in ids:
+        out.current = i
+        out.xadd("out", None, ["from", i])
+        out.op(STORE_INCR, "counts", "k", 1)
+        out.op(STORE_INCR, "counts", "k", 10)
+        out.op(STORE_SET, "counts", "last", i.encode(), "")
+    return out
+
+
+def hincrby_calls(r: syncredis.Redis) -> int:
+    stats: Any = r.info("commandstats")
+    return int(stats.get("cmdstat_hincrby", {}).get("calls", 0))
+
+
+async def test_an_unfenced_batch_merges_its_increments_per_key(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    app, consumer, ids = await one_consumer(redis_url, 6, redis_sync)
+    consumer.committer.epoch = "0"
+    batch = await consumer._exchange([consumer._read_cmd(False)])
+    pending = consumer.committer.build(ids, batch, counting_outbox(ids), margin=10, tag=0)
+    assert pending is not None and pending.merged
+    before = hincrby_calls(redis_sync)
+    await consumer._flush(pending)
+    assert hincrby_calls(redis_sync) - before == 1, "12 increments of one field: one HINCRBY"
+    assert redis_sync.hget("counts", "k") == b"66"
+    assert redis_sync.hget("counts", "last") == ids[-1].encode(), "the last write wins"
+    assert redis_sync.xlen("out") == 6
+    assert redis_sync.xpending("in", "g")["pending"] == 0
+    assert consumer.again == [] and consumer.stats.dropped == 0
+    await consumer.wire.close()
+    await app.aclose()
+
+
+async def test_a_fenced_batch_applies_none_of_its_merged_increments(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    """Entries claimed by another consumer mid-batch: the merged increments (which include
+    theirs) are not written at all, the lost entries' changes are counted as dropped, and the
+    entries still owned are handled again (their changes come with that commit)."""
+    app, consumer, ids = await one_consumer(redis_url, 4, redis_sync)
+    consumer.committer.epoch = "0"
+    batch = await consumer._exchange([consumer._read_cmd(False)])
+    fence = keys.fence("in", "g")
+    redis_sync.eval(CLAIM_SCRIPT, 2, "in", fence, "g", "other", 0, ids[0], ids[2])
+    pending = consumer.committer.build(ids, batch, counting_outbox(ids), margin=10, tag=0)
+    assert pending is not None and pending.merged
+    await consumer._flush(pending)
+    assert redis_sync.hgetall("counts") == {}, "nothing of a merged batch is written"
+    assert redis_sync.xlen("out") == 0
+    assert consumer.stats.dropped == 2 * 4, "the lost entries' own operations"
+    assert [m.key for m in consumer.again] == [ids[1], ids[3]]
+    assert consumer.committer.epoch == "1"
+    owners = {p["message_id"].decode(): p["consumer"] for p in redis_sync.xpending_range("in", "g", "-", "+", 10)}  # fmt: skip
+    assert owners == {ids[0]: b"other", ids[1]: consumer.name.encode(), ids[2]: b"other",
+                      ids[3]: consumer.name.encode()}  # fmt: skip
+    # Handled again under the new counter: exactly their increments, once.
+    kept = [m for m in batch if m.key in (ids[1], ids[3])]
+    again = consumer.committer.build(
+        [ids[1], ids[3]], kept, counting_outbox([ids[1], ids[3]]), margin=10, tag=1
+    )
+    assert again is not None
+    await consumer._flush(again)
+    assert redis_sync.hget("counts", "k") == b"22"
+    assert sorted(f[b"from"].decode() for _, f in redis_sync.xrange("out")) == [ids[1], ids[3]]
+    await consumer.wire.close()
+    await app.aclose()
+
+
+async def test_a_fence_that_took_nothing_of_the_batch_still_writes_it_merged(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    app, consumer, ids = await one_consumer(redis_url, 5, redis_sync)
+    consumer.committer.epoch = "0"
+    batch = await consumer._exchange([consumer._read_cmd(False)])
+    redis_sync.hincrby(keys.fence("in", "g"), consumer.name, 1)  # something else was taken
+    pending = consumer.committer.build(ids[:3], batch[:3], counting_outbox(ids[:3]), margin=10, tag=0)  # fmt: skip
+    assert pending is not None and pending.merged
+    await consumer._flush(pending)
+    assert redis_sync.hget("counts", "k") == b"33"
+    assert consumer.again == [] and consumer.stats.dropped == 0
+    assert redis_sync.xpending("in", "g")["pending"] == 2
+    await consumer.wire.close()
+    await app.aclose()
+
+
+async def test_a_merged_commit_sent_again_after_a_lost_reply_applies_once(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    app, consumer, ids = await one_consumer(redis_url, 5, redis_sync)
+    consumer.committer.epoch = "0"
+    batch = await consumer._exchange([consumer._read_cmd(False)])
+    pending = consumer.committer.build(ids, batch, counting_outbox(ids), margin=10, tag=0)
+    assert pending is not None and pending.merged
+    await consumer._call(pending.cmds)  # applied; pretend its reply was lost
+    again = consumer.committer.again(pending)
+    assert again.check and not again.merged, "a re-sent commit is checked entry by entry"
+    await consumer._flush(again)
+    assert redis_sync.hget("counts", "k") == b"55"
+    assert redis_sync.xlen("out") == 5
+    assert consumer.stats.dropped == 0 and consumer.again == []
+    await consumer.wire.close()
+    await app.aclose()
+
+
+async def test_a_merged_increment_of_a_value_that_is_not_an_integer_writes_nothing(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    app, consumer, ids = await one_consumer(redis_url, 3, redis_sync)
+    consumer.committer.epoch = "0"
+    batch = await consumer._exchange([consumer._read_cmd(False)])
+    redis_sync.hset("counts", "k", "not a number")
+    pending = consumer.committer.build(ids, batch, counting_outbox(ids), margin=10, tag=0)
+    assert pending is not None and pending.merged
+    await consumer._flush(pending)
+    assert redis_sync.hgetall("counts") == {b"k": b"not a number"}
+    assert redis_sync.xlen("out") == 0
+    assert [m.key for m in consumer.again] == ids, "handled again, as with a failed check"
     await consumer.wire.close()
     await app.aclose()
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError
 
 from .. import keys as key_names
-from .outbox import Outbox
+from .outbox import CHECK, Outbox
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection, Script
@@ -56,11 +56,13 @@ end
 # KEYS: stream, fence hash, then the keys the operations write.
 # ARGV: group, consumer, tag (the fence counter the batch was read under; '' = unknown), flags
 # ('w': the operations belong to the whole batch, written only if every entry is still owned;
-# 'r': a re-sent commit, check each entry against the PEL whatever the fence says; 'c': the
-# operations include checks, read before anything is written), kinds (of each key from KEYS[3]
-# on, one letter: x stream, z sorted set, h hash), margin (other entries the consumer may own,
-# for the PEL read), n, the n done ids; then per operation: owner (1..n, or 0
-# for the whole batch), code, width w, then w arguments, the first a KEYS index.
+# 'm': merged, the operations of several entries folded into fewer, owner 0: written only if
+# every entry is still owned and every check holds, else nothing is written and the owned
+# entries are handled again; 'r': a re-sent commit, check each entry against the PEL whatever
+# the fence says; 'c': the operations include checks, read before anything is written), kinds
+# (of each key from KEYS[3] on, one letter: x stream, z sorted set, h hash), margin (other
+# entries the consumer may own, for the PEL read), n, the n done ids; then per operation: owner
+# (1..n, or 0 for the whole batch), code, width w, then w arguments, the first a KEYS index.
 # Codes: x XADD (maxlen: > 0 approximate, < 0 exact, 0 none; fields), z ZADD (score, member),
 # h HSET (field, value), H HDEL (field), s storage set (field, value, ttl ms or ''), k storage
 # set keeping the key's TTL (field, value), i storage incr (field, by; the stored value must be an
@@ -68,13 +70,14 @@ end
 # '0'/'1', value): the owner and every later entry are handled again when the stored value
 # differs (optimistic concurrency). A key of the wrong type fails the commit before any write.
 # Reply: the number acked (the fast path: everything written), or {acked, fence counter, again,
-# kind, dropped}: `again` the ids to handle again, kind 1 (a check failed: handle them again as
-# they are) or 2 (a whole batch not all owned: its owned entries are retried), dropped = the
-# operations of entries another consumer took, not written.
+# kind, dropped}: `again` the ids to handle again, kind 1 (a check failed, or a merged commit
+# had entries taken: handle them again as they are) or 2 (a whole batch not all owned: its owned
+# entries are retried), dropped = the operations of entries another consumer took, not written.
 COMMIT_SCRIPT = """
 local stream, fence, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local flags, n = ARGV[4], tonumber(ARGV[7])
 local whole = string.find(flags, 'w', 1, true) ~= nil
+local merged = string.find(flags, 'm', 1, true) ~= nil
 local checks = string.find(flags, 'c', 1, true) ~= nil
 local argc = #ARGV
 local first = 8 + n
@@ -88,7 +91,7 @@ end
 local function mine(o)
   return owned == nil or owned[ARGV[7 + o]] == true
 end
-if whole and owned ~= nil then
+if (whole or merged) and owned ~= nil then
   local kept = {}
   for o = 1, n do if mine(o) then kept[#kept + 1] = ARGV[7 + o] end end
   if #kept < n then
@@ -97,6 +100,7 @@ if whole and owned ~= nil then
       if ARGV[j + 1] ~= 'c' then lost = lost + 1 end
       j = j + 3 + tonumber(ARGV[j + 2])
     end
+    if merged then return {0, epoch, kept, 1, lost} end
     return {0, epoch, kept, 2, lost}
   end
 end
@@ -217,6 +221,8 @@ class Pending:
     margin: int = 0
     #: Check each entry against the PEL (a re-sent commit may already have been applied).
     check: bool = False
+    #: Its operations were merged across entries (`_merge`): written all or none.
+    merged: bool = False
 
 
 @dataclass(slots=True)
@@ -283,8 +289,8 @@ class Committer:
             return None
         if out is None or not out.ops:
             return Pending([["XACK", self.stream, self.group, *done]], done, messages, tag)
-        cmds = self._command(done, out, margin, tag, False)
-        return Pending(cmds, done, messages, tag, out, margin)
+        cmds, merged = self._command(done, out, margin, tag, False)
+        return Pending(cmds, done, messages, tag, out, margin, merged=merged)
 
     def again(self, pending: Pending) -> Pending:
         """`pending` to send again after its reply was lost: it may have been applied, so this
@@ -292,21 +298,30 @@ class Committer:
         p, out = pending, pending.out
         if out is None:
             return p
-        cmds = self._command(p.ids, out, p.margin, p.tag, True)
+        cmds, _ = self._command(p.ids, out, p.margin, p.tag, True)
         return Pending(cmds, p.ids, p.messages, p.tag, out, p.margin, True)
 
     def _command(
         self, done: list[str], out: Outbox, margin: int, tag: int | None, check: bool
-    ) -> list[list[Any]]:
-        key_index: dict[str, int] = {self.stream: 1, self.fence: 2}
-        kinds: list[str] = []  # of each key from the third: x stream, z sorted set, h hash
+    ) -> tuple[list[list[Any]], bool]:
+        """The commit's script call, and whether its operations were merged (`_merge`)."""
         whole = out.whole
         owner = {entry_id: i for i, entry_id in enumerate(done, 1)}
+        ops: list[tuple[int, str, str, list[Any]]]
+        ops = [] if check else _merge(out.ops, owner, whole)
+        merged = bool(ops)
+        if not merged:
+            if whole:
+                ops = [(0, c, key, rest) for _, c, key, rest in out.ops]
+            else:
+                ops = [(o, c, key, rest) for e, c, key, rest in out.ops if (o := owner.get(e))]
+        key_index: dict[str, int] = {self.stream: 1, self.fence: 2}
+        kinds: list[str] = []  # of each key from the third: x stream, z sorted set, h hash
         args: list[Any] = [
             self.group,
             self.consumer,
             "" if tag is None else str(tag),
-            "",  # flags: w whole, r re-sent (check the PEL), c state checks
+            "",  # flags: w whole, m merged, r re-sent (check the PEL), c state checks
             "",  # kinds
             margin,
             len(done),
@@ -314,19 +329,22 @@ class Committer:
         ]
         extend = args.extend
         checks = False
-        for entry_id, code, key, rest in out.ops:
-            o = 0 if whole else owner.get(entry_id)
-            if o is None:
-                continue  # an entry that failed or was skipped: nothing of it is written
+        for o, code, key, rest in ops:
             k = key_index.get(key)
             if k is None:
                 k = key_index[key] = len(key_index) + 1
                 kinds.append(code if code in "xz" else "h")
-            checks = checks or code in "ci"
+            if code in "ci":
+                checks = True
             extend((o, code, len(rest) + 1, k, *rest))
-        args[3] = ("w" if whole else "") + ("r" if check else "") + ("c" if checks else "")
+        args[3] = (
+            ("w" if whole else "")
+            + ("m" if merged and not whole else "")
+            + ("r" if check else "")
+            + ("c" if checks else "")
+        )
         args[4] = "".join(kinds)
-        return [self.script.command(list(key_index), args)]
+        return [self.script.command(list(key_index), args)], merged
 
     def judge(self, pending: Pending, reply: Any) -> Verdict:
         """What the reply of `pending`'s script (or XACK) means; updates the fence counter."""
@@ -341,7 +359,67 @@ class Committer:
         _acked, epoch, again, kind, dropped = reply
         self.epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         ids = [e.decode() if isinstance(e, bytes) else str(e) for e in again]
+        if pending.merged and pending.out is not None and int(dropped):
+            # Nothing was written, and the script counted merged operations: count the lost
+            # entries' own (a whole batch's are all lost).
+            out = pending.out
+            lost = set() if out.whole else set(pending.ids).difference(ids)
+            dropped = sum(1 for e, c, _, _ in out.ops if c != CHECK and (out.whole or e in lost))
         if int(kind) == 2:
             return Verdict(retry=ids, dropped=int(dropped))
         wanted = set(ids)
         return Verdict(again=[m for m in pending.messages if m.key in wanted], dropped=int(dropped))
+
+
+#: Codes whose operations `_merge` folds per (key, field): storage and hash writes.
+_FOLDED = frozenset("skidhH")
+_INT64 = 2**63
+
+
+def _merge(
+    ops: list[tuple[str, str, str, list[Any]]], owner: dict[str, int], whole: bool
+) -> list[tuple[int, str, str, list[Any]]]:
+    """The operations of `ops` owned by `owner`'s entries, folded per (key, field) into fewer
+    that do the same — increments summed into one, a write or delete replacing the writes
+    before it — all with owner 0 (they belong to no single entry any more); [] when nothing
+    folds, or when the batch has checks (`update`: checked entry by entry, so one conflict
+    retries only the entries from it on) and is not a whole batch.
+
+    Folding is exact because only adjacent operations on the same (key, field) are folded and
+    operations on other fields commute; the script writes merged operations only when every
+    entry is still owned and every check holds (else nothing, and the entries are handled again),
+    so a batch is written whole or not at all, as a batch handler's is.
+    """
+    folded: list[Any] = []
+    last: dict[tuple[str, Any], int] = {}  # (key, field) → index in `folded` of its last op
+    fewer = False
+    for entry_id, code, key, rest in ops:
+        if not whole and entry_id not in owner:
+            continue  # an entry that failed or was skipped: nothing of it is written
+        if code in _FOLDED:
+            field_key = (key, rest[0])
+            j = last.get(field_key)
+            if j is not None:
+                prev = folded[j]
+                before = prev[1]
+                if code == "i":
+                    a, b = prev[3][1], rest[1]
+                    if before == "i" and type(a) is int and type(b) is int:
+                        total = a + b
+                        if -_INT64 <= total < _INT64:
+                            prev[3] = [rest[0], total]
+                            fewer = True
+                            continue
+                elif (
+                    (code in "sd" and before in "skd")
+                    or (code == "k" and before == "k")
+                    or (code in "hH" and before in "hH")
+                ):
+                    folded[j] = [0, code, key, rest]
+                    fewer = True
+                    continue
+            last[field_key] = len(folded)
+        elif code == CHECK and not whole:
+            return []
+        folded.append([0, code, key, rest])
+    return folded if fewer else []
