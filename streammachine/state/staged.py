@@ -100,8 +100,13 @@ class Staged:
 
     def incr(self, key: str, by: int) -> None:
         """Stage an integer increment (no check: addition commutes)."""
-        self._log(key, "incr", by)
-        self.out.op(STORE_INCR, self.hash_key, key, by)
+        out = self.out  # `_log` and `out.op`, inlined: a counting stage calls this per entry
+        owner = out.current
+        changes = self.changes.get(key)
+        if changes is None:
+            changes = self.changes[key] = []
+        changes.append((owner, "incr", by))
+        out.ops.append((owner, STORE_INCR, self.hash_key, [key, by]))
 
     def delete(self, key: str) -> None:
         """Stage `delete(key)`."""
