@@ -308,7 +308,7 @@ class Committer:
         whole = out.whole
         owner = {entry_id: i for i, entry_id in enumerate(done, 1)}
         ops: list[tuple[int, str, str, list[Any]]]
-        ops = [] if check else _merge(out.ops, owner, whole)
+        ops = _merge(out.ops, owner, whole) if out.state and not check else []
         merged = bool(ops)
         if not merged:
             if whole:

@@ -106,6 +106,7 @@ class Staged:
         if changes is None:
             changes = self.changes[key] = []
         changes.append((owner, "incr", by))
+        out.state = True
         out.ops.append((owner, STORE_INCR, self.hash_key, [key, by]))
 
     def delete(self, key: str) -> None:
