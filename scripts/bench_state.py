@@ -2,7 +2,8 @@
 
 Both stages read N entries and send one output each; the table stage also does, per entry,
 `counts.add(key)` and `sums.add(key, n)` (50 keys), staged in the batch's commit. Rounds
-alternate (plain, table, plain, ...) so drifts in machine load hit both alike; medians reported.
+alternate which variant goes first, so drifts in machine load hit both alike; medians and the
+min-max of the per-round ratios reported.
 
     .venv/bin/python scripts/bench_state.py [--n 20000] [--rounds 5]
 """
@@ -69,14 +70,15 @@ async def main() -> None:
     plain: list[float] = []
     table: list[float] = []
     with RedisServer() as server:
-        for _ in range(args.rounds):
-            plain.append(await one(server.url, args.n, False))
-            table.append(await one(server.url, args.n, True))
+        for k in range(args.rounds):
+            for stateful in (False, True) if k % 2 == 0 else (True, False):
+                (table if stateful else plain).append(await one(server.url, args.n, stateful))
     p, t = statistics.median(plain), statistics.median(table)
+    ratios = [tv / pv for tv, pv in zip(table, plain, strict=True)]
     print(f"entries={args.n} rounds={args.rounds}")
     print(f"plain stage        {p:10.0f} entries/s (median)")
     print(f"table stage        {t:10.0f} entries/s (median; 2 table changes per entry)")
-    print(f"table / plain      {t / p:10.2f}x")
+    print(f"table / plain      {t / p:10.2f}x (per round {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 if __name__ == "__main__":
