@@ -4,6 +4,7 @@ changes staged in the commit, the same script on memory://, handler timeouts and
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import anyio
@@ -12,8 +13,18 @@ import redis as syncredis
 
 from streammachine import App, Message, keys
 from streammachine.consume.claims import CLAIM_SCRIPT
+from streammachine.consume.commit import COMMIT_SCRIPT
 from streammachine.consume.consumer import Consumer
-from streammachine.consume.outbox import STORE_INCR, STORE_SET, Outbox
+from streammachine.consume.outbox import (
+    CHECK,
+    HDEL,
+    HSET,
+    STORE_DELETE,
+    STORE_INCR,
+    STORE_KEEP,
+    STORE_SET,
+    Outbox,
+)
 from tests.util import eventually, running
 
 
@@ -204,6 +215,73 @@ async def test_a_merged_commit_sent_again_after_a_lost_reply_applies_once(
     assert redis_sync.hget("counts", "k") == b"55"
     assert redis_sync.xlen("out") == 5
     assert consumer.stats.dropped == 0 and consumer.again == []
+    await consumer.wire.close()
+    await app.aclose()
+
+
+async def test_merged_operations_leave_what_the_same_operations_one_by_one_leave(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    """Random batches of storage writes, increments, deletes and hash writes on a few fields:
+    committed merged and committed entry by entry (no merging), the state is the same."""
+    rng = random.Random(7)
+    app, consumer, ids = await one_consumer(redis_url, 12, redis_sync)
+    committer = consumer.committer
+    redis_sync.script_load(COMMIT_SCRIPT)
+    folded = 0
+    for round_ in range(30):
+        out = Outbox()
+        out.state = True
+        for i in ids:
+            out.current = i
+            for _ in range(rng.randint(0, 3)):
+                f = rng.choice("abc")
+                code = rng.choice([STORE_INCR, STORE_INCR, STORE_SET, STORE_KEEP, STORE_DELETE, HSET, HDEL])  # fmt: skip
+                if code == STORE_INCR:
+                    out.op(code, "st", f, rng.randint(-5, 5))
+                elif code == STORE_SET:
+                    out.op(code, "st", f, str(rng.randint(0, 9)).encode(), rng.choice(["", 60_000]))
+                elif code == STORE_KEEP:
+                    out.op(code, "st", f, str(rng.randint(0, 9)).encode())
+                elif code == STORE_DELETE:
+                    out.op(code, "st", f)
+                elif code == HSET:
+                    out.op(code, "hs", f, str(rng.randint(0, 9)))
+                else:
+                    out.op(code, "hs", f)
+        states = []
+        for fold in (True, False):
+            redis_sync.delete("st", "hs", *[f"st:ttl:{f}" for f in "abc"])
+            redis_sync.hset("st", "a", 1)
+            (cmd,), merged = committer._command(ids, out, 10, 0, False, fold=fold)
+            folded += merged
+            redis_sync.evalsha(*cmd[1:])  # EVALSHA sha numkeys keys... args...
+            ttl = {f: redis_sync.get(f"st:ttl:{f}") for f in "abc"}
+            states.append((redis_sync.hgetall("st"), redis_sync.hgetall("hs"), ttl))
+        assert states[0] == states[1], f"round {round_}"
+    assert folded >= 25, "most random batches have something to merge"
+    await consumer.wire.close()
+    await app.aclose()
+
+
+async def test_a_batch_with_checks_is_committed_entry_by_entry(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    """`update` checks (optimistic concurrency) keep per-entry operations: a conflict retries
+    only the entries from the one that read the changed value."""
+    app, consumer, ids = await one_consumer(redis_url, 4, redis_sync)
+    consumer.committer.epoch = "0"
+    batch = await consumer._exchange([consumer._read_cmd(False)])
+    out = counting_outbox(ids)
+    out.current = ids[2]
+    out.op(CHECK, "counts", "v", "0", b"")  # entry 2 read "v" as missing, then wrote it
+    out.op(STORE_SET, "counts", "v", b"x", "")
+    redis_sync.hset("counts", "v", "changed meanwhile")
+    pending = consumer.committer.build(ids, batch, out, margin=10, tag=0)
+    assert pending is not None and not pending.merged
+    await consumer._flush(pending)
+    assert redis_sync.hget("counts", "k") == b"22", "the entries before the conflict committed"
+    assert [m.key for m in consumer.again] == ids[2:]
     await consumer.wire.close()
     await app.aclose()
 

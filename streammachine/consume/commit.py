@@ -302,19 +302,26 @@ class Committer:
         return Pending(cmds, p.ids, p.messages, p.tag, out, p.margin, True)
 
     def _command(
-        self, done: list[str], out: Outbox, margin: int, tag: int | None, check: bool
+        self,
+        done: list[str],
+        out: Outbox,
+        margin: int,
+        tag: int | None,
+        check: bool,
+        fold: bool = True,
     ) -> tuple[list[list[Any]], bool]:
-        """The commit's script call, and whether its operations were merged (`_merge`)."""
+        """The commit's script call, and whether its operations were merged.
+
+        Merging (not for a re-sent commit, which is checked entry by entry): the operations on
+        one (key, field) fold into fewer that do the same — increments summed into one, a write
+        or delete making the writes before it no-ops ('-') — and every operation gets owner 0,
+        so the script writes them only when every entry is still owned and every check holds
+        (else nothing, and the entries are handled again). Exact because only successive
+        operations on the same (key, field) fold and operations on other fields commute. A batch
+        with checks (`update`) is not merged unless it is a whole batch: checked entry by entry,
+        one conflict retries only the entries from it on."""
         whole = out.whole
         owner = {entry_id: i for i, entry_id in enumerate(done, 1)}
-        ops: list[tuple[int, str, str, list[Any]]]
-        ops = _merge(out.ops, owner, whole) if out.state and not check else []
-        merged = bool(ops)
-        if not merged:
-            if whole:
-                ops = [(0, c, key, rest) for _, c, key, rest in out.ops]
-            else:
-                ops = [(o, c, key, rest) for e, c, key, rest in out.ops if (o := owner.get(e))]
         key_index: dict[str, int] = {self.stream: 1, self.fence: 2}
         kinds: list[str] = []  # of each key from the third: x stream, z sorted set, h hash
         args: list[Any] = [
@@ -328,15 +335,52 @@ class Committer:
             *done,
         ]
         extend = args.extend
-        checks = False
-        for o, code, key, rest in ops:
+        checks = merged = False
+        fold = fold and out.state and not check
+        last: dict[tuple[str, Any], int] = {}  # (key, field) → where its last operation starts
+        starts: list[int] = []  # where each operation starts (its owner)
+        for entry_id, code, key, rest in out.ops:
+            found = 0 if whole else owner.get(entry_id)
+            if found is None:
+                continue  # an entry that failed or was skipped: nothing of it is written
+            o: int = found
             k = key_index.get(key)
             if k is None:
                 k = key_index[key] = len(key_index) + 1
                 kinds.append(code if code in "xz" else "h")
             if code in "ci":
                 checks = True
+            if fold:
+                if code in _FOLDED:
+                    field_key = (key, rest[0])
+                    j = last.get(field_key)
+                    if j is not None:
+                        before = args[j + 1]
+                        if code == "i":
+                            if before == "i":
+                                a, b = args[j + 5], rest[1]
+                                ints = type(a) is int and type(b) is int
+                                if ints and -_INT64 <= a + b < _INT64:
+                                    args[j + 5] = a + b
+                                    merged = True
+                                    continue
+                        elif (
+                            (code in "sd" and before in "skd")
+                            or (code == "k" and before == "k")
+                            or (code in "hH" and before in "hH")
+                        ):
+                            args[j + 1] = "-"  # overwritten by this one: does nothing
+                            merged = True
+                    last[field_key] = len(args)
+                elif code == CHECK and not whole:
+                    if merged:
+                        return self._command(done, out, margin, tag, check, fold=False)
+                    fold = False
+            starts.append(len(args))
             extend((o, code, len(rest) + 1, k, *rest))
+        if merged and not whole:
+            for at in starts:
+                args[at] = 0
         args[3] = (
             ("w" if whole else "")
             + ("m" if merged and not whole else "")
@@ -371,55 +415,6 @@ class Committer:
         return Verdict(again=[m for m in pending.messages if m.key in wanted], dropped=int(dropped))
 
 
-#: Codes whose operations `_merge` folds per (key, field): storage and hash writes.
+#: Codes whose operations a commit merges per (key, field): storage and hash writes.
 _FOLDED = frozenset("skidhH")
 _INT64 = 2**63
-
-
-def _merge(
-    ops: list[tuple[str, str, str, list[Any]]], owner: dict[str, int], whole: bool
-) -> list[tuple[int, str, str, list[Any]]]:
-    """The operations of `ops` owned by `owner`'s entries, folded per (key, field) into fewer
-    that do the same — increments summed into one, a write or delete replacing the writes
-    before it — all with owner 0 (they belong to no single entry any more); [] when nothing
-    folds, or when the batch has checks (`update`: checked entry by entry, so one conflict
-    retries only the entries from it on) and is not a whole batch.
-
-    Folding is exact because only adjacent operations on the same (key, field) are folded and
-    operations on other fields commute; the script writes merged operations only when every
-    entry is still owned and every check holds (else nothing, and the entries are handled again),
-    so a batch is written whole or not at all, as a batch handler's is.
-    """
-    folded: list[Any] = []
-    last: dict[tuple[str, Any], int] = {}  # (key, field) → index in `folded` of its last op
-    fewer = False
-    for entry_id, code, key, rest in ops:
-        if not whole and entry_id not in owner:
-            continue  # an entry that failed or was skipped: nothing of it is written
-        if code in _FOLDED:
-            field_key = (key, rest[0])
-            j = last.get(field_key)
-            if j is not None:
-                prev = folded[j]
-                before = prev[1]
-                if code == "i":
-                    a, b = prev[3][1], rest[1]
-                    if before == "i" and type(a) is int and type(b) is int:
-                        total = a + b
-                        if -_INT64 <= total < _INT64:
-                            prev[3] = [rest[0], total]
-                            fewer = True
-                            continue
-                elif (
-                    (code in "sd" and before in "skd")
-                    or (code == "k" and before == "k")
-                    or (code in "hH" and before in "hH")
-                ):
-                    folded[j] = [0, code, key, rest]
-                    fewer = True
-                    continue
-            last[field_key] = len(folded)
-        elif code == CHECK and not whole:
-            return []
-        folded.append([0, code, key, rest])
-    return folded if fewer else []
