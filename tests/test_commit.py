@@ -286,6 +286,34 @@ async def test_a_batch_with_checks_is_committed_entry_by_entry(
     await app.aclose()
 
 
+async def test_the_outputs_of_a_batch_keep_their_order_per_stream(
+    redis_url: str, redis_sync: syncredis.Redis
+) -> None:
+    """A stream's entries go in one run per shape (maxlen, field count): mixed shapes, other
+    streams and state in between keep each stream's order; a fenced batch drops per entry."""
+    app, consumer, ids = await one_consumer(redis_url, 6, redis_sync)
+    consumer.committer.epoch = "0"
+    batch = await consumer._exchange([consumer._read_cmd(False)])
+    redis_sync.eval(CLAIM_SCRIPT, 2, "in", keys.fence("in", "g"), "g", "other", 0, ids[4])
+    out = Outbox()
+    for n, i in enumerate(ids):
+        out.current = i
+        out.xadd("out", None, ["n", str(n)] + (["extra", "x"] if n % 3 == 1 else []))
+        out.xadd("out", 100 if n % 2 else None, ["n", f"{n}b"])
+        out.xadd("side", None, ["n", str(n)])
+        out.op(HSET, "hs", f"f{n}", str(n))
+    pending = consumer.committer.build(ids, batch, out, margin=10, tag=0)
+    assert pending is not None
+    await consumer._flush(pending)
+    want = [x for n in (0, 1, 2, 3, 5) for x in (str(n), f"{n}b")]
+    assert [f[b"n"].decode() for _, f in redis_sync.xrange("out")] == want
+    assert [f[b"n"].decode() for _, f in redis_sync.xrange("side")] == ["0", "1", "2", "3", "5"]
+    assert sorted(redis_sync.hkeys("hs")) == [b"f0", b"f1", b"f2", b"f3", b"f5"]
+    assert consumer.stats.dropped == 4, "the taken entry's 3 outputs and 1 write"
+    await consumer.wire.close()
+    await app.aclose()
+
+
 async def test_a_merged_increment_of_a_value_that_is_not_an_integer_writes_nothing(
     redis_url: str, redis_sync: syncredis.Redis
 ) -> None:

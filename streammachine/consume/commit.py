@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError
 
 from .. import keys as key_names
-from .outbox import CHECK, Outbox
+from .outbox import CHECK, XADD, Outbox
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection, Script
@@ -63,12 +63,15 @@ end
 # (of each key from KEYS[3] on, one letter: x stream, z sorted set, h hash), margin (other
 # entries the consumer may own, for the PEL read), n, the n done ids; then per operation: owner
 # (1..n, or 0 for the whole batch), code, width w, then w arguments, the first a KEYS index.
-# Codes: x XADD (maxlen: > 0 approximate, < 0 exact, 0 none; fields), z ZADD (score, member),
+# Codes: X XADDs to one stream (owner 0; maxlen: > 0 approximate, < 0 exact, 0 none; f, the
+# field arguments of each entry; m, how many; then m times: its owner, its f fields; each is
+# written or dropped by its own owner, as an operation), z ZADD (score, member),
 # h HSET (field, value), H HDEL (field), s storage set (field, value, ttl ms or ''), k storage
 # set keeping the key's TTL (field, value), i storage incr (field, by; the stored value must be an
 # integer, else the entry is handled again), d storage delete (field), c check (field, present
 # '0'/'1', value): the owner and every later entry are handled again when the stored value
-# differs (optimistic concurrency). A key of the wrong type fails the commit before any write.
+# differs (optimistic concurrency), - nothing (a write a later one of the batch overwrites).
+# A key of the wrong type fails the commit before any write.
 # Reply: the number acked (the fast path: everything written), or {acked, fence counter, again,
 # kind, dropped}: `again` the ids to handle again, kind 1 (a check failed, or a merged commit
 # had entries taken: handle them again as they are) or 2 (a whole batch not all owned: its owned
@@ -97,7 +100,8 @@ if (whole or merged) and owned ~= nil then
   if #kept < n then
     local lost, j = 0, first
     while j <= argc do
-      if ARGV[j + 1] ~= 'c' then lost = lost + 1 end
+      local c = ARGV[j + 1]
+      if c == 'X' then lost = lost + tonumber(ARGV[j + 6]) elseif c ~= 'c' then lost = lost + 1 end
       j = j + 3 + tonumber(ARGV[j + 2])
     end
     if merged then return {0, epoch, kept, 1, lost} end
@@ -138,22 +142,31 @@ while checks and i <= argc do
   i = i + 3 + w
 end
 local dropped = 0
+local all = owned == nil and cut > n
 i = first
 while i <= argc do
   local o, code, w = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
-  local live = (o == 0 and cut > n) or (o > 0 and o < cut and mine(o))
-  if live and code ~= 'c' then
-    local k = KEYS[tonumber(ARGV[i + 3])]
-    if code == 'x' then
-      local maxlen = tonumber(ARGV[i + 4])
-      if maxlen > 0 then
-        redis.call('XADD', k, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, i + 5, i + 2 + w))
-      elseif maxlen < 0 then
-        redis.call('XADD', k, 'MAXLEN', -maxlen, '*', unpack(ARGV, i + 5, i + 2 + w))
-      else
-        redis.call('XADD', k, '*', unpack(ARGV, i + 5, i + 2 + w))
+  if code == 'X' then
+    local k, maxlen, fw = KEYS[tonumber(ARGV[i + 3])], tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+    local p, last = i + 7, i + 2 + w
+    while p <= last do
+      local q = tonumber(ARGV[p])
+      if all or (q == 0 and cut > n) or (q > 0 and q < cut and mine(q)) then
+        if maxlen > 0 then
+          redis.call('XADD', k, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, p + 1, p + fw))
+        elseif maxlen < 0 then
+          redis.call('XADD', k, 'MAXLEN', -maxlen, '*', unpack(ARGV, p + 1, p + fw))
+        else
+          redis.call('XADD', k, '*', unpack(ARGV, p + 1, p + fw))
+        end
+      elseif q > 0 and not mine(q) then
+        dropped = dropped + 1
       end
-    elseif code == 'z' then
+      p = p + 1 + fw
+    end
+  elseif (all or (o == 0 and cut > n) or (o > 0 and o < cut and mine(o))) and code ~= 'c' then
+    local k = KEYS[tonumber(ARGV[i + 3])]
+    if code == 'z' then
       redis.call('ZADD', k, ARGV[i + 4], ARGV[i + 5])
     elseif code == 'h' then
       redis.call('HSET', k, ARGV[i + 4], ARGV[i + 5])
@@ -186,7 +199,7 @@ while i <= argc do
       redis.call('HDEL', k, ARGV[i + 4])
       redis.call('DEL', k .. ':ttl:' .. ARGV[i + 4])
     end
-  elseif not live and code ~= 'c' and o > 0 and not mine(o) then
+  elseif code ~= 'c' and o > 0 and not mine(o) then
     dropped = dropped + 1
   end
   i = i + 3 + w
@@ -339,6 +352,11 @@ class Committer:
         fold = fold and out.state and not check
         last: dict[tuple[str, Any], int] = {}  # (key, field) → where its last operation starts
         starts: list[int] = []  # where each operation starts (its owner)
+        # The XADDs, one 'X' per run of a stream's entries of one maxlen and field count: its
+        # (key index, maxlen, field count, [owner, fields, owner, fields, …]); `runs` the last
+        # of each stream (a change of shape starts a new run, after it: order kept per stream).
+        xadds: list[tuple[int, Any, int, list[Any]]] = []
+        runs: dict[int, tuple[int, Any, int, list[Any]]] = {}
         for entry_id, code, key, rest in out.ops:
             found = 0 if whole else owner.get(entry_id)
             if found is None:
@@ -348,6 +366,15 @@ class Committer:
             if k is None:
                 k = key_index[key] = len(key_index) + 1
                 kinds.append(code if code in "xz" else "h")
+            if code == XADD:
+                run = runs.get(k)
+                if run is None or run[1] != rest[0] or run[2] != len(rest) - 1:
+                    run = runs[k] = (k, rest[0], len(rest) - 1, [])
+                    xadds.append(run)
+                items = run[3]
+                items += rest
+                items[len(items) - len(rest)] = o  # the owner in the place of maxlen
+                continue
             if code in "ci":
                 checks = True
             if fold:
@@ -378,6 +405,12 @@ class Committer:
                     fold = False
             starts.append(len(args))
             extend((o, code, len(rest) + 1, k, *rest))
+        for k, maxlen, width, items in xadds:
+            count = len(items) // (width + 1)
+            if merged and not whole:
+                items[:: width + 1] = [0] * count
+            extend((0, "X", len(items) + 4, k, maxlen, width, count))
+            extend(items)
         if merged and not whole:
             for at in starts:
                 args[at] = 0
