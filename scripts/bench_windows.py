@@ -85,14 +85,25 @@ async def run_round(url: str, r: redis.Redis, make: Callable[[str, int], App], g
     r.copy("src", "in")
     last = r.xrevrange("in", count=1)[0][0]
     app = make(url, count)
-    t0 = time.perf_counter()
+    t0, c0, r0 = time.perf_counter(), time.process_time(), redis_cpu_s(r)
     async with anyio.create_task_group() as tg:
         tg.start_soon(app.run)
         while not done(r, group, last):
             await anyio.sleep(0.01)
         elapsed = time.perf_counter() - t0
+        CPU[group].append((time.process_time() - c0 + redis_cpu_s(r) - r0) * 1e6 / n)
         await app.shutdown()
     return n / elapsed
+
+
+#: group → CPU µs per entry (this process and Redis) of each round: steadier than entries/s
+#: on a loaded machine.
+CPU: dict[str, list[float]] = {"plain": [], "win": []}
+
+
+def redis_cpu_s(r: redis.Redis) -> float:
+    info: Any = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def check(r: redis.Redis, n: int) -> str:
@@ -134,6 +145,9 @@ async def bench(url: str, n: int, rounds: int, count: int) -> None:
     print(f"plain stage   {p:>10,.0f} entries/s (median of {rounds})")
     print(f"tumbling(60)  {wm:>10,.0f} entries/s  ratio {wm / p:.2f} "
           f"(per round {min(ratios):.2f}-{max(ratios):.2f})")  # fmt: skip
+    pc, wc = statistics.median(CPU["plain"]), statistics.median(CPU["win"])
+    print(f"CPU per entry (Python + Redis, medians): plain {pc:.1f} µs, window {wc:.1f} µs; "
+          f"by CPU, window / plain {pc / wc:.2f}x")  # fmt: skip
     print("window output:", check(r, n))
     r.close()
 

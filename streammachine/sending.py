@@ -16,7 +16,7 @@ import msgspec
 
 from . import keys
 from .codec import StructCodec, encode_fields
-from .consume.outbox import current_outbox
+from .consume.outbox import XADD, current_outbox
 from .exceptions import ConfigError
 from .schedule.delayed import schedule_commands
 from .schedule.timing import due_ms
@@ -127,6 +127,22 @@ class Sending:
             >>> await app.send("reminders", {"user": 7}, delay_s=3600)  # doctest: +SKIP
             '1852d1b5a3c4e0f0a1b2c3d4'
         """
+        if (
+            delay_s is None
+            and at is None
+            and not now
+            and key is None
+            and self.tracing is None
+            and (out := current_outbox.get()) is not None
+            and not out.closed
+            and topic not in self._packed
+            and topic not in self._partitions
+        ):
+            # The common case, inside a handler: buffered in the batch's commit, nothing else.
+            flat: list[Any] = [maxlen or self.config.stream_maxlen or out.maxlen or 0]
+            flat += _chain(encode_fields(record).items())
+            out.ops.append((out.current, XADD, topic, flat))
+            return None
         fields = self._encode(topic, record)
         topic = self.route(topic, key) if self._partitions else topic
         if self.tracing is not None:

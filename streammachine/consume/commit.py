@@ -3,8 +3,9 @@ the batch's acks, only for the entries the consumer still owns (DESIGN.md "handl
 "commit ownership").
 
 Inside a handler, `send`, delayed sends and state changes go into the batch's `Outbox`
-(`current_outbox`); the consumer's `Committer` turns it into one EVALSHA of `COMMIT_SCRIPT`, judges
-the reply, and re-sends after a lost reply. Ownership is checked in O(1) by fencing: every path
+(`current_outbox`); the consumer's `Committer` turns it into one EVALSHA of `COMMIT_SCRIPT`
+(`commitlua`, with the format of its arguments), judges the reply, and re-sends after a lost
+reply. Ownership is checked in O(1) by fencing: every path
 that takes entries away from a consumer (claims, partition takeover, admin actions) increments
 that consumer's counter in the fence hash `keys.fence(stream, group)` in the same script. A batch
 carries the counter the consumer knew when it got the entries (its tag); if the counter still
@@ -14,7 +15,10 @@ entry against the consumer's PEL: outputs of entries taken away are dropped (the
 writes them), and a re-sent commit finds its entries acked and writes nothing twice.
 
 One script serves Redis, Valkey and `memory://` (fakeredis): the batch travels as flat arguments,
-with no msgpack and no per-entry Lua tables on the fast path.
+with no msgpack and no per-entry Lua tables on the fast path. A batch's state changes are merged
+per key (increments summed, writes collapsed to the last) when none needs a per-entry check:
+written only if every entry is still owned, else not at all and the owned entries are handled
+again.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError
 
 from .. import keys as key_names
-from .outbox import Outbox
+from .commitlua import COMMIT_SCRIPT, FENCE_LUA, FENCE_TTL_MS
+from .outbox import CHECK, XADD, Outbox
 
 if TYPE_CHECKING:
     from ..connection import RedisConnection, Script
@@ -39,169 +44,6 @@ __all__ = [
     "Pending",
     "Verdict",
 ]
-
-#: A fence hash lives this long after the last time something was taken: a consumer frozen for
-#: longer than that, whose entries were taken, would trust a batch it no longer owns.
-FENCE_TTL_MS = 7 * 24 * 3600 * 1000
-
-# Lua: fence(consumer) marks `consumer` of KEYS[2] as robbed; used by every taking script (and by
-# the admin actions that take pending entries).
-FENCE_LUA = f"""
-local function fence(victim)
-  redis.call('HINCRBY', KEYS[2], victim, 1)
-  redis.call('PEXPIRE', KEYS[2], {FENCE_TTL_MS})
-end
-"""
-
-# KEYS: stream, fence hash, then the keys the operations write.
-# ARGV: group, consumer, tag (the fence counter the batch was read under; '' = unknown), flags
-# ('w': the operations belong to the whole batch, written only if every entry is still owned;
-# 'r': a re-sent commit, check each entry against the PEL whatever the fence says; 'c': the
-# operations include checks, read before anything is written), kinds (of each key from KEYS[3]
-# on, one letter: x stream, z sorted set, h hash), margin (other entries the consumer may own,
-# for the PEL read), n, the n done ids; then per operation: owner (1..n, or 0
-# for the whole batch), code, width w, then w arguments, the first a KEYS index.
-# Codes: x XADD (maxlen: > 0 approximate, < 0 exact, 0 none; fields), z ZADD (score, member),
-# h HSET (field, value), H HDEL (field), s storage set (field, value, ttl ms or ''), k storage
-# set keeping the key's TTL (field, value), i storage incr (field, by; the stored value must be an
-# integer, else the entry is handled again), d storage delete (field), c check (field, present
-# '0'/'1', value): the owner and every later entry are handled again when the stored value
-# differs (optimistic concurrency). A key of the wrong type fails the commit before any write.
-# Reply: the number acked (the fast path: everything written), or {acked, fence counter, again,
-# kind, dropped}: `again` the ids to handle again, kind 1 (a check failed: handle them again as
-# they are) or 2 (a whole batch not all owned: its owned entries are retried), dropped = the
-# operations of entries another consumer took, not written.
-COMMIT_SCRIPT = """
-local stream, fence, group, consumer = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
-local flags, n = ARGV[4], tonumber(ARGV[7])
-local whole = string.find(flags, 'w', 1, true) ~= nil
-local checks = string.find(flags, 'c', 1, true) ~= nil
-local argc = #ARGV
-local first = 8 + n
-local epoch = redis.call('HGET', fence, consumer) or '0'
-local owned = nil
-if string.find(flags, 'r', 1, true) or epoch ~= ARGV[3] then
-  owned = {}
-  local pel = redis.call('XPENDING', stream, group, '-', '+', n + tonumber(ARGV[6]), consumer)
-  for _, e in ipairs(pel) do owned[e[1]] = true end
-end
-local function mine(o)
-  return owned == nil or owned[ARGV[7 + o]] == true
-end
-if whole and owned ~= nil then
-  local kept = {}
-  for o = 1, n do if mine(o) then kept[#kept + 1] = ARGV[7 + o] end end
-  if #kept < n then
-    local lost, j = 0, first
-    while j <= argc do
-      if ARGV[j + 1] ~= 'c' then lost = lost + 1 end
-      j = j + 3 + tonumber(ARGV[j + 2])
-    end
-    return {0, epoch, kept, 2, lost}
-  end
-end
--- A key of another type would fail the script halfway: refuse before writing anything.
-local kinds, names = ARGV[5], {x = 'stream', z = 'zset', h = 'hash'}
-for j = 3, #KEYS do
-  local want, has = names[string.sub(kinds, j - 2, j - 2)], redis.call('TYPE', KEYS[j]).ok
-  if has ~= 'none' and has ~= want then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[j] .. ' is a ' .. has .. ', not a ' .. want)
-  end
-end
-local function stored(k, f)
-  local v = redis.call('HGET', k, f)
-  if not v then v = redis.call('GET', k .. ':ttl:' .. f) end
-  return v
-end
-local cut = n + 1
-local i = first
-while checks and i <= argc do
-  local o, code, w = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
-  if (code == 'c' or code == 'i') and (o == 0 or (o < cut and mine(o))) then
-    local v = stored(KEYS[tonumber(ARGV[i + 3])], ARGV[i + 4])
-    local same
-    if code == 'i' then
-      same = (not v) or (string.match(v, '^%-?%d+$') ~= nil)
-    elseif ARGV[i + 5] == '1' then
-      same = (v == ARGV[i + 6])
-    else
-      same = (not v)
-    end
-    if not same then
-      if o == 0 then cut = 1 else cut = o end
-    end
-  end
-  i = i + 3 + w
-end
-local dropped = 0
-i = first
-while i <= argc do
-  local o, code, w = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
-  local live = (o == 0 and cut > n) or (o > 0 and o < cut and mine(o))
-  if live and code ~= 'c' then
-    local k = KEYS[tonumber(ARGV[i + 3])]
-    if code == 'x' then
-      local maxlen = tonumber(ARGV[i + 4])
-      if maxlen > 0 then
-        redis.call('XADD', k, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, i + 5, i + 2 + w))
-      elseif maxlen < 0 then
-        redis.call('XADD', k, 'MAXLEN', -maxlen, '*', unpack(ARGV, i + 5, i + 2 + w))
-      else
-        redis.call('XADD', k, '*', unpack(ARGV, i + 5, i + 2 + w))
-      end
-    elseif code == 'z' then
-      redis.call('ZADD', k, ARGV[i + 4], ARGV[i + 5])
-    elseif code == 'h' then
-      redis.call('HSET', k, ARGV[i + 4], ARGV[i + 5])
-    elseif code == 'H' then
-      redis.call('HDEL', k, ARGV[i + 4])
-    elseif code == 's' then
-      local f = ARGV[i + 4]
-      if ARGV[i + 6] == '' then
-        redis.call('HSET', k, f, ARGV[i + 5])
-        redis.call('DEL', k .. ':ttl:' .. f)
-      else
-        redis.call('SET', k .. ':ttl:' .. f, ARGV[i + 5], 'PX', ARGV[i + 6])
-        redis.call('HDEL', k, f)
-      end
-    elseif code == 'i' then
-      local f = ARGV[i + 4]
-      if redis.call('EXISTS', k .. ':ttl:' .. f) == 1 then
-        redis.call('INCRBY', k .. ':ttl:' .. f, ARGV[i + 5])
-      else
-        redis.call('HINCRBY', k, f, ARGV[i + 5])
-      end
-    elseif code == 'k' then
-      local f = ARGV[i + 4]
-      if redis.call('EXISTS', k .. ':ttl:' .. f) == 1 then
-        redis.call('SET', k .. ':ttl:' .. f, ARGV[i + 5], 'KEEPTTL')
-      else
-        redis.call('HSET', k, f, ARGV[i + 5])
-      end
-    elseif code == 'd' then
-      redis.call('HDEL', k, ARGV[i + 4])
-      redis.call('DEL', k .. ':ttl:' .. ARGV[i + 4])
-    end
-  elseif not live and code ~= 'c' and o > 0 and not mine(o) then
-    dropped = dropped + 1
-  end
-  i = i + 3 + w
-end
-local acks = {}
-for o = 1, math.min(n, cut - 1) do
-  if mine(o) then acks[#acks + 1] = ARGV[7 + o] end
-end
-local acked = 0
-for c = 1, #acks, 1000 do
-  acked = acked + redis.call('XACK', stream, group, unpack(acks, c, math.min(c + 999, #acks)))
-end
-if owned == nil and cut > n then return acked end
-local again = {}
-if cut <= n then
-  for o = cut, n do if mine(o) then again[#again + 1] = ARGV[7 + o] end end
-end
-return {acked, epoch, again, 1, dropped}
-"""
 
 
 @dataclass(slots=True)
@@ -217,6 +59,8 @@ class Pending:
     margin: int = 0
     #: Check each entry against the PEL (a re-sent commit may already have been applied).
     check: bool = False
+    #: Its operations were merged across entries (`_merge`): written all or none.
+    merged: bool = False
 
 
 @dataclass(slots=True)
@@ -283,8 +127,8 @@ class Committer:
             return None
         if out is None or not out.ops:
             return Pending([["XACK", self.stream, self.group, *done]], done, messages, tag)
-        cmds = self._command(done, out, margin, tag, False)
-        return Pending(cmds, done, messages, tag, out, margin)
+        cmds, merged = self._command(done, out, margin, tag, False)
+        return Pending(cmds, done, messages, tag, out, margin, merged=merged)
 
     def again(self, pending: Pending) -> Pending:
         """`pending` to send again after its reply was lost: it may have been applied, so this
@@ -292,41 +136,117 @@ class Committer:
         p, out = pending, pending.out
         if out is None:
             return p
-        cmds = self._command(p.ids, out, p.margin, p.tag, True)
+        cmds, _ = self._command(p.ids, out, p.margin, p.tag, True)
         return Pending(cmds, p.ids, p.messages, p.tag, out, p.margin, True)
 
     def _command(
-        self, done: list[str], out: Outbox, margin: int, tag: int | None, check: bool
-    ) -> list[list[Any]]:
-        key_index: dict[str, int] = {self.stream: 1, self.fence: 2}
-        kinds: list[str] = []  # of each key from the third: x stream, z sorted set, h hash
+        self,
+        done: list[str],
+        out: Outbox,
+        margin: int,
+        tag: int | None,
+        check: bool,
+        fold: bool = True,
+    ) -> tuple[list[list[Any]], bool]:
+        """The commit's script call, and whether its operations were merged.
+
+        Merging (not for a re-sent commit, which is checked entry by entry): the operations on
+        one (key, field) fold into fewer that do the same — increments summed into one, a write
+        or delete making the writes before it no-ops ('-') — and every operation gets owner 0,
+        so the script writes them only when every entry is still owned and every check holds
+        (else nothing, and the entries are handled again). Exact because only successive
+        operations on the same (key, field) fold and operations on other fields commute. A batch
+        with checks (`update`) is not merged unless it is a whole batch: checked entry by entry,
+        one conflict retries only the entries from it on."""
         whole = out.whole
         owner = {entry_id: i for i, entry_id in enumerate(done, 1)}
+        key_index: dict[str, int] = {self.stream: 1, self.fence: 2}
+        kinds: list[str] = []  # of each key from the third: x stream, z sorted set, h hash
         args: list[Any] = [
             self.group,
             self.consumer,
             "" if tag is None else str(tag),
-            "",  # flags: w whole, r re-sent (check the PEL), c state checks
+            "",  # flags: w whole, m merged, r re-sent (check the PEL), c state checks
             "",  # kinds
             margin,
             len(done),
             *done,
         ]
         extend = args.extend
-        checks = False
+        checks = merged = False
+        fold = fold and out.state and not check
+        last: dict[tuple[str, Any], int] = {}  # (key, field) → where its last operation starts
+        starts: list[int] = []  # where each operation starts (its owner)
+        # The XADDs, one 'X' per run of a stream's entries of one maxlen and field count: its
+        # (key index, maxlen, field count, [owner, fields, owner, fields, …]); `runs` the last
+        # of each stream (a change of shape starts a new run, after it: order kept per stream).
+        xadds: list[tuple[int, Any, int, list[Any]]] = []
+        runs: dict[int, tuple[int, Any, int, list[Any]]] = {}
         for entry_id, code, key, rest in out.ops:
-            o = 0 if whole else owner.get(entry_id)
-            if o is None:
+            found = 0 if whole else owner.get(entry_id)
+            if found is None:
                 continue  # an entry that failed or was skipped: nothing of it is written
+            o: int = found
             k = key_index.get(key)
             if k is None:
                 k = key_index[key] = len(key_index) + 1
                 kinds.append(code if code in "xz" else "h")
-            checks = checks or code in "ci"
+            if code == XADD:
+                run = runs.get(k)
+                if run is None or run[1] != rest[0] or run[2] != len(rest) - 1:
+                    run = runs[k] = (k, rest[0], len(rest) - 1, [])
+                    xadds.append(run)
+                items = run[3]
+                items += rest
+                items[len(items) - len(rest)] = o  # the owner in the place of maxlen
+                continue
+            if code in "ci":
+                checks = True
+            if fold:
+                if code in _FOLDED:
+                    field_key = (key, rest[0])
+                    j = last.get(field_key)
+                    if j is not None:
+                        before = args[j + 1]
+                        if code == "i":
+                            if before == "i":
+                                a, b = args[j + 5], rest[1]
+                                ints = type(a) is int and type(b) is int
+                                if ints and -_INT64 <= a + b < _INT64:
+                                    args[j + 5] = a + b
+                                    merged = True
+                                    continue
+                        elif (
+                            (code in "sd" and before in "skd")
+                            or (code == "k" and before == "k")
+                            or (code in "hH" and before in "hH")
+                        ):
+                            args[j + 1] = "-"  # overwritten by this one: does nothing
+                            merged = True
+                    last[field_key] = len(args)
+                elif code == CHECK and not whole:
+                    if merged:
+                        return self._command(done, out, margin, tag, check, fold=False)
+                    fold = False
+            starts.append(len(args))
             extend((o, code, len(rest) + 1, k, *rest))
-        args[3] = ("w" if whole else "") + ("r" if check else "") + ("c" if checks else "")
+        for k, maxlen, width, items in xadds:
+            count = len(items) // (width + 1)
+            if merged and not whole:
+                items[:: width + 1] = [0] * count
+            extend((0, "X", len(items) + 4, k, maxlen, width, count))
+            extend(items)
+        if merged and not whole:
+            for at in starts:
+                args[at] = 0
+        args[3] = (
+            ("w" if whole else "")
+            + ("m" if merged and not whole else "")
+            + ("r" if check else "")
+            + ("c" if checks else "")
+        )
         args[4] = "".join(kinds)
-        return [self.script.command(list(key_index), args)]
+        return [self.script.command(list(key_index), args)], merged
 
     def judge(self, pending: Pending, reply: Any) -> Verdict:
         """What the reply of `pending`'s script (or XACK) means; updates the fence counter."""
@@ -341,7 +261,18 @@ class Committer:
         _acked, epoch, again, kind, dropped = reply
         self.epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         ids = [e.decode() if isinstance(e, bytes) else str(e) for e in again]
+        if pending.merged and pending.out is not None and int(dropped):
+            # Nothing was written, and the script counted merged operations: count the lost
+            # entries' own (a whole batch's are all lost).
+            out = pending.out
+            lost = set() if out.whole else set(pending.ids).difference(ids)
+            dropped = sum(1 for e, c, _, _ in out.ops if c != CHECK and (out.whole or e in lost))
         if int(kind) == 2:
             return Verdict(retry=ids, dropped=int(dropped))
         wanted = set(ids)
         return Verdict(again=[m for m in pending.messages if m.key in wanted], dropped=int(dropped))
+
+
+#: Codes whose operations a commit merges per (key, field): storage and hash writes.
+_FOLDED = frozenset("skidhH")
+_INT64 = 2**63

@@ -5,6 +5,7 @@ writes (`state.staged`), tables and windows all append operations here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,10 +45,12 @@ class Outbox:
     """
 
     current: str = ""
-    #: (owner entry id, code, key, arguments after the key)
-    ops: list[tuple[str, str, str, list[Any]]] = field(default_factory=list)
+    #: (owner entry id, code, key, arguments after the key: a list or a tuple)
+    ops: list[tuple[str, str, str, Sequence[Any]]] = field(default_factory=list)
     closed: bool = False
     whole: bool = False
+    #: Some operation is not a stream or sorted-set write (`op`): the commit may merge them.
+    state: bool = False
     #: The approximate length cap of streams written by the agent (`maxlen=`), if any.
     maxlen: int | None = None
     #: The storage namespace of delayed sends made in the handler.
@@ -76,6 +79,7 @@ class Outbox:
 
     def op(self, code: str, key: str, *args: Any) -> None:
         """Any other operation (`HSET`, `HDEL`, `CHECK`, the storage ones): see COMMIT_SCRIPT."""
+        self.state = True
         self.ops.append((self.current, code, key, list(args)))
 
     def discard(self, mark: int) -> None:

@@ -66,6 +66,10 @@ class Aggregate:
         """The state of the union of two windows' entries (`b` arrived after `a`)."""
         raise NotImplementedError
 
+    #: `fold(state, record, t)`: `merge(state, init(record, t))` without building the entry's
+    #: state and without changing `state` (None: this aggregate has none; the engine merges).
+    fold: Callable[[Any, Record, int], Any] | None = None
+
     def result(self, state: Any) -> Any:
         """The window's value."""
         return state
@@ -80,12 +84,18 @@ class _Count(Aggregate):
     def merge(self, a: Any, b: Any) -> Any:
         return a + b
 
+    def fold(self, state: Any, record: Record, t: int) -> Any:
+        return state + 1
+
 
 class _Sum(Aggregate):
     name = "sum"
 
     def merge(self, a: Any, b: Any) -> Any:
         return a + b
+
+    def fold(self, state: Any, record: Record, t: int) -> Any:
+        return state + number(record[self.field])  # type: ignore[index]
 
 
 class _Min(Aggregate):
@@ -94,12 +104,20 @@ class _Min(Aggregate):
     def merge(self, a: Any, b: Any) -> Any:
         return b if b < a else a
 
+    def fold(self, state: Any, record: Record, t: int) -> Any:
+        b = number(record[self.field])  # type: ignore[index]
+        return b if b < state else state
+
 
 class _Max(Aggregate):
     name = "max"
 
     def merge(self, a: Any, b: Any) -> Any:
         return b if b > a else a
+
+    def fold(self, state: Any, record: Record, t: int) -> Any:
+        b = number(record[self.field])  # type: ignore[index]
+        return b if b > state else state
 
 
 class _Mean(Aggregate):
@@ -110,6 +128,9 @@ class _Mean(Aggregate):
 
     def merge(self, a: Any, b: Any) -> Any:
         return [a[0] + b[0], a[1] + b[1]]
+
+    def fold(self, state: Any, record: Record, t: int) -> Any:
+        return [state[0] + self.value(record), state[1] + 1]
 
     def result(self, state: Any) -> Any:
         return state[0] / state[1]
@@ -125,6 +146,10 @@ class _First(Aggregate):
     def merge(self, a: Any, b: Any) -> Any:
         return b if b[0] < a[0] else a
 
+    def fold(self, state: Any, record: Record, t: int) -> Any:
+        value = self.value(record)  # read even when unused: a bad entry fails as with init
+        return [t, value] if t < state[0] else state
+
     def result(self, state: Any) -> Any:
         return state[1]
 
@@ -134,6 +159,10 @@ class _Last(_First):
 
     def merge(self, a: Any, b: Any) -> Any:
         return b if b[0] >= a[0] else a
+
+    def fold(self, state: Any, record: Record, t: int) -> Any:
+        value = self.value(record)
+        return [t, value] if t >= state[0] else state
 
 
 class _Reduce(Aggregate):

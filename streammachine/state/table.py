@@ -97,6 +97,9 @@ class Table(Generic[V]):
         )
         self._decoder = None if schema is None else msgspec.msgpack.Decoder(schema)
         self._shards: tuple[int, list[str]] | None = None
+        #: The batch `add` last staged into, and its views by key (a key's shard and view stay
+        #: the same for a batch): a repeated `add` costs no shard or URL lookup.
+        self._hot: tuple[Any, dict[str, Staged]] | None = None
 
     def __repr__(self) -> str:
         return f"Table({self.name!r}, stream={self.stream!r}, ttl_ms={self.ttl_ms})"
@@ -308,14 +311,21 @@ class Table(Generic[V]):
         """Add `by` to the number under `key`, returning nothing: inside a handler, on a table
         with `schema=int` and no TTL, an integer add is staged without reading the key first (no
         round trip), the fastest way to count. Otherwise the same as `incr`."""
-        check_key(key)
         # Only an int table can take an add unread: anything else stored would fail the commit.
-        fast = self.schema is int and self.default in (None, 0, int) and self.ttl_ms is None
-        if fast and isinstance(by, int) and not isinstance(by, bool) and -INT64 <= by < INT64:
-            shard = self.shard(key)
-            if (view := self._view(shard)) is not None:
+        if type(by) is int and -INT64 <= by < INT64 and (out := current_outbox.get()) is not None:
+            hot = self._hot
+            if hot is None or hot[0] is not out:
+                hot = self._hot = (out, {})
+            view = hot[1].get(key)
+            if view is None and not out.closed:
+                check_key(key)
+                fast = self.schema is int and self.default in (None, 0, int)
+                if fast and self.ttl_ms is None and (view := self._view(self.shard(key))):
+                    hot[1][key] = view
+            if view is not None and not out.closed:
                 view.incr(key, by)
                 return
+        check_key(key)
         await self.incr(key, by)
 
     async def _add(self, key: str, by: int | float) -> Any:

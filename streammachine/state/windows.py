@@ -162,11 +162,16 @@ class Engine:
     next_end: int | None = None
     _inits: list[Any] = field(default_factory=list, init=False, repr=False)
     _merges: list[Any] = field(default_factory=list, init=False, repr=False)
+    #: Every aggregate's `fold` (None when one has none): an entry folds into its window's
+    #: states without building states of its own.
+    _folds: list[Any] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Bound methods looked up once: `add` runs per entry.
         self._inits = [a.init for a in self.aggs.values()]
         self._merges = [a.merge for a in self.aggs.values()]
+        folds = [a.fold for a in self.aggs.values()]
+        self._folds = folds if all(f is not None for f in folds) else None
 
     @property
     def watermark(self) -> int | None:
@@ -235,13 +240,19 @@ class Engine:
         if max_t is not None and closed(start, size, watermark_of(max_t, self.grace_ms)):
             self.late += 1
             return False
-        states = [init(record, t) for init in self._inits]
         windows = self.keys.get(key)
+        have = None if windows is None else windows.get(end - size)
+        folds = self._folds
+        if have is None:
+            states = [init(record, t) for init in self._inits]
+        elif folds is not None:
+            # The states are new values (`fold` changes none): a bad entry changes nothing.
+            states = [fold(x, record, t) for fold, x in zip(folds, have, strict=True)]
+        else:
+            states = [init(record, t) for init in self._inits]
+            states = [m(x, y) for m, x, y in zip(self._merges, have, states, strict=True)]
         if windows is None:
             windows = self.keys[key] = {}
-        have = windows.get(end - size)
-        if have is not None:
-            states = [m(x, y) for m, x, y in zip(self._merges, have, states, strict=True)]
         windows[end - size] = states
         if self.next_end is None or end < self.next_end:
             self.next_end = end
