@@ -346,49 +346,26 @@ class Taking:
         return msgs, tag
 
     async def _take_strays(self) -> tuple[list[Message], Tag]:
-        """A partition's owner takes whatever other consumers hold in its stream (idle past
-        `claim_idle_ms`), whether their process lives or not: with the lease it is the stream's only consumer, and
-        an entry another holds is stranded — a stalled former owner's read that reached Redis
-        after the takeover delivered it there, and that consumer, its lease lost, never handles
-        it. The claim script fences their owners, as every taking does."""
-        cfg = self.cfg
-        replies = await self._call([["XPENDING", self.stream, cfg.group]])
-        summary = replies[0] if replies else None
-        if not isinstance(summary, list) or len(summary) < 4 or not isinstance(summary[3], list):
-            return [], None  # nothing pending (or not a summary: read again next pass)
-        others = [
-            as_text(row[0])
-            for row in summary[3]
-            if isinstance(row, list) and row and as_text(row[0]) != self.name
-        ]
-        if not others:
-            return [], None
-        # Idle past claim_idle_ms, re-checked by the script: what a live owner holds, its
-        # keepalive keeps fresh, so a former owner frozen between its lease check and this
-        # claim cannot take the new owner's entries.
-        idle = cfg.claim_idle_ms
-        cmds = [
-            ["XPENDING", self.stream, cfg.group, "IDLE", idle, "-", "+", cfg.count, o]
-            for o in others
-        ]
+        """A partition's owner takes what other consumers hold in its stream, live or not: with
+        the lease it is the only consumer, so such an entry is stranded (a stalled former
+        owner's read that reached Redis after the takeover). Only entries idle past
+        `claim_idle_ms`, re-checked by the fencing claim script: a live owner's keepalive keeps
+        its own fresh, so a former owner frozen after its lease check cannot take them."""
+        cfg, idle = self.cfg, self.cfg.claim_idle_ms
+        cmd = ["XPENDING", self.stream, cfg.group, "IDLE", idle, "-", "+", max(cfg.count * 4, 100)]
+        replies = await self._call([cmd])
+        rows = replies[0] if replies and isinstance(replies[0], list) else []
         ids = [
             as_text(e[0])
-            for r in await self._call(cmds)
-            if isinstance(r, list)
-            for e in r
-            if isinstance(e, list) and e
+            for e in rows
+            if isinstance(e, list) and len(e) > 1 and as_text(e[1]) != self.name
         ][: cfg.count]
         if not ids:
             return [], None
         reply = await self._run(CLAIM_SCRIPT, [cfg.group, self.name, idle, *ids])
-        if reply is None:
-            return [], None
-        msgs, tag = await self._taken(Taken(reply))
+        msgs, tag = await self._taken(Taken(reply)) if reply is not None else ([], None)
         if msgs:
-            log.warning(
-                "%s: took %d entries another consumer held in this partition (a former owner's "
-                "late read)", self.name, len(msgs),
-            )  # fmt: skip
+            log.warning("%s: took %d entries a former owner's late read left", self.name, len(msgs))
         return msgs, tag
 
     async def _taken(self, taken: Taken) -> tuple[list[Message], Tag]:
