@@ -557,7 +557,7 @@ def _apply(run: Run, cell: Cell, expected: dict[str, bytes | None], result: Resu
         i = run.victim()
         proxy = run.proxies[i]
         before = proxy.connections
-        struck = run.freeze(0, proxy.stall, proxy.resume)
+        struck = run.freeze(i, proxy.stall, proxy.resume)
         with contextlib.suppress(AssertionError):
             run.wait(lambda: proxy.connections > before, 30, "a reconnect")
         result.reconnects = proxy.connections - before
